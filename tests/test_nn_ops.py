@@ -1,0 +1,215 @@
+"""Every op's hand-written backward against central finite differences, in float64.
+
+Each test draws a random upstream gradient dy and compares op_backward(dy) with the
+numerical derivative of sum(op_forward(x) * dy), on several shapes including B=1, T=1, H=1.
+"""
+import numpy as np
+import pytest
+
+from vintagelm.gradcheck import numerical_gradient, relative_error
+from vintagelm.nn.activation import gelu_backward, gelu_forward, relu_backward, relu_forward
+from vintagelm.nn.attention import attention_backward, attention_forward
+from vintagelm.nn.dropout import dropout_backward, dropout_forward
+from vintagelm.nn.embedding import (
+    embedding_backward,
+    embedding_forward,
+    learned_position_backward,
+    learned_position_forward,
+    sinusoidal_table,
+)
+from vintagelm.nn.linear import linear_backward, linear_forward
+from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
+from vintagelm.nn.norm import layernorm_backward, layernorm_forward
+
+TOL = 1e-6
+SHAPES = [(1, 1, 4), (1, 5, 6), (3, 1, 8), (2, 7, 12), (4, 3, 5)]  # (B, T, C)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(B, T, C, bias):
+    rng = np.random.default_rng(B * 100 + T)
+    x, w = rand(rng, B, T, C), rand(rng, C, 3 * C)
+    b = rand(rng, 3 * C) if bias else None
+    dy = rand(rng, B, T, 3 * C)
+    _, cache = linear_forward(x, w, b)
+    dx, dw, db = linear_backward(dy, cache, w, bias)
+    assert relative_error(dx, numerical_gradient(lambda v: linear_forward(v, w, b)[0], x, dy)) < TOL
+    assert relative_error(dw, numerical_gradient(lambda v: linear_forward(x, v, b)[0], w, dy)) < TOL
+    if bias:
+        assert relative_error(db, numerical_gradient(lambda v: linear_forward(x, w, v)[0], b, dy)) < TOL
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm(B, T, C, bias):
+    rng = np.random.default_rng(C)
+    x = rand(rng, B, T, C) * 3 + 1
+    w, b = 1 + 0.3 * rand(rng, C), (rand(rng, C) if bias else None)
+    dy = rand(rng, B, T, C)
+    y, cache = layernorm_forward(x, w, b)
+    # independent truth for the forward: the textbook formula, per position
+    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + (b if bias else 0)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    dx, dw, db = layernorm_backward(dy, cache, bias)
+    assert relative_error(dx, numerical_gradient(lambda v: layernorm_forward(v, w, b)[0], x, dy)) < TOL
+    assert relative_error(dw, numerical_gradient(lambda v: layernorm_forward(x, v, b)[0], w, dy)) < TOL
+    if bias:
+        assert relative_error(db, numerical_gradient(lambda v: layernorm_forward(x, w, v)[0], b, dy)) < TOL
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+def test_gelu(B, T, C):
+    rng = np.random.default_rng(7)
+    x, dy = rand(rng, B, T, C) * 2, rand(rng, B, T, C)
+    y, cache = gelu_forward(x)
+    # the tanh approximation stays within 1e-3 of the exact erf GELU: an independent check
+    from math import erf
+
+    exact = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))(x)
+    assert np.abs(y - exact).max() < 1e-3
+    dx = gelu_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient(lambda v: gelu_forward(v)[0], x, dy)) < TOL
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+def test_relu(B, T, C):
+    rng = np.random.default_rng(8)
+    x = rand(rng, B, T, C)
+    x[np.abs(x) < 1e-3] = 0.5  # keep finite differences away from the kink at 0
+    dy = rand(rng, B, T, C)
+    y, cache = relu_forward(x)
+    assert np.array_equal(y, np.where(x > 0, x, 0))
+    dx = relu_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient(lambda v: relu_forward(v)[0], x, dy)) < TOL
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+def test_dropout(B, T, C):
+    rng = np.random.default_rng(9)
+    x, dy = rand(rng, B, T, C), rand(rng, B, T, C)
+    p = 0.3
+
+    def f(v):
+        return dropout_forward(v, p, np.random.default_rng(42))[0]  # same mask every call
+
+    y, cache = dropout_forward(x, p, np.random.default_rng(42))
+    kept = cache.mask != 0
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - p))
+    assert np.all(y[~kept] == 0)
+    dx = dropout_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient(f, x, dy)) < TOL
+    # p = 0 and eval mode (rng None) are the identity
+    assert dropout_forward(x, 0.0, np.random.default_rng(1))[0] is x
+    assert dropout_forward(x, p, None)[0] is x
+
+
+def test_dropout_keeps_expectation():
+    x = np.ones((200, 500))
+    y, _ = dropout_forward(x, 0.25, np.random.default_rng(0))
+    assert abs(y.mean() - 1.0) < 0.01
+    assert abs((y == 0).mean() - 0.25) < 0.01
+
+
+@pytest.mark.parametrize("B,T,C,n_head", [(1, 1, 4, 1), (1, 5, 6, 2), (3, 1, 8, 2), (2, 7, 12, 3), (4, 3, 5, 1), (2, 6, 8, 4)])
+def test_attention(B, T, C, n_head):
+    rng = np.random.default_rng(B + T + C)
+    qkv, dy = rand(rng, B, T, 3 * C), rand(rng, B, T, C)
+    y, cache = attention_forward(qkv, n_head)
+    # independent forward: a per-(b, h, t) loop over the positions t may attend to
+    D = C // n_head
+    ref = np.zeros((B, T, C))
+    for b in range(B):
+        for h in range(n_head):
+            q = qkv[b, :, h * D : (h + 1) * D]
+            k = qkv[b, :, C + h * D : C + (h + 1) * D]
+            v = qkv[b, :, 2 * C + h * D : 2 * C + (h + 1) * D]
+            for t in range(T):
+                s = k[: t + 1] @ q[t] / np.sqrt(D)
+                p = np.exp(s - s.max())
+                ref[b, t, h * D : (h + 1) * D] = (p / p.sum()) @ v[: t + 1]
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+    dqkv = attention_backward(dy, cache)
+    assert relative_error(dqkv, numerical_gradient(lambda v: attention_forward(v, n_head)[0], qkv, dy)) < TOL
+
+
+def test_attention_with_dropout():
+    rng = np.random.default_rng(3)
+    B, T, C, H = 2, 6, 8, 2
+    qkv, dy = rand(rng, B, T, 3 * C), rand(rng, B, T, C)
+
+    def f(v):
+        return attention_forward(v, H, 0.4, np.random.default_rng(5))[0]
+
+    _, cache = attention_forward(qkv, H, 0.4, np.random.default_rng(5))
+    assert cache.drop.mask is not None
+    assert relative_error(attention_backward(dy, cache), numerical_gradient(f, qkv, dy)) < TOL
+
+
+@pytest.mark.parametrize("B,T,C", SHAPES)
+def test_embedding_and_positions(B, T, C):
+    rng = np.random.default_rng(11)
+    V = 5  # small vocabulary so ids repeat and the scatter-add is exercised
+    idx = rng.integers(0, V, (B, T))
+    wte, wpe = rand(rng, V, C), rand(rng, T + 3, C)
+    dy = rand(rng, B, T, C)
+    x = embedding_forward(idx, wte)
+    assert all(np.array_equal(x[b, t], wte[idx[b, t]]) for b in range(B) for t in range(T))
+    dwte = embedding_backward(dy, idx, V)
+    assert relative_error(dwte, numerical_gradient(lambda v: embedding_forward(idx, v), wte, dy)) < TOL
+    x = rand(rng, B, T, C)
+    dwpe = learned_position_backward(dy, T + 3)
+    assert relative_error(dwpe, numerical_gradient(lambda v: learned_position_forward(x, v), wpe, dy)) < TOL
+    assert np.all(dwpe[T:] == 0)
+
+
+def test_sinusoidal_table_properties():
+    P = sinusoidal_table(50, 16, np.float64)
+    assert P.shape == (50, 16)
+    np.testing.assert_allclose(P[0, 0::2], 0.0)  # sin(0)
+    np.testing.assert_allclose(P[0, 1::2], 1.0)  # cos(0)
+    np.testing.assert_allclose(P[:, 0::2] ** 2 + P[:, 1::2] ** 2, 1.0)  # each pair lies on the unit circle
+    # channel pair i has wavelength 2*pi*10000^(2i/C): pair 0 at position 1 is sin(1)
+    assert P[1, 0] == pytest.approx(np.sin(1.0))
+    assert P[3, 2] == pytest.approx(np.sin(3 / 10000 ** (2 / 16)))
+    assert sinusoidal_table(10, 7).shape == (10, 7)  # odd width works
+
+
+@pytest.mark.parametrize("N,V", [(1, 3), (6, 10), (20, 7)])
+def test_cross_entropy(N, V):
+    rng = np.random.default_rng(N)
+    logits = rand(rng, N, V) * 3
+    targets = rng.integers(0, V, N)
+    if N > 1:
+        targets[0] = -1  # an ignored position
+    loss, cache = cross_entropy_forward(logits, targets)
+    valid = targets != -1
+    ref = np.mean(
+        [np.log(np.exp(logits[i]).sum()) - logits[i, targets[i]] for i in range(N) if valid[i]]
+    )
+    assert loss == pytest.approx(ref, rel=1e-12)
+    dlogits = cross_entropy_backward(1.0, cache)
+    num = numerical_gradient(lambda v: cross_entropy_forward(v, targets)[0], logits, 1.0)
+    assert relative_error(dlogits, num) < TOL
+    assert np.all(dlogits[~valid] == 0)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0]])
+    loss, _ = cross_entropy_forward(logits, np.array([0]))
+    assert loss == pytest.approx(0.0, abs=1e-12)
+    loss, _ = cross_entropy_forward(logits, np.array([2]))
+    assert loss == pytest.approx(2000.0)
+
+
+def test_cross_entropy_rejects_bad_targets():
+    with pytest.raises(ValueError, match="not ignored"):
+        cross_entropy_forward(np.zeros((2, 3)), np.array([-1, -1]))
+    with pytest.raises(ValueError, match="targets must be"):
+        cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3]))

@@ -1,0 +1,47 @@
+"""The `vintage` command line: one subcommand per module in `vintagelm/commands/`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+This file only wires them together and turns a `UserError` into one line on stderr with
+exit status 2. Heavy imports happen inside each `run`, so `vintage --help` stays fast.
+"""
+import argparse
+import importlib
+import sys
+
+from vintagelm.common import UserError
+
+# subcommand name -> module under vintagelm.commands (in the order `--help` lists them)
+COMMANDS = {
+    "gradcheck": "gradcheck",
+    "tokenizer": "tokenizer",
+    "prepare": "prepare",
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="vintage", description="vintagelm: a vintage GPT written from scratch in NumPy."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"vintagelm.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"vintage {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vintage {args.command}: interrupted", file=sys.stderr)
+        return 130

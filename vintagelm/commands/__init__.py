@@ -1,0 +1,1 @@
+"""Thin CLI subcommands: parse arguments, call one library function, print the result."""

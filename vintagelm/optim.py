@@ -1,0 +1,135 @@
+"""Optimizers, gradient clipping and the learning-rate schedule, by hand.
+
+Optimizers take the model's parameter dict and update its arrays in place, so the model's
+flat buffer sees every step. Weight decay rule (both optimizers): only parameters with
+ndim >= 2 decay (the weight matrices and the embeddings); 1-D parameters (biases, layer-norm
+gains) never do, since shrinking a gain or an offset toward 0 is not a useful prior.
+"""
+import math
+
+import numpy as np
+
+
+def decays(param):
+    """Whether weight decay applies to this parameter (matrices and embeddings only)."""
+    return param.ndim >= 2
+
+
+class Optimizer:
+    """Shared bookkeeping: the parameter dict, a step counter, state (de)serialisation."""
+
+    state_names = ()  # per-parameter state buffers, e.g. ("m", "v")
+
+    def __init__(self, params, lr):
+        self.params, self.lr, self.t = params, lr, 0
+        self.state = {s: {k: np.zeros_like(p) for k, p in params.items()} for s in self.state_names}
+
+    def state_dict(self):
+        """{"<state>.<param name>": array} plus "t" as a 0-d array: safetensors-friendly."""
+        out = {f"{s}.{k}": a for s, bufs in self.state.items() for k, a in bufs.items()}
+        out["t"] = np.array(self.t, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, d):
+        expected = set(self.state_dict())
+        if set(d) != expected:
+            missing, extra = sorted(expected - set(d)), sorted(set(d) - expected)
+            raise ValueError(f"optimizer state does not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+        for s, bufs in self.state.items():
+            for k, a in bufs.items():
+                if d[f"{s}.{k}"].shape != a.shape:
+                    raise ValueError(f"optimizer state {s}.{k} has shape {d[f'{s}.{k}'].shape}, expected {a.shape}")
+                a[...] = d[f"{s}.{k}"]
+        self.t = int(d["t"])
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), torch.optim.AdamW semantics:
+        p <- p * (1 - lr * wd)                          (decaying parameters only)
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    state_names = ("m", "v")
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+
+    def step(self, grads, lr=None):
+        lr = self.lr if lr is None else lr
+        b1, b2 = self.betas
+        self.t += 1
+        step_size = lr / (1 - b1**self.t)  # bias correction of m folded into the step
+        rsqrt_bc2 = 1.0 / math.sqrt(1 - b2**self.t)  # bias correction of v, under the sqrt
+        for k, p in self.params.items():
+            g, m, v = grads[k], self.state["m"][k], self.state["v"][k]
+            if self.weight_decay and decays(p):
+                p *= 1 - lr * self.weight_decay
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            denom = np.sqrt(v)
+            denom *= rsqrt_bc2
+            denom += self.eps
+            p -= step_size * (m / denom)
+
+
+class SGD(Optimizer):
+    """SGD with momentum, torch.optim.SGD semantics (dampening 0):
+        g <- g + wd p   (L2 on decaying parameters only)
+        buf <- g at the first step, then momentum * buf + g
+        p <- p - lr * (g + momentum * buf if nesterov else buf)
+    """
+
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        if nesterov and momentum <= 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        super().__init__(params, lr)
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+
+    def step(self, grads, lr=None):
+        lr = self.lr if lr is None else lr
+        self.t += 1
+        for k, p in self.params.items():
+            g = grads[k]
+            if self.weight_decay and decays(p):
+                g = g + self.weight_decay * p
+            if self.momentum:
+                buf = self.state["momentum_buffer"][k]
+                if self.t == 1:
+                    buf[...] = g
+                else:
+                    buf *= self.momentum
+                    buf += g
+                g = g + self.momentum * buf if self.nesterov else buf
+            p -= lr * g
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most max_norm.
+
+    Returns the norm before clipping (float; inf or nan when a gradient is not finite, in
+    which case nothing is scaled and the caller should skip the step)."""
+    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if math.isfinite(total):
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0:
+            for g in grads.values():
+                g *= coef
+    return total
+
+
+def lr_at(step, *, max_lr, min_lr, warmup_steps, decay_steps):
+    """Learning rate at `step` (0-based): linear warm-up from max_lr/(warmup+1) to max_lr at
+    step == warmup_steps, then half a cosine down to min_lr at step == decay_steps, then flat.
+    Warm-up keeps Adam's first, poorly estimated updates small."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (decay_steps - warmup_steps)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
