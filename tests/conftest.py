@@ -69,13 +69,16 @@ class Parity:
         impossible relative accuracy; for a scalar it is plain relative error."""
         ours = np.asarray(ours, dtype=np.float64)
         ref = np.asarray(ref, dtype=np.float64)
-        scale = float(np.max(np.abs(ref), initial=0.0)) if ref.size else 0.0
+        scale = float(np.max(np.abs(ref), initial=0.0))
         if ours.shape != ref.shape:
-            row = Row(name, float("inf"), scale, rtol, atol, note=f"shape {ours.shape} != reference {ref.shape}")
-        elif not np.all(np.isfinite(ours)):
-            row = Row(name, float("inf"), scale, rtol, atol, note="non-finite values")
-        else:
-            row = Row(name, float(np.max(np.abs(ours - ref), initial=0.0)), scale, rtol, atol)
+            return self.record(name, float("inf"), scale, rtol, atol, note=f"shape {ours.shape} != reference {ref.shape}")
+        if not np.all(np.isfinite(ours)):
+            return self.record(name, float("inf"), scale, rtol, atol, note="non-finite values")
+        return self.record(name, float(np.max(np.abs(ours - ref), initial=0.0)), scale, rtol, atol)
+
+    def record(self, name, err, scale, rtol=0.0, atol=0.0, note=""):
+        """Record an error measured elsewhere (e.g. the max over the steps of a trajectory)."""
+        row = Row(name, err, scale, rtol, atol, note)
         self.rows.append(row)
         return row
 
