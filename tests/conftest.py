@@ -2,8 +2,9 @@
 
 A parity test calls `parity.check(name, ours, ref, rtol=..., atol=...)` for every tensor, then
 `parity.assert_ok()` once, so a failure lists every tensor with its error, not just the first.
-The worst error of each test is kept for the end of the run:
-    pytest tests -v                    one line per parity test: worst tensor and its error
+The errors are kept for the end of the run:
+    pytest tests -v                    per test function and kind (loss, logits, other tensors):
+                                       the largest error seen over all its cases
     pytest tests --parity-report       the same plus every tensor of every test
 """
 import numpy as np
@@ -95,18 +96,32 @@ def parity(request):
     return Parity(request.node.nodeid)
 
 
+def _kind(row):
+    """loss / logits / everything else (gradients, parameters), for the summary table."""
+    first = row.name.split()[0]
+    return first if first in ("loss", "logits") else "tensors"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     records = [(nodeid, rows) for nodeid, rows in _RECORDS if rows]
     full = config.getoption("--parity-report")
     if not records or not (full or config.getoption("verbose") > 0):
         return
-    terminalreporter.section("parity: worst tensor per test (abs = max|diff|, rel = abs / max|ref|)")
-    for nodeid, rows in records:
-        worst = max(rows, key=lambda r: (not r.ok, r.budget))
-        terminalreporter.write_line(
-            f"{nodeid.split('::', 1)[-1]:<58} worst {worst.name:<28} abs {worst.err:.2e} rel {worst.rel:.2e}"
-            f" ({worst.tolerance()}; {len(rows)} compared)"
-        )
-        if full:
+    write = terminalreporter.write_line
+    if full:
+        terminalreporter.section("parity: every tensor of every test")
+        for nodeid, rows in records:
+            write(nodeid.split("::", 1)[-1])
             for row in rows:
-                terminalreporter.write_line(f"    {row}")
+                write(f"    {row}")
+    # one line per test function (all its parametrized cases) and kind of tensor: the max seen
+    worst = {}
+    for nodeid, rows in records:
+        func = nodeid.split("::", 1)[-1].split("[")[0]
+        for row in rows:
+            key = (nodeid.split("::")[0], func, _kind(row))
+            if key not in worst or row.budget > worst[key][1].budget:
+                worst[key] = (nodeid.split("::", 1)[-1], row)
+    terminalreporter.section("parity: max error seen per test (abs = max|diff|, rel = abs / max|ref|)")
+    for (_, func, kind), (case, row) in worst.items():
+        write(f"{func:<46} {kind:<7} abs {row.err:.2e}  rel {row.rel:.2e}  ({row.tolerance()})  worst: {case} {row.name}")
