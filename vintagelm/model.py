@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from vintagelm.nn.activation import ACTIVATIONS
-from vintagelm.nn.attention import attention_backward, attention_forward
+from vintagelm.nn.attention import attention_backward, attention_forward, attention_forward_cached
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.embedding import embedding_backward, sinusoidal_table
 from vintagelm.nn.linear import linear_backward, linear_forward
@@ -206,16 +206,20 @@ class GPT:
         rng = self.dropout_rng if self.training else None
         return dropout_forward(x, self.config.dropout, rng)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) ints -> (logits (B, T, V), loss float or None).
 
         With targets (B, T) (-1 = ignore) the mean cross-entropy is returned and everything
-        backward() needs is kept until the next forward."""
+        backward() needs is kept until the next forward.
+        With a kv_cache (see generate.KVCache) idx holds only the NEW tokens, at positions
+        kv_cache.pos onwards; their keys and values are appended to the cache (inference)."""
+        if kv_cache is not None:
+            return self._forward_cached(idx, kv_cache), None
         cfg, P = self.config, self.params
         idx = self._check_idx(idx)
         T = idx.shape[1]
         x = P["wte.weight"][idx]  # (B, T, C) token embeddings
-        x = x + (P["wpe.weight"][:T] if cfg.pos == "learned" else self.pos_table[:T])
+        x = x + self._positions(0, T)
         x, drop_emb = self._dropout(x)
         blocks = []
         for i in range(cfg.n_layer):
@@ -230,6 +234,44 @@ class GPT:
             loss, ce = cross_entropy_forward(logits, np.asarray(targets))
         self._cache = dict(idx=idx, drop_emb=drop_emb, blocks=blocks, ln_f=ln_f, x_final=x, ce=ce)
         return logits, loss
+
+    def _positions(self, start, stop):
+        """(stop - start, C) position encodings for positions start .. stop-1."""
+        table = self.params["wpe.weight"] if self.config.pos == "learned" else self.pos_table
+        return table[start:stop]
+
+    def _forward_cached(self, idx, kv_cache):
+        """Inference forward of new tokens idx (B, Tn) after kv_cache.pos cached ones.
+        Dropout is off and nothing is kept for backward. -> logits (B, Tn, V)."""
+        cfg, P = self.config, self.params
+        idx = np.asarray(idx)
+        pos, Tn = kv_cache.pos, idx.shape[1]
+        if pos + Tn > cfg.block_size:
+            raise ValueError(f"KV cache holds {pos} tokens; {Tn} more exceed block_size {cfg.block_size}")
+        self._check_idx(idx)
+        self._cache = None
+        x = P["wte.weight"][idx] + self._positions(pos, pos + Tn)  # (B, Tn, C)
+
+        def attn(h, i):
+            p = f"h.{i}."
+            qkv, _ = linear_forward(h, P[p + "attn.c_attn.weight"], P.get(p + "attn.c_attn.bias"))
+            k_buf, v_buf = kv_cache.layer(i)
+            y = attention_forward_cached(qkv, cfg.n_head, k_buf, v_buf, pos)
+            return linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))[0]
+
+        def mlp(h, i):
+            p = f"h.{i}."
+            act_forward, _ = ACTIVATIONS[cfg.activation]
+            f, _ = linear_forward(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias"))
+            return linear_forward(act_forward(f)[0], P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))[0]
+
+        for i in range(cfg.n_layer):
+            x, _ = self._residual_forward(x, f"h.{i}.ln_1", lambda h: attn(h, i))
+            x, _ = self._residual_forward(x, f"h.{i}.ln_2", lambda h: mlp(h, i))
+        if cfg.norm == "pre":
+            x, _ = layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
+        kv_cache.advance(Tn)
+        return x @ self.head_weight().T  # (B, Tn, V)
 
     def _block_forward(self, x, i):
         """One transformer block on x (B, T, C); norm placement follows config.norm."""

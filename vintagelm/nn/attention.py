@@ -31,15 +31,16 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def causal_softmax(scores):
-    """scores (..., T, T) -> probabilities where row t only attends to columns <= t.
+def causal_softmax(scores, offset=0):
+    """scores (..., Tq, Tk) -> probabilities where query row i (at absolute position
+    offset + i) only attends to key columns j <= offset + i.
 
     Masked entries are set to -inf so exp gives exactly 0; the row max is subtracted first
-    so exp cannot overflow (the diagonal is never masked, so every row has a finite max).
-    Works in place on `scores` and returns it.
+    so exp cannot overflow (each query's own position is never masked, so every row has a
+    finite max). Works in place on `scores` and returns it.
     """
-    T = scores.shape[-1]
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T) True above the diagonal
+    Tq, Tk = scores.shape[-2:]
+    future = np.triu(np.ones((Tq, Tk), dtype=bool), k=offset + 1)  # (Tq, Tk) True where j > offset + i
     scores[..., future] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
@@ -78,3 +79,21 @@ def attention_backward(dy, cache):
     dq = dS @ k  # (B, H, T, D)
     dk = dS.transpose(0, 1, 3, 2) @ q  # (B, H, T, D)
     return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+
+
+def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos):
+    """Attention for Tn new tokens at positions pos .. pos+Tn-1, reusing cached keys/values.
+
+    qkv (B, Tn, 3C); k_cache, v_cache (B, H, T_max, D) hold the keys and values of positions
+    < pos; this writes the new ones in place and attends over positions < pos + Tn.
+    -> y (B, Tn, C). Inference only: nothing is kept for a backward pass.
+    """
+    C = qkv.shape[-1] // 3
+    Tn = qkv.shape[1]
+    q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # (B, H, Tn, D)
+    k_cache[:, :, pos : pos + Tn] = k
+    v_cache[:, :, pos : pos + Tn] = v
+    keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
+    scores = (q @ keys.transpose(0, 1, 3, 2)) * q.dtype.type(1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
+    att = causal_softmax(scores, offset=pos)
+    return merge_heads(att @ values)
