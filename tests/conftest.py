@@ -72,7 +72,8 @@ class Parity:
         ref = np.asarray(ref, dtype=np.float64)
         scale = float(np.max(np.abs(ref), initial=0.0))
         if ours.shape != ref.shape:
-            return self.record(name, float("inf"), scale, rtol, atol, note=f"shape {ours.shape} != reference {ref.shape}")
+            note = f"shape {ours.shape} != reference {ref.shape}"
+            return self.record(name, float("inf"), scale, rtol, atol, note=note)
         if not np.all(np.isfinite(ours)):
             return self.record(name, float("inf"), scale, rtol, atol, note="non-finite values")
         return self.record(name, float(np.max(np.abs(ours - ref), initial=0.0)), scale, rtol, atol)
@@ -124,4 +125,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 worst[key] = (nodeid.split("::", 1)[-1], row)
     terminalreporter.section("parity: max error seen per test (abs = max|diff|, rel = abs / max|ref|)")
     for (_, func, kind), (case, row) in worst.items():
-        write(f"{func:<46} {kind:<7} abs {row.err:.2e}  rel {row.rel:.2e}  ({row.tolerance()})  worst: {case} {row.name}")
+        write(f"{func:<46} {kind:<7} abs {row.err:.2e}  rel {row.rel:.2e}  ({row.tolerance()})"
+              f"  worst: {case} {row.name}")

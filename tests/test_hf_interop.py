@@ -68,7 +68,8 @@ def test_reference_matches_hf(parity):
     gradients, in float64. This is the independent check that the parity oracle is right."""
     hf = random_hf_model(seed=1).to(torch.float64)
     params = hf_to_our_names(hf)
-    cfg = dict(vocab_size=V, block_size=BLOCK, n_layer=L, n_head=H, n_embd=C)  # defaults: pre, learned, bias, tied, gelu
+    # the reference's defaults are GPT-2's: pre-norm, learned positions, biases, tied head, gelu
+    cfg = dict(vocab_size=V, block_size=BLOCK, n_layer=L, n_head=H, n_embd=C)
     ref = TorchGPT.from_numpy(cfg, params, dtype=torch.float64)
     idx = torch.as_tensor(random_batch(seed=2))
     targets = torch.as_tensor(random_batch(seed=3))
@@ -81,7 +82,9 @@ def test_reference_matches_hf(parity):
 
     parity.check("loss", ref_loss.item(), loss.item(), 1e-12)
     parity.check("logits", ref_logits.detach().numpy(), logits.detach().numpy(), 1e-12)
-    hf_grads = {k.removeprefix("transformer."): p.grad.numpy() for k, p in hf.named_parameters() if k.startswith("transformer.")}
+    hf_grads = {
+        k.removeprefix("transformer."): p.grad.numpy() for k, p in hf.named_parameters() if k.startswith("transformer.")
+    }
     ref_grads = ref.numpy_grads()
     assert set(ref_grads) == set(hf_grads)
     for name in sorted(ref_grads):
