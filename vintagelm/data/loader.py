@@ -1,0 +1,109 @@
+"""Read a prepared dataset (made by `vintage prepare`) and cut it into training batches.
+
+The token files are memory-mapped read-only, so a dataset larger than RAM costs only the
+pages a batch touches. Batches are (x, y) int64 arrays of shape (B, T) with y = x shifted
+one token left: y[b, t] is the token that follows x[b, t].
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vintagelm.common import UserError, read_json
+from vintagelm.data.prepare import FORMAT, VERSION
+
+_DTYPES = ("uint16", "uint32")
+_HINT = "re-run `vintage prepare`"
+
+
+@dataclass
+class PreparedDataset:
+    path: Path
+    meta: dict
+    tokenizer: object  # a vintagelm.tokenizers tokenizer
+    train: np.ndarray  # (N_train,) read-only memmap of token ids
+    val: np.ndarray  # (N_val,) read-only memmap of token ids
+
+
+def load_dataset(path):
+    """Open the prepared dataset in folder `path`, checking that its files agree with meta.json."""
+    from vintagelm.tokenizers import load_tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"no prepared dataset at {path}: folder not found; {_HINT}")
+    meta = read_json(path / "meta.json", what="dataset meta")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path / 'meta.json'} is not a vintagelm dataset meta file; {_HINT}")
+    if meta.get("version") != VERSION:
+        raise UserError(f"{path / 'meta.json'} has format version {meta.get('version')}, this vintagelm reads {VERSION}; {_HINT}")
+    if meta.get("dtype") not in _DTYPES:
+        raise UserError(f"{path / 'meta.json'} has dtype {meta.get('dtype')!r}, expected one of {', '.join(_DTYPES)}; {_HINT}")
+    dtype = np.dtype(meta["dtype"])
+
+    tok_file = path / meta.get("tokenizer_file", "tokenizer.json")
+    if not tok_file.is_file():
+        raise UserError(f"{tok_file} is missing; {_HINT}")
+    tokenizer = load_tokenizer(tok_file)
+    if tokenizer.fingerprint() != meta.get("tokenizer_fingerprint"):
+        raise UserError(f"{tok_file} is not the tokenizer {path / 'train.bin'} was encoded with; {_HINT}")
+    if tokenizer.vocab_size != meta.get("vocab_size"):
+        raise UserError(f"{tok_file} has vocab size {tokenizer.vocab_size}, meta.json says {meta.get('vocab_size')}; {_HINT}")
+
+    splits = {split: _open_tokens(path / f"{split}.bin", dtype, meta["tokens"][split]) for split in ("train", "val")}
+    return PreparedDataset(path, meta, tokenizer, splits["train"], splits["val"])
+
+
+def _open_tokens(file, dtype, n_tokens):
+    if not file.is_file():
+        raise UserError(f"{file} is missing; {_HINT}")
+    size = file.stat().st_size
+    if size != n_tokens * dtype.itemsize:
+        raise UserError(
+            f"{file} has {size} bytes but meta.json promises {n_tokens} {dtype.name} tokens "
+            f"({n_tokens * dtype.itemsize} bytes); {_HINT}"
+        )
+    if n_tokens == 0:  # mmap cannot map an empty file
+        empty = np.zeros(0, dtype=dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(file, dtype=dtype, mode="r")
+
+
+def get_batch(data, batch_size, block_size, rng):
+    """B random windows of T+1 tokens from `data` -> (x, y), both int64 (B, T).
+
+    rng: an np.random.Generator; the offsets come only from it, so a seeded generator gives
+    the same batches every run.
+    """
+    _check_long_enough(data, block_size)
+    starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,) window starts
+    return _windows(data, starts, block_size)
+
+
+def sequential_batches(data, batch_size, block_size, max_batches=None):
+    """Walk a whole split in order: yield (x, y) int64 (b, T) batches of consecutive,
+    non-overlapping windows, b <= batch_size (the last batch may be smaller). Tokens after
+    the last full window of T+1 are not visited. For evaluation: every token is predicted once.
+    """
+    _check_long_enough(data, block_size)
+    n_windows = (len(data) - 1) // block_size
+    for i, first in enumerate(range(0, n_windows, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        starts = np.arange(first, min(first + batch_size, n_windows)) * block_size  # (b,)
+        yield _windows(data, starts, block_size)
+
+
+def _windows(data, starts, block_size):
+    """The T+1 tokens from each start, as int64 inputs x and next-token targets y, (b, T) each."""
+    windows = np.stack([data[s : s + block_size + 1] for s in starts]).astype(np.int64)  # (b, T+1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def _check_long_enough(data, block_size):
+    if len(data) < block_size + 1:
+        raise UserError(
+            f"this split has {len(data)} tokens, fewer than block size + 1 = {block_size + 1}; "
+            "use a smaller block size or more data"
+        )
