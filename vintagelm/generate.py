@@ -1,0 +1,249 @@
+"""Text generation: the KV cache, the token sampler, and the streaming `generate` loop.
+
+Three separate pieces, each usable on its own:
+    KVCache            preallocated keys and values of every layer, filled as tokens arrive
+    sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
+    generate           a generator yielding one new token id at a time (batch 1)
+plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
+hands out next-token logits (generate, the tests and the benchmark all drive it), and
+`TextStream`, which turns ids into text as they arrive without splitting a UTF-8 character.
+
+Two paths compute the next-token logits, and they must agree (tests/test_generate.py):
+    KV cache (default)  prefill the window once, then ONE forward per new token over the
+                        cached keys/values: O(T) attention work per token
+    no cache            the reference: a full forward over the whole window at every step,
+                        as nanoGPT's sample.py does: O(T^2) per token
+
+Sliding window, shared exactly by both paths. The model only knows positions
+0..block_size-1, so the text the model sees is a window `ids[start:]` of the whole text:
+  * it starts at 0 and stays put while the window holds at most block_size tokens;
+  * when a token would make it block_size + 1 long (or a prompt is longer than block_size),
+    the window restarts at the LAST keep = max(1, block_size // 2) tokens, at positions 0..
+So the model always sees between keep and block_size tokens of context. The cached path
+pays for a restart with one prefill of `keep` tokens, once every block_size - keep + 1 new
+tokens: about one extra token's work per generated token, done in one batched forward,
+instead of a full re-forward at every step (nanoGPT's "crop to the last block_size tokens"
+rule, which keeps the most context but makes a cache useless). The no-cache path moves its
+window start at exactly the same steps, so both see identical token windows at identical
+positions and produce the same logits (up to float rounding) and the same tokens for a seed.
+
+What this file does not do: batched sampling of several prompts, beam search, stop strings.
+Shape legend: B batch, T time, L layers, H heads, D head size, V vocab size.
+"""
+import codecs
+import numbers
+
+import numpy as np
+
+
+class KVCache:
+    """Keys and values of every layer for up to max_len positions, allocated once.
+
+    k, v: (L, B, H, T_max, D). The model's cached forward writes the new tokens' keys and
+    values into `layer(i)` at [:, :, pos:pos+Tn] and then calls `advance(Tn)` once; positions
+    >= pos hold stale data that is never read.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype=np.float32):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = np.zeros(shape, dtype=dtype)  # (L, B, H, T_max, D)
+        self.v = np.zeros(shape, dtype=dtype)  # (L, B, H, T_max, D)
+        self.pos = 0  # number of positions filled (the absolute position of the next token)
+
+    @classmethod
+    def for_model(cls, model, batch_size=1):
+        """A cache that fits `model`: block_size positions, the model's dtype."""
+        cfg = model.config
+        return cls(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, model.dtype)
+
+    @property
+    def max_len(self):
+        return self.k.shape[3]
+
+    def layer(self, i):
+        """(k, v) views of layer i, each (B, H, T_max, D); writes go straight into the cache."""
+        return self.k[i], self.v[i]
+
+    def advance(self, n):
+        """Mark n more positions as filled (called by the model after every layer wrote them)."""
+        if self.pos + n > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.pos} + {n} positions exceed max_len {self.max_len}")
+        self.pos += n
+
+    def reset(self):
+        """Forget everything; the buffers are reused, not reallocated."""
+        self.pos = 0
+
+
+def check_sampling_params(temperature=1.0, top_k=None, top_p=None):
+    """Raise a ValueError with a clear message for any invalid sampling parameter."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+        np.isfinite(temperature) and temperature >= 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None (no limit), got {top_k!r}")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
+    ):
+        raise ValueError(f"top_p must be a number in (0, 1] or None (no limit), got {top_p!r}")
+
+
+def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
+    """logits (B, V) -> token ids (B,) int64, one per row. Pure: `logits` is not modified.
+
+    temperature 0   greedy: the argmax (lowest id on ties); rng is not touched
+    temperature T   sample from softmax(logits / T)
+    top_k = k       keep only the k largest logits (exactly k; ties go to the lower id)
+    top_p = p       keep the smallest set of most-probable tokens whose probability mass
+                    reaches p (always at least the most probable one)
+    Filters compose: top-k first, then top-p over the renormalised top-k distribution.
+    Exactly one uniform draw per row is taken from `rng` (an np.random.Generator), so the
+    same seed gives the same tokens, whatever the filters keep.
+    """
+    check_sampling_params(temperature, top_k, top_p)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with V >= 1, got {logits.shape}")
+    if np.isnan(logits).any() or np.isposinf(logits).any() or np.isneginf(logits).all(axis=1).any():
+        raise ValueError("logits must be finite (-inf may mask tokens, but not every token of a row)")
+    if temperature == 0:
+        return np.argmax(logits, axis=1).astype(np.int64)
+    B, V = logits.shape
+    # Sort each row by descending logit; a stable sort keeps the lower id first on ties.
+    order = np.argsort(-logits, axis=1, kind="stable")  # (B, V) ids, most probable first
+    z = np.take_along_axis(logits, order, axis=1).astype(np.float64) / temperature  # (B, V)
+    probs = np.exp(z - z[:, :1])  # (B, V) unnormalised softmax; the row max is z[:, 0]
+    if top_k is not None and top_k < V:
+        probs[:, top_k:] = 0.0
+    if top_p is not None and top_p < 1:
+        probs /= probs.sum(axis=1, keepdims=True)
+        mass_before = np.cumsum(probs, axis=1) - probs  # (B, V) mass of the more probable tokens
+        probs[mass_before >= top_p] = 0.0  # the first token has mass_before 0, so it always stays
+    # Inverse-CDF sampling: the first sorted token whose cumulative mass exceeds u * total.
+    # A zero-probability token never is the first, since its predecessor's cdf equals its own.
+    cdf = np.cumsum(probs, axis=1)  # (B, V)
+    u = rng.random(B) * cdf[:, -1]  # (B,) in [0, total)
+    choice = np.argmax(cdf > u[:, None], axis=1)  # (B,) index into the sorted order
+    return order[np.arange(B), choice].astype(np.int64)
+
+
+def window_restart(length, block_size):
+    """Where the window starts after a restart of a `length`-token text: keep the last
+    max(1, block_size // 2) tokens (see the module docstring)."""
+    return length - max(1, block_size // 2)
+
+
+class ContextWindow:
+    """The text so far, its sliding window, and (with use_kv_cache) the cache over the window.
+
+        ctx = ContextWindow(model, prompt_ids)
+        logits = ctx.logits()      # (V,) next-token logits after the whole text
+        ctx.append(token)          # extend the text; the window slides when it must
+
+    `start` is the window start: the model sees ids[start:] at positions 0, 1, ...
+    Both paths move `start` at the same steps, so their logits agree at every step.
+    """
+
+    def __init__(self, model, prompt_ids, use_kv_cache=True):
+        self.model = model
+        self.block_size = model.config.block_size
+        self.ids = [int(t) for t in prompt_ids]
+        if not self.ids:
+            raise ValueError("the prompt must hold at least one token id")
+        self.start = 0 if len(self.ids) <= self.block_size else window_restart(len(self.ids), self.block_size)
+        self.cache = KVCache.for_model(model) if use_kv_cache else None
+        self._pending = self.ids[self.start:]  # tokens the cache has not seen yet (cached path)
+        self._logits = None  # (V,) logits after the last token, once computed
+
+    @property
+    def window(self):
+        return self.ids[self.start:]
+
+    def append(self, token):
+        """Add one token to the text; restart the window when it would outgrow block_size."""
+        self.ids.append(int(token))
+        self._logits = None
+        if len(self.ids) - self.start > self.block_size:
+            self.start = window_restart(len(self.ids), self.block_size)
+            if self.cache is not None:
+                self.cache.reset()
+                self._pending = self.window  # re-prefill: the kept tokens now sit at positions 0..
+                return
+        if self.cache is not None:
+            self._pending.append(int(token))
+
+    def logits(self):
+        """(V,) next-token logits after the whole text (computed once per appended token)."""
+        if self._logits is None:
+            if self.cache is None:
+                self._logits = self._forward(self.window)
+            else:
+                self._logits = self._forward(self._pending, self.cache)
+                self._pending = []
+        return self._logits
+
+    def _forward(self, tokens, cache=None):
+        """The model's logits at the last of `tokens`, with dropout off for this call only
+        (the model's training mode is restored, so sampling mid-training changes nothing)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            logits, _ = model.forward(np.asarray([tokens], dtype=np.int64), kv_cache=cache)  # (1, T, V)
+        finally:
+            model.train(was_training)
+        return logits[0, -1]
+
+
+def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_kv_cache=True):
+    """Yield max_new_tokens new token ids (ints), one at a time, continuing prompt_ids.
+
+    rng: np.random.Generator (same seed, same tokens, with or without the cache).
+    The arguments are checked now, not at the first next(), so mistakes surface at the call.
+    """
+    check_sampling_params(temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    ctx = ContextWindow(model, prompt_ids, use_kv_cache)
+    return _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p)
+
+
+def _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p):
+    for step in range(max_new_tokens):
+        if step:
+            ctx.append(token)  # fed lazily, so no forward is spent after the last token
+        token = int(sample_next_token(ctx.logits()[None], rng, temperature, top_k, top_p)[0])
+        yield token
+
+
+class TextStream:
+    """Turn token ids into text as they arrive, never printing half a UTF-8 character.
+
+    A byte-level BPE token may end in the middle of a multi-byte character (an emoji is
+    4 bytes, often split over tokens). Bytes are fed to an incremental UTF-8 decoder that
+    holds an incomplete character back until its last byte arrives; bytes that can never
+    form a character become U+FFFD instead of raising.
+        stream = TextStream(tokenizer)
+        print(stream.push(token_id), end="")   # "" while a character is incomplete
+        print(stream.finish(), end="")          # whatever is still held back, as U+FFFD
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def token_bytes(self, token_id):
+        """The raw bytes of one id (char tokenizers have no byte decoder: encode their text)."""
+        tok = self.tokenizer
+        if hasattr(tok, "decode_bytes"):
+            return tok.decode_bytes([token_id])
+        return tok.decode([token_id]).encode("utf-8")
+
+    def push(self, token_id):
+        """The text completed by this token ('' when it only begins a character)."""
+        return self._utf8.decode(self.token_bytes(token_id))
+
+    def finish(self):
+        """Flush the end of the stream: an incomplete trailing character becomes U+FFFD."""
+        return self._utf8.decode(b"", final=True)
