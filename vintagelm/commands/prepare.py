@@ -10,10 +10,10 @@ def add_arguments(p):
     )
     p.add_argument("--tokenizer", required=True, metavar="char|bpe|FILE",
                    help="train a char or bpe tokenizer on the cleaned text, or reuse a saved tokenizer file")
-    p.add_argument("--vocab-size", type=int, default=None,
+    p.add_argument("--vocab-size", type=int, default=None, metavar="N",
                    help="bpe: vocabulary size (default 2048; 1024-4096 suit a small corpus); char: cap on symbols")
     p.add_argument("--before", type=int, default=None, metavar="YEAR",
-                   help="drop text that mentions a year >= YEAR or a term first common after it")
+                   help="drop text that mentions a year >= YEAR or a term that came into use in or after YEAR")
     p.add_argument("--filter-unit", choices=["paragraph", "document"], default="paragraph",
                    help="what a --before hit drops (default: the paragraph)")
     p.add_argument("--terms", default=None, metavar="FILE",
@@ -21,8 +21,8 @@ def add_arguments(p):
     p.add_argument("--explain", action="store_true", help="show examples of what --before dropped and why")
     p.add_argument("--unwrap", action="store_true",
                    help="join hard-wrapped prose lines into one line per paragraph (verse and indented lines stay)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for val (default 0.1)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (default 1337)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of documents held out for val (default 0.1)")
+    p.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the train/val split (default 1337)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="dataset folder; an earlier dataset there is replaced only when the new one is complete")
 

@@ -74,6 +74,8 @@ def prepare_dataset(
         raise UserError(f"val fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     if vocab_size is not None and vocab_size < 1:
         raise UserError(f"vocab size must be positive, not {vocab_size}")
+    if terms_file is not None and before is None:
+        raise UserError("a terms file only matters with a cut-off year; add --before YEAR")
     if filter_unit not in UNITS:
         raise UserError(f"filter unit must be one of {', '.join(UNITS)}, not {filter_unit!r}")
     out_dir = Path(out_dir)
