@@ -12,49 +12,67 @@ from vintagelm.nn.dropout import DropoutCache, dropout_backward, dropout_forward
 
 
 class AttentionCache(NamedTuple):
-    q: np.ndarray  # (B, H, T, D)
+    q: np.ndarray  # (B, H, T, D) queries, already multiplied by 1/sqrt(D)
     k: np.ndarray  # (B, H, T, D)
     v: np.ndarray  # (B, H, T, D)
     att: np.ndarray  # (B, H, T, T) softmax probabilities (before dropout)
     drop: DropoutCache  # the mask applied to att (None when dropout is off)
 
 
+def split_qkv(qkv, n_head, scale=1.0):
+    """qkv (B, T, 3C) -> q, k, v, each a contiguous (B, H, T, D) array; q is multiplied by
+    `scale` in the same pass as its copy. Contiguous heads keep every batched matmul on BLAS."""
+    B, T, C3 = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+    q = np.multiply(heads[0], qkv.dtype.type(scale))
+    return q, np.ascontiguousarray(heads[1]), np.ascontiguousarray(heads[2])
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, C) with C = H * D."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
 def split_heads(x, n_head):
-    """(B, T, C) -> (B, H, T, D)."""
+    """(B, T, C) -> (B, H, T, D), the inverse of merge_heads (a view)."""
     B, T, C = x.shape
     return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
 
-def merge_heads(x):
-    """(B, H, T, D) -> (B, T, C), the inverse of split_heads."""
-    B, H, T, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+_MASKS = {}  # (Tq, Tk, offset, dtype) -> additive mask, 0 where allowed and -inf in the future
+
+
+def causal_mask(Tq, Tk, offset, dtype):
+    """(Tq, Tk) additive mask: query i (at absolute position offset + i) sees keys j <= offset + i."""
+    key = (Tq, Tk, offset, np.dtype(dtype))
+    if key not in _MASKS:
+        future = np.triu(np.ones((Tq, Tk), dtype=bool), k=offset + 1)
+        _MASKS[key] = np.where(future, -np.inf, 0.0).astype(dtype)
+    return _MASKS[key]
 
 
 def causal_softmax(scores, offset=0):
     """scores (..., Tq, Tk) -> probabilities where query row i (at absolute position
     offset + i) only attends to key columns j <= offset + i.
 
-    Masked entries are set to -inf so exp gives exactly 0; the row max is subtracted first
-    so exp cannot overflow (each query's own position is never masked, so every row has a
-    finite max). Works in place on `scores` and returns it.
+    Masked entries become -inf so exp gives exactly 0; the row max is subtracted first so
+    exp cannot overflow (each query's own position is never masked, so every row has a
+    finite max). Works in place on `scores` (one pass per step, no temporaries) and returns it.
     """
     Tq, Tk = scores.shape[-2:]
-    future = np.triu(np.ones((Tq, Tk), dtype=bool), k=offset + 1)  # (Tq, Tk) True where j > offset + i
-    scores[..., future] = -np.inf
+    scores += causal_mask(Tq, Tk, offset, scores.dtype)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
     return scores
 
 
 def attention_forward(qkv, n_head, dropout_p=0.0, rng=None):
     """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H."""
-    C = qkv.shape[-1] // 3
-    q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # (B, H, T, D)
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    scores = (q @ k.transpose(0, 1, 3, 2)) * q.dtype.type(scale)  # (B, H, T, T)
-    att = causal_softmax(scores)
+    D = qkv.shape[-1] // (3 * n_head)
+    q, k, v = split_qkv(qkv, n_head, 1.0 / np.sqrt(D))  # (B, H, T, D), q pre-scaled
+    att = causal_softmax(q @ k.transpose(0, 1, 3, 2))  # (B, H, T, T) scores q kᵀ / sqrt(D)
     att_dropped, drop = dropout_forward(att, dropout_p, rng)
     y = merge_heads(att_dropped @ v)  # (B, H, T, D) -> (B, T, C)
     return y, AttentionCache(q, k, v, att, drop)
@@ -63,22 +81,27 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None):
 def attention_backward(dy, cache):
     """dy (B, T, C) -> dqkv (B, T, 3C).
 
-    Forward: S = q kᵀ * s, P = softmax(S) (causal), P' = dropout(P), Y = P' v. Then
-      dv = P'ᵀ dY, dP' = dY vᵀ, dP = dropout_backward(dP'),
+    Forward: S = q' kᵀ with q' = q s (s = 1/sqrt(D)), P = softmax(S) (causal),
+    P' = dropout(P), Y = P' v. Then
+      dv = P'ᵀ dY,   dP' = dY vᵀ,   dP = dropout_backward(dP'),
       dS = P * (dP - rowsum(dP * P))   (the softmax Jacobian; masked entries have P = 0),
-      dq = dS k * s, dk = dSᵀ q * s.
+      dq = dS k s,   dk = dSᵀ q'.
     """
     q, k, v, att, drop = cache
-    H = q.shape[1]
+    B, H, T, D = q.shape
     dY = split_heads(dy, H)  # (B, H, T, D)
     att_dropped = att if drop.mask is None else att * drop.mask
-    dv = att_dropped.transpose(0, 1, 3, 2) @ dY  # (B, H, T, D)
-    datt = dropout_backward(dY @ v.transpose(0, 1, 3, 2), drop)  # (B, H, T, T)
-    dS = att * (datt - np.sum(datt * att, axis=-1, keepdims=True))
-    dS *= q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
-    dq = dS @ k  # (B, H, T, D)
-    dk = dS.transpose(0, 1, 3, 2) @ q  # (B, H, T, D)
-    return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    dS = dropout_backward(dY @ v.transpose(0, 1, 3, 2), drop)  # (B, H, T, T), dP for now
+    row = np.einsum("bhij,bhij->bhi", dS, att)[..., None]  # (B, H, T, 1) rowsum(dP * P)
+    dS -= row
+    dS *= att
+    # write dq, dk, dv straight into their slots of dqkv, laid out (B, T, 3, H, D)
+    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
+    slots = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+    np.multiply(dS @ k, q.dtype.type(1.0 / np.sqrt(D)), out=slots[0])
+    np.matmul(dS.transpose(0, 1, 3, 2), q, out=slots[1])
+    np.matmul(att_dropped.transpose(0, 1, 3, 2), dY, out=slots[2])
+    return dqkv.reshape(B, T, 3 * H * D)
 
 
 def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos):
@@ -88,12 +111,10 @@ def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos):
     < pos; this writes the new ones in place and attends over positions < pos + Tn.
     -> y (B, Tn, C). Inference only: nothing is kept for a backward pass.
     """
-    C = qkv.shape[-1] // 3
-    Tn = qkv.shape[1]
-    q, k, v = (split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # (B, H, Tn, D)
+    Tn, D = qkv.shape[1], qkv.shape[-1] // (3 * n_head)
+    q, k, v = split_qkv(qkv, n_head, 1.0 / np.sqrt(D))  # (B, H, Tn, D), q pre-scaled
     k_cache[:, :, pos : pos + Tn] = k
     v_cache[:, :, pos : pos + Tn] = v
     keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
-    scores = (q @ keys.transpose(0, 1, 3, 2)) * q.dtype.type(1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
-    att = causal_softmax(scores, offset=pos)
+    att = causal_softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos)  # (B, H, Tn, pos+Tn)
     return merge_heads(att @ values)

@@ -11,11 +11,17 @@ def embedding_backward(dx, idx, vocab_size):
     """dx (B, T, C) -> dwte (V, C).
 
     Forward copied row idx[b, t] of wte to position (b, t), so each row's gradient is the sum
-    of dx over every position where that id appeared (ids repeat, so this is a scatter-add).
+    of dx over every position where that id appeared. Ids repeat, so this is a scatter-add;
+    sorting positions by id turns it into contiguous segment sums (np.add.reduceat), much
+    faster than the element-by-element np.add.at.
     """
     C = dx.shape[-1]
+    ids = idx.reshape(-1)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each id
     dwte = np.zeros((vocab_size, C), dtype=dx.dtype)
-    np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))
+    dwte[sorted_ids[starts]] = np.add.reduceat(dx.reshape(-1, C)[order], starts, axis=0)
     return dwte
 
 

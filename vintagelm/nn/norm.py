@@ -12,11 +12,12 @@ class LayerNormCache(NamedTuple):
 
 def layernorm_forward(x, w, b=None, eps=1e-5):
     """x (..., C), w (C,), b (C,) or None -> y (..., C) = (x - mean) / sqrt(var + eps) * w + b."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    C = x.shape[-1]
+    xhat = x - x.mean(axis=-1, keepdims=True)  # (..., C) centred
+    # the variance as a row-wise dot product: no (..., C) temporary for the squares
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C  # (..., 1)
     rstd = 1.0 / np.sqrt(var + eps)
-    xhat = xc * rstd
+    xhat *= rstd
     y = xhat * w
     if b is not None:
         y += b
@@ -33,11 +34,15 @@ def layernorm_backward(dy, cache, has_bias=True):
     through the mean, the third through the variance.
     """
     xhat, rstd, w = cache
-    lead = tuple(range(dy.ndim - 1))
-    dw = np.sum(dy * xhat, axis=lead)
-    db = dy.sum(axis=lead) if has_bias else None
+    C = xhat.shape[-1]
+    dy2, xhat2 = dy.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
+    dw = np.einsum("nc,nc->c", dy2, xhat2)
+    db = dy2.sum(axis=0) if has_bias else None
     g = dy * w
-    dx = g - g.mean(axis=-1, keepdims=True)
-    dx -= xhat * np.mean(g * xhat, axis=-1, keepdims=True)
+    mean_g = g.mean(axis=-1, keepdims=True)  # (..., 1)
+    mean_gx = np.einsum("...c,...c->...", g, xhat)[..., None] / C  # (..., 1)
+    g -= mean_g
+    dx = xhat * mean_gx
+    np.subtract(g, dx, out=dx)
     dx *= rstd
     return dx, dw, db
