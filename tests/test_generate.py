@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from vintagelm import GPT, GPTConfig
-from vintagelm.generate import ContextWindow, KVCache, TextStream, generate, sample_next_token
+from vintagelm.common import UserError
+from vintagelm.generate import ContextWindow, KVCache, TextStream, encode_prompt, generate, sample_next_token
 from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
 BLOCK = 8  # small block so that a few dozen tokens cross several window restarts
@@ -296,3 +297,15 @@ def test_stream_with_a_char_tokenizer():
     ids = tok.encode(TEXT + "<|endoftext|>", allowed_special="all")
     assert len(ids) == len(TEXT) + 1
     assert "".join(map(stream.push, ids)) == TEXT + "<|endoftext|>"
+
+
+def test_encode_prompt():
+    tok = CharTokenizer.train("ab\ncd")
+    assert encode_prompt(tok, "") == [tok.eot_id]
+    assert encode_prompt(tok, "ab<|endoftext|>") == tok.encode("ab") + [tok.eot_id]
+    no_specials = CharTokenizer.train("ab\ncd", special_tokens=[])
+    assert encode_prompt(no_specials, "") == no_specials.encode("\n")
+    with pytest.raises(UserError, match="prompt.*'z'"):
+        encode_prompt(tok, "abz")
+    with pytest.raises(UserError, match="prompt is empty"):
+        encode_prompt(CharTokenizer.train("ab", special_tokens=[]), "")

@@ -15,6 +15,7 @@ COMMANDS = {
     "gradcheck": "gradcheck",
     "tokenizer": "tokenizer",
     "prepare": "prepare",
+    "sample": "sample",
 }
 
 

@@ -5,8 +5,9 @@ Three separate pieces, each usable on its own:
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
     generate           a generator yielding one new token id at a time (batch 1)
 plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
-hands out next-token logits (generate, the tests and the benchmark all drive it), and
-`TextStream`, which turns ids into text as they arrive without splitting a UTF-8 character.
+hands out next-token logits (generate, the tests and the benchmark all drive it),
+`encode_prompt` (text -> ids, with the empty-prompt rule), and `TextStream`, which turns ids
+into text as they arrive without splitting a UTF-8 character.
 
 Two paths compute the next-token logits, and they must agree (tests/test_generate.py):
     KV cache (default)  prefill the window once, then ONE forward per new token over the
@@ -34,6 +35,8 @@ import codecs
 import numbers
 
 import numpy as np
+
+from vintagelm.common import UserError
 
 
 class KVCache:
@@ -215,6 +218,24 @@ def _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p):
             ctx.append(token)  # fed lazily, so no forward is spent after the last token
         token = int(sample_next_token(ctx.logits()[None], rng, temperature, top_k, top_p)[0])
         yield token
+
+
+def encode_prompt(tokenizer, text):
+    """Prompt text -> ids. Special-token strings in it (e.g. "<|endoftext|>") become their ids.
+    An empty prompt starts a fresh document: the `<|endoftext|>` id when the tokenizer has
+    one, else a newline. Text the tokenizer cannot encode is a one-line UserError."""
+    if text:
+        try:
+            return tokenizer.encode(text, allowed_special="all")
+        except UserError as e:
+            raise UserError(f"the prompt cannot be encoded: {e}") from None
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    try:
+        return tokenizer.encode("\n")
+    except UserError:
+        raise UserError("the prompt is empty and the tokenizer has neither <|endoftext|> nor a newline "
+                        "to start from; give a prompt") from None
 
 
 class TextStream:

@@ -1,0 +1,52 @@
+"""`vintage sample CKPT`: continue a prompt with a trained model, streaming the text as it comes."""
+HELP = "generate text from a checkpoint, streamed to stdout (KV cache, temperature, top-k, top-p)"
+
+
+def add_arguments(p):
+    p.add_argument("ckpt", metavar="CKPT", help="a run directory (its latest checkpoint) or a checkpoint directory")
+    p.add_argument("--prompt", default="",
+                   help="text to continue (default: empty, which starts a fresh document at <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="0 = greedy; below 1 sharper, above 1 more random (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the K most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only among the most likely tokens whose probability adds up to P, e.g. 0.9 "
+                        "(default: all); applied after --top-k")
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole window for every token (slow; the reference to compare with)")
+
+
+def run(args):
+    import sys
+    import time
+
+    import numpy as np
+
+    from vintagelm.checkpoint import load_checkpoint
+    from vintagelm.common import UserError
+    from vintagelm.generate import TextStream, encode_prompt, generate
+
+    ckpt = load_checkpoint(args.ckpt)
+    prompt_ids = encode_prompt(ckpt.tokenizer, args.prompt)
+    try:
+        tokens = generate(ckpt.model, prompt_ids, args.max_new_tokens, np.random.default_rng(args.seed),
+                          args.temperature, args.top_k, args.top_p, use_kv_cache=not args.no_kv_cache)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out, text = sys.stdout, TextStream(ckpt.tokenizer)
+    out.write(args.prompt)
+    out.flush()
+    t0, n = time.perf_counter(), 0
+    for token in tokens:
+        out.write(text.push(token))
+        out.flush()  # one token at a time, as it is sampled
+        n += 1
+    out.write(text.finish() + "\n")
+    out.flush()
+    seconds = time.perf_counter() - t0
+    cache = "off" if args.no_kv_cache else "on"
+    print(f"[{n} tokens in {seconds:.2f} s, {n / max(seconds, 1e-9):.1f} tokens/s, KV cache {cache}, "
+          f"checkpoint {ckpt.path}]", file=sys.stderr)
+    return 0
