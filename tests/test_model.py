@@ -170,3 +170,20 @@ def test_tiny_model_memorises_a_repeated_sequence():
     # each next character is determined by its position ("to" is followed by " b" the first
     # time and " n" the second only through position/context), so a working model reaches ~0
     assert loss < 0.05, loss
+
+
+def test_blocked_and_tiled_attention_models_equal_naive():
+    """Long enough for several query blocks (64) and tiles (128): same loss and gradients."""
+    base = dict(vocab_size=17, block_size=150, n_layer=2, n_head=2, n_embd=16)
+    rng = np.random.default_rng(4)
+    idx, tgt = rng.integers(0, 17, (2, 150)), rng.integers(0, 17, (2, 150))
+    out = {}
+    for kind in ("naive", "blocked", "tiled"):
+        model = GPT(GPTConfig(**base, attention=kind), seed=1, dtype=np.float64)
+        logits, loss = model.forward(idx, tgt)
+        out[kind] = (logits, loss, {k: v.copy() for k, v in model.backward().items()})
+    for kind in ("blocked", "tiled"):
+        np.testing.assert_allclose(out[kind][0], out["naive"][0], rtol=1e-12, atol=1e-12)
+        assert out[kind][1] == pytest.approx(out["naive"][1], rel=1e-13)
+        for k, g in out["naive"][2].items():
+            np.testing.assert_allclose(out[kind][2][k], g, rtol=1e-10, atol=1e-13)

@@ -139,6 +139,20 @@ def test_attention(B, T, C, n_head):
     assert relative_error(dqkv, numerical_gradient(lambda v: attention_forward(v, n_head)[0], qkv, dy)) < TOL
 
 
+@pytest.mark.parametrize("T,chunk", [(7, 3), (8, 4), (9, 1), (5, 16)])
+def test_chunked_attention_equals_full(T, chunk):
+    rng = np.random.default_rng(T * chunk)
+    B, C, H = 2, 12, 3
+    qkv, dy = rand(rng, B, T, 3 * C), rand(rng, B, T, C)
+    y_full, cache_full = attention_forward(qkv, H)
+    y, cache = attention_forward(qkv, H, chunk=chunk)
+    assert len(cache.chunks) == -(-T // chunk)
+    np.testing.assert_allclose(y, y_full, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(attention_backward(dy, cache), attention_backward(dy, cache_full), rtol=1e-11, atol=1e-13)
+    f = lambda v: attention_forward(v, H, chunk=chunk)[0]  # noqa: E731
+    assert relative_error(attention_backward(dy, cache), numerical_gradient(f, qkv, dy)) < TOL
+
+
 def test_attention_with_dropout():
     rng = np.random.default_rng(3)
     B, T, C, H = 2, 6, 8, 2
@@ -148,7 +162,7 @@ def test_attention_with_dropout():
         return attention_forward(v, H, 0.4, np.random.default_rng(5))[0]
 
     _, cache = attention_forward(qkv, H, 0.4, np.random.default_rng(5))
-    assert cache.drop.mask is not None
+    assert cache.drop[0].mask is not None
     assert relative_error(attention_backward(dy, cache), numerical_gradient(f, qkv, dy)) < TOL
 
 

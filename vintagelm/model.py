@@ -20,6 +20,7 @@ import numpy as np
 
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.attention import attention_backward, attention_forward, attention_forward_cached
+from vintagelm.nn.attention_tiled import TiledAttentionCache, tiled_attention_backward, tiled_attention_forward
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.embedding import embedding_backward, sinusoidal_table
 from vintagelm.nn.linear import linear_backward, linear_forward
@@ -27,6 +28,7 @@ from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
 from vintagelm.nn.norm import layernorm_backward, layernorm_forward
 
 LN_EPS = 1e-5  # layer-norm epsilon, as GPT-2
+ATTENTION_BLOCK = 64  # query rows per block of "blocked" attention: big enough to keep BLAS efficient
 
 
 @dataclass
@@ -43,12 +45,16 @@ class GPTConfig:
     tie_weights: bool = True  # output head shares the token embedding matrix (GPT-2: True)
     activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh form, GPT-2) or "relu"
     init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections / sqrt(2 L); "normal": N(0, 1)
+    attention: str = "blocked"  # "naive": full (T, T) scores; "blocked": causal query blocks of
+    #   ATTENTION_BLOCK rows that skip the masked key blocks (same result, less work); "tiled":
+    #   online softmax over tiles, memory linear in T (nn/attention_tiled.py)
 
     CHOICES = {
         "norm": ("pre", "post", "none"),
         "pos": ("learned", "sinusoidal"),
         "activation": tuple(ACTIVATIONS),
         "init": ("gpt2", "normal"),
+        "attention": ("naive", "blocked", "tiled"),
     }
 
     def __post_init__(self):
@@ -296,7 +302,12 @@ class GPT:
         P = self.params
         qkv, cache["c_attn"] = linear_forward(h, P[p + "attn.c_attn.weight"], P.get(p + "attn.c_attn.bias"))
         drop_p = self.config.dropout if self.training else 0.0
-        y, cache["attn"] = attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng)
+        kind = self.config.attention
+        if kind == "tiled":
+            y, cache["attn"] = tiled_attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng)
+        else:
+            chunk = ATTENTION_BLOCK if kind == "blocked" else None
+            y, cache["attn"] = attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng, chunk)
         y, cache["c_proj"] = linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))
         y, cache["attn_drop"] = self._dropout(y)
         return y
@@ -370,7 +381,10 @@ class GPT:
         dy = dropout_backward(dy, cache["attn_drop"])
         dy, dw, db = linear_backward(dy, cache["c_proj"], P[p + "attn.c_proj.weight"], bias)
         self._add_grad(p + "attn.c_proj", dw, db)
-        dqkv = attention_backward(dy, cache["attn"])
+        if isinstance(cache["attn"], TiledAttentionCache):
+            dqkv = tiled_attention_backward(dy, cache["attn"])
+        else:
+            dqkv = attention_backward(dy, cache["attn"])
         dh, dw, db = linear_backward(dqkv, cache["c_attn"], P[p + "attn.c_attn.weight"], bias)
         self._add_grad(p + "attn.c_attn", dw, db)
         return dh

@@ -15,8 +15,9 @@ class AttentionCache(NamedTuple):
     q: np.ndarray  # (B, H, T, D) queries, already multiplied by 1/sqrt(D)
     k: np.ndarray  # (B, H, T, D)
     v: np.ndarray  # (B, H, T, D)
-    att: np.ndarray  # (B, H, T, T) softmax probabilities (before dropout)
-    drop: DropoutCache  # the mask applied to att (None when dropout is off)
+    att: list  # per query chunk [i0, i1): (B, H, i1 - i0, i1) softmax probabilities
+    drop: list  # per query chunk: the DropoutCache applied to its probabilities
+    chunks: list  # [(i0, i1), ...] query row ranges
 
 
 def split_qkv(qkv, n_head, scale=1.0):
@@ -61,46 +62,76 @@ def causal_softmax(scores, offset=0):
     finite max). Works in place on `scores` (one pass per step, no temporaries) and returns it.
     """
     Tq, Tk = scores.shape[-2:]
-    scores += causal_mask(Tq, Tk, offset, scores.dtype)
+    if Tk > offset + 1:  # only columns past the first query's position can be in the future
+        scores[..., offset + 1 :] += causal_mask(Tq, Tk, offset, scores.dtype)[:, offset + 1 :]
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
     return scores
 
 
-def attention_forward(qkv, n_head, dropout_p=0.0, rng=None):
-    """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H."""
+def query_chunks(T, chunk):
+    """Split query rows 0..T-1 into [(i0, i1), ...] of at most `chunk` rows (None: one chunk)."""
+    chunk = chunk or T
+    return [(i0, min(i0 + chunk, T)) for i0 in range(0, T, chunk)]
+
+
+def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None):
+    """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H.
+
+    With chunk=None this is the textbook form: the full (T, T) score matrix, half of it
+    masked. With a chunk size the query rows are processed in blocks [i0, i1) that only
+    score keys 0..i1-1, skipping the masked key blocks above the diagonal: about half the
+    work and memory for long sequences, identical results.
+    """
+    B, T, _ = qkv.shape
     D = qkv.shape[-1] // (3 * n_head)
     q, k, v = split_qkv(qkv, n_head, 1.0 / np.sqrt(D))  # (B, H, T, D), q pre-scaled
-    att = causal_softmax(q @ k.transpose(0, 1, 3, 2))  # (B, H, T, T) scores q kᵀ / sqrt(D)
-    att_dropped, drop = dropout_forward(att, dropout_p, rng)
-    y = merge_heads(att_dropped @ v)  # (B, H, T, D) -> (B, T, C)
-    return y, AttentionCache(q, k, v, att, drop)
+    y = np.empty_like(q)  # (B, H, T, D)
+    chunks, atts, drops = query_chunks(T, chunk), [], []
+    for i0, i1 in chunks:
+        att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ / sqrt(D)
+        causal_softmax(att, offset=i0)
+        att_dropped, drop = dropout_forward(att, dropout_p, rng)
+        np.matmul(att_dropped, v[:, :, :i1], out=y[:, :, i0:i1])
+        atts.append(att)
+        drops.append(drop)
+    return merge_heads(y), AttentionCache(q, k, v, atts, drops, chunks)
 
 
 def attention_backward(dy, cache):
     """dy (B, T, C) -> dqkv (B, T, 3C).
 
-    Forward: S = q' kᵀ with q' = q s (s = 1/sqrt(D)), P = softmax(S) (causal),
-    P' = dropout(P), Y = P' v. Then
-      dv = P'ᵀ dY,   dP' = dY vᵀ,   dP = dropout_backward(dP'),
+    Forward, per query chunk: S = q' kᵀ with q' = q s (s = 1/sqrt(D)), P = softmax(S)
+    (causal), P' = dropout(P), Y = P' v. Then
+      dv += P'ᵀ dY,   dP' = dY vᵀ,   dP = dropout_backward(dP'),
       dS = P * (dP - rowsum(dP * P))   (the softmax Jacobian; masked entries have P = 0),
-      dq = dS k s,   dk = dSᵀ q'.
+      dq = dS k s,   dk += dSᵀ q'
+    where += gathers the contributions of every query chunk to the keys and values it saw.
     """
-    q, k, v, att, drop = cache
+    q, k, v, atts, drops, chunks = cache
     B, H, T, D = q.shape
     dY = split_heads(dy, H)  # (B, H, T, D)
-    att_dropped = att if drop.mask is None else att * drop.mask
-    dS = dropout_backward(dY @ v.transpose(0, 1, 3, 2), drop)  # (B, H, T, T), dP for now
-    row = np.einsum("bhij,bhij->bhi", dS, att)[..., None]  # (B, H, T, 1) rowsum(dP * P)
-    dS -= row
-    dS *= att
-    # write dq, dk, dv straight into their slots of dqkv, laid out (B, T, 3, H, D)
+    # dq, dk, dv go straight into their slots of dqkv, laid out (B, T, 3, H, D)
     dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
-    slots = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-    np.multiply(dS @ k, q.dtype.type(1.0 / np.sqrt(D)), out=slots[0])
-    np.matmul(dS.transpose(0, 1, 3, 2), q, out=slots[1])
-    np.matmul(att_dropped.transpose(0, 1, 3, 2), dY, out=slots[2])
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, H, T, D), views
+    if len(chunks) > 1:
+        dk[...] = 0.0
+        dv[...] = 0.0
+    for (i0, i1), att, drop in zip(chunks, atts, drops):
+        dYc = dY[:, :, i0:i1]  # (B, H, Tc, D)
+        att_dropped = att if drop.mask is None else att * drop.mask
+        dS = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1), dP for now
+        row = np.einsum("bhij,bhij->bhi", dS, att)[..., None]  # (B, H, Tc, 1) rowsum(dP * P)
+        dS -= row
+        dS *= att
+        np.multiply(dS @ k[:, :, :i1], q.dtype.type(1.0 / np.sqrt(D)), out=dq[:, :, i0:i1])
+        if len(chunks) == 1:
+            np.matmul(dS.transpose(0, 1, 3, 2), q, out=dk)
+            np.matmul(att_dropped.transpose(0, 1, 3, 2), dY, out=dv)
+        else:
+            dk[:, :, :i1] += dS.transpose(0, 1, 3, 2) @ q[:, :, i0:i1]
+            dv[:, :, :i1] += att_dropped.transpose(0, 1, 3, 2) @ dYc
     return dqkv.reshape(B, T, 3 * H * D)
 
 
