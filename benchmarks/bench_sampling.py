@@ -8,19 +8,19 @@ Model: the `baby` config (6 layers, 6 heads, 384 channels, block 256, vocab 65),
 random weights (speed does not depend on training); the torch model holds a copy of ours.
 For each prompt length P = 16, 32, ... block_size, each implementation greedily generates
 --new-tokens tokens twice: once with a KV cache (prefill the prompt, then one forward per
-token) and once recomputing the whole window for every token. Both use vintagelm's sliding-
-window rule (vintagelm.generate.window_restart), so at P = block_size the first new token
-already restarts the window at the last block_size // 2 tokens: that re-prefill counts as
-decode time, as it would in real use.
+token) and once recomputing the whole window for every token. Both go through vintagelm's
+sliding-window bookkeeping (TorchWindow subclasses vintagelm.generate.ContextWindow), so at
+P = block_size the first new token already restarts the window at the last block_size // 2
+tokens: that re-prefill counts as decode time, as it would in real use.
     time to first token (TTFT)  prompt forward + picking the token
     decode tokens/s             (new_tokens - 1) / (time from the first token to the last)
 Runs are interleaved (every round runs every prompt length for both implementations, the
 order of the two alternating), and the table reports medians over rounds. Ratios are
 ours / torch: below 1 is faster for TTFT, above 1 is faster for tokens/s.
 
-PyTorch's reference (tests/torch_gpt.py) has no KV cache, so TorchKVWindow below adds one
-with torch ops, reusing the reference's modules (same weights), with attention written out
-like the reference's (no fused kernels). Both libraries use the machine's default threads.
+PyTorch's reference (tests/torch_gpt.py) has no KV cache, so TorchWindow below adds one with
+torch ops, reusing the reference's modules (same weights), with attention written out like
+the reference's (no fused kernels). Both libraries use the machine's default threads.
 """
 import argparse
 import functools
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vintagelm import GPT, GPTConfig
-from vintagelm.generate import ContextWindow, sample_next_token, window_restart
+from vintagelm.generate import ContextWindow, sample_next_token
 
 sys.path.insert(0, "tests")
 from torch_gpt import TorchGPT  # noqa: E402
@@ -41,55 +41,35 @@ from torch_gpt import TorchGPT  # noqa: E402
 BABY = dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
 
 
-class TorchKVWindow:
-    """The torch twin of vintagelm.generate.ContextWindow: same window rule, same interface
-    (logits() -> next-token logits as a NumPy (V,) array, append(token)), over a TorchGPT.
+class TorchWindow(ContextWindow):
+    """ContextWindow driving the torch reference instead: the same window bookkeeping and the
+    same KVCache object (its NumPy buffers shared with torch through torch.from_numpy, no
+    copies); only forward_last differs. `model` (ours) supplies the config and cache shape.
 
-    The cache is k, v tensors (L, 1, H, block_size, D). A cached forward embeds the new
-    tokens at positions pos.., and in each block's attention writes their keys and values at
-    [pos:pos+Tn] and attends over positions < pos + Tn with an offset causal mask."""
+    A cached forward embeds the new tokens at positions cache.pos.., and in each block's
+    attention writes their keys and values at [pos:pos+Tn] of the layer's (1, H, T_max, D)
+    buffers and attends over positions < pos + Tn with an offset causal mask."""
 
-    def __init__(self, ref, prompt_ids, use_kv_cache=True):
-        cfg = ref.cfg
-        self.ref, self.block_size = ref, cfg["block_size"]
-        self.ids = [int(t) for t in prompt_ids]
-        self.start = 0 if len(self.ids) <= self.block_size else window_restart(len(self.ids), self.block_size)
-        self.use_kv_cache = use_kv_cache
-        H, D = cfg["n_head"], cfg["n_embd"] // cfg["n_head"]
-        shape = (cfg["n_layer"], 1, H, self.block_size, D)
-        dtype = ref.wte.weight.dtype
-        self.k, self.v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-        self.pos = 0  # positions of the window already in the cache
-        self._logits = None
-
-    @property
-    def window(self):
-        return self.ids[self.start:]
-
-    def append(self, token):
-        self.ids.append(int(token))
-        self._logits = None
-        if len(self.ids) - self.start > self.block_size:
-            self.start = window_restart(len(self.ids), self.block_size)
-            self.pos = 0  # re-prefill the kept tokens at positions 0..
+    def __init__(self, model, ref, prompt_ids, use_kv_cache=True):
+        self.ref = ref
+        super().__init__(model, prompt_ids, use_kv_cache)
 
     @torch.no_grad()
-    def logits(self):
-        if self._logits is None:
-            if self.use_kv_cache:
-                new = torch.tensor([self.window[self.pos:]])  # (1, Tn) tokens the cache has not seen
-                out = self._forward_cached(new)
-            else:
-                out, _ = self.ref(torch.tensor([self.window]))  # (1, T, V) full recomputation
-            self._logits = out[0, -1].numpy()
-        return self._logits
+    def forward_last(self, tokens, cache=None):
+        idx = torch.tensor([tokens])  # (1, Tn)
+        if cache is None:
+            logits, _ = self.ref(idx)  # (1, T, V): the reference's own full forward
+        else:
+            logits = self._forward_cached(idx, cache)
+        return logits[0, -1].numpy()
 
-    def _forward_cached(self, idx):
+    def _forward_cached(self, idx, cache):
         """idx (1, Tn) new tokens -> logits (1, Tn, V), extending the cache by Tn positions."""
-        ref, pos, Tn = self.ref, self.pos, idx.shape[1]
+        ref, pos, Tn = self.ref, cache.pos, idx.shape[1]
         x = ref.wte(idx) + ref.positions(pos + Tn)[pos:]  # (1, Tn, C)
         for i, block in enumerate(ref.h):
-            attn = functools.partial(self._attention_cached, block.attn, i)  # h (1, Tn, C) -> (1, Tn, C)
+            k_buf, v_buf = (torch.from_numpy(buf) for buf in cache.layer(i))  # (1, H, T_max, D) views
+            attn = functools.partial(attention_cached, block.attn, k_buf, v_buf, pos)  # h (1, Tn, C) -> same
             if block.norm == "pre":
                 x = x + attn(block.ln_1(x))
                 x = x + block.mlp(block.ln_2(x))
@@ -102,23 +82,24 @@ class TorchKVWindow:
         if ref.cfg["norm"] == "pre":
             x = ref.ln_f(x)
         head = ref.wte.weight if ref.cfg["tie_weights"] else ref.lm_head.weight  # (V, C)
-        self.pos += Tn
+        cache.advance(Tn)
         return x @ head.T
 
-    def _attention_cached(self, attn, i, h):
-        """h (1, Tn, C) -> (1, Tn, C): the reference's attention, keys/values from the cache."""
-        B, Tn, C = h.shape
-        H, pos = attn.n_head, self.pos
-        q, k, v = attn.c_attn(h).split(C, dim=-1)
-        q, k, v = (t.view(B, Tn, H, C // H).transpose(1, 2) for t in (q, k, v))  # (1, H, Tn, D)
-        self.k[i, :, :, pos:pos + Tn] = k
-        self.v[i, :, :, pos:pos + Tn] = v
-        keys, values = self.k[i, :, :, :pos + Tn], self.v[i, :, :, :pos + Tn]  # (1, H, pos+Tn, D)
-        att = (q @ keys.transpose(-2, -1)) / math.sqrt(C // H)  # (1, H, Tn, pos+Tn)
-        future = torch.ones(Tn, pos + Tn, dtype=torch.bool).triu(diagonal=pos + 1)
-        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
-        y = (att @ values).transpose(1, 2).reshape(B, Tn, C)
-        return attn.c_proj(y)
+
+def attention_cached(attn, k_buf, v_buf, pos, h):
+    """h (1, Tn, C) -> (1, Tn, C): the reference's attention module, keys/values from the cache."""
+    B, Tn, C = h.shape
+    H = attn.n_head
+    q, k, v = attn.c_attn(h).split(C, dim=-1)
+    q, k, v = (t.view(B, Tn, H, C // H).transpose(1, 2) for t in (q, k, v))  # (1, H, Tn, D)
+    k_buf[:, :, pos:pos + Tn] = k
+    v_buf[:, :, pos:pos + Tn] = v
+    keys, values = k_buf[:, :, :pos + Tn], v_buf[:, :, :pos + Tn]  # (1, H, pos+Tn, D)
+    att = (q @ keys.transpose(-2, -1)) / math.sqrt(C // H)  # (1, H, Tn, pos+Tn)
+    future = torch.ones(Tn, pos + Tn, dtype=torch.bool).triu(diagonal=pos + 1)
+    att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+    y = (att @ values).transpose(1, 2).reshape(B, Tn, C)
+    return attn.c_proj(y)
 
 
 def time_generation(make_window, prompt, new_tokens):
@@ -153,8 +134,8 @@ def main():
     paths = {  # (implementation, cached?) -> prompt -> window
         ("ours", True): lambda p: ContextWindow(model, p, use_kv_cache=True),
         ("ours", False): lambda p: ContextWindow(model, p, use_kv_cache=False),
-        ("torch", True): lambda p: TorchKVWindow(ref, p, use_kv_cache=True),
-        ("torch", False): lambda p: TorchKVWindow(ref, p, use_kv_cache=False),
+        ("torch", True): lambda p: TorchWindow(model, ref, p, use_kv_cache=True),
+        ("torch", False): lambda p: TorchWindow(model, ref, p, use_kv_cache=False),
     }
     print(f"baby config {BABY}, float32, {model.num_params() / 1e6:.2f} M params; {args.new_tokens} new tokens "
           f"per run, {args.rounds} rounds; torch {torch.__version__} threads {torch.get_num_threads()}, "

@@ -4,6 +4,7 @@ filters against independent computations, determinism, and UTF-8-safe streaming.
     pytest tests/test_generate.py -q
 """
 import inspect
+import re
 import itertools
 
 import numpy as np
@@ -309,3 +310,93 @@ def test_encode_prompt():
         encode_prompt(tok, "abz")
     with pytest.raises(UserError, match="prompt is empty"):
         encode_prompt(CharTokenizer.train("ab", special_tokens=[]), "")
+
+
+# ---------------------------------------------------------------- vintage sample, end to end
+
+PATTERN = "abc\n"  # a text a tiny model learns to continue exactly in a few dozen steps
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with one checkpoint of a tiny char model trained on PATTERN repeated."""
+    from vintagelm.checkpoint import save_checkpoint
+    from vintagelm.optim import AdamW
+
+    tok = CharTokenizer.train(PATTERN + "é")
+    model = GPT(GPTConfig(**{**TINY, "vocab_size": tok.vocab_size}), seed=0)
+    ids = np.array(tok.encode(PATTERN * 20))
+    rng = np.random.default_rng(0)
+    opt = AdamW(model.params, lr=1e-2)
+    for _ in range(60):
+        starts = rng.integers(0, len(ids) - BLOCK - 1, 8)
+        x = np.stack([ids[s:s + BLOCK] for s in starts])
+        y = np.stack([ids[s + 1:s + BLOCK + 1] for s in starts])
+        model.forward(x, y)
+        opt.step(model.backward())
+    out = tmp_path_factory.mktemp("run")
+    save_checkpoint(out, 60, model, opt, {}, tokenizer=tok)
+    return out
+
+
+class Recorder:
+    """A stdout stand-in that remembers every write and how many flushes followed writes."""
+
+    def __init__(self):
+        self.writes, self.flushes = [], 0
+
+    def write(self, s):
+        self.writes.append(s)
+
+    def flush(self):
+        self.flushes += 1
+
+    def text(self):
+        return "".join(self.writes)
+
+
+def sample(monkeypatch, *argv):
+    from vintagelm.cli import main
+
+    out = Recorder()
+    monkeypatch.setattr("sys.stdout", out)
+    return main(["sample", *map(str, argv)]), out
+
+
+def test_vintage_sample_streams_the_learned_continuation(run_dir, monkeypatch, capsys):
+    n = 3 * BLOCK  # crosses window restarts
+    code, out = sample(monkeypatch, run_dir, "--prompt", "abc\na", "--max-new-tokens", n, "--temperature", 0)
+    assert code == 0
+    want = "abc\na" + (PATTERN * n)[1:n + 1] + "\n"
+    assert out.text() == want
+    assert out.flushes >= n  # flushed token by token, not once at the end
+    assert "tokens/s" in capsys.readouterr().err
+    ckpt_dir = run_dir / "checkpoints" / "step_000060"
+    code, out_dir = sample(monkeypatch, ckpt_dir, "--prompt", "abc\na", "--max-new-tokens", n, "--temperature", 0,
+                           "--no-kv-cache")
+    assert code == 0 and out_dir.text() == want  # a checkpoint dir works as well as a run dir
+
+
+def test_vintage_sample_is_seeded_and_cache_independent(run_dir, monkeypatch):
+    runs = [sample(monkeypatch, run_dir, "--max-new-tokens", 40, "--temperature", 2.0, "--top-k", 4, "--top-p", 0.95,
+                   "--seed", seed, *extra)[1].text()
+            for seed, extra in ((5, ()), (5, ("--no-kv-cache",)), (6, ()))]
+    assert runs[0] == runs[1] != runs[2]  # the empty prompt starts at <|endoftext|>, which is not printed
+    assert len(runs[0]) >= 40 and set(runs[0]) <= set(PATTERN + "é<|endoftx>\n")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["--prompt", "abz"], "prompt cannot be encoded.*'z'"), (["--top-p", "1.5"], "top_p"),
+     (["--temperature", "-1"], "temperature"), (["--max-new-tokens", "-3"], "max_new_tokens")],
+)
+def test_vintage_sample_user_errors_are_one_line(run_dir, monkeypatch, capsys, argv, message):
+    code, out = sample(monkeypatch, run_dir, *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and out.text() == "" and err.count("\n") == 1
+    assert err.startswith("vintage sample: error:") and re.search(message, err)
+
+
+def test_vintage_sample_missing_checkpoint(tmp_path, monkeypatch, capsys):
+    code, _ = sample(monkeypatch, tmp_path / "nowhere")
+    assert code == 2 and "not found" in capsys.readouterr().err

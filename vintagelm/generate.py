@@ -146,6 +146,9 @@ class ContextWindow:
 
     `start` is the window start: the model sees ids[start:] at positions 0, 1, ...
     Both paths move `start` at the same steps, so their logits agree at every step.
+    The cache holds the first cache.pos tokens of the window; the rest are fed at the next
+    logits() call. `forward_last` is the one place a model is run (the sampling benchmark
+    overrides it to drive the torch reference through the same window bookkeeping).
     """
 
     def __init__(self, model, prompt_ids, use_kv_cache=True):
@@ -156,7 +159,6 @@ class ContextWindow:
             raise ValueError("the prompt must hold at least one token id")
         self.start = 0 if len(self.ids) <= self.block_size else window_restart(len(self.ids), self.block_size)
         self.cache = KVCache.for_model(model) if use_kv_cache else None
-        self._pending = self.ids[self.start:]  # tokens the cache has not seen yet (cached path)
         self._logits = None  # (V,) logits after the last token, once computed
 
     @property
@@ -170,25 +172,21 @@ class ContextWindow:
         if len(self.ids) - self.start > self.block_size:
             self.start = window_restart(len(self.ids), self.block_size)
             if self.cache is not None:
-                self.cache.reset()
-                self._pending = self.window  # re-prefill: the kept tokens now sit at positions 0..
-                return
-        if self.cache is not None:
-            self._pending.append(int(token))
+                self.cache.reset()  # re-prefill: the kept tokens now sit at positions 0..
 
     def logits(self):
         """(V,) next-token logits after the whole text (computed once per appended token)."""
         if self._logits is None:
             if self.cache is None:
-                self._logits = self._forward(self.window)
+                self._logits = self.forward_last(self.window)
             else:
-                self._logits = self._forward(self._pending, self.cache)
-                self._pending = []
+                self._logits = self.forward_last(self.window[self.cache.pos:], self.cache)
         return self._logits
 
-    def _forward(self, tokens, cache=None):
-        """The model's logits at the last of `tokens`, with dropout off for this call only
-        (the model's training mode is restored, so sampling mid-training changes nothing)."""
+    def forward_last(self, tokens, cache=None):
+        """The model's logits (V,) at the last of `tokens` (all of the window, or with a cache
+        only the tokens it lacks). Dropout is off for this call only: the model's training
+        mode is restored, so sampling in the middle of training changes nothing."""
         model = self.model
         was_training = model.training
         model.eval()

@@ -28,7 +28,12 @@ def run(args):
     from vintagelm.common import UserError
     from vintagelm.generate import TextStream, encode_prompt, generate
 
-    ckpt = load_checkpoint(args.ckpt)
+    ckpt = load_checkpoint(args.ckpt, with_optimizer=False)
+    if ckpt.tokenizer is None:
+        raise UserError(f"checkpoint {ckpt.path} has no tokenizer.json, so its ids cannot be turned into text")
+    if ckpt.tokenizer.vocab_size > ckpt.model.config.vocab_size:
+        raise UserError(f"checkpoint {ckpt.path}: the tokenizer has {ckpt.tokenizer.vocab_size} ids but the model "
+                        f"only {ckpt.model.config.vocab_size}")
     prompt_ids = encode_prompt(ckpt.tokenizer, args.prompt)
     try:
         tokens = generate(ckpt.model, prompt_ids, args.max_new_tokens, np.random.default_rng(args.seed),
