@@ -42,6 +42,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_step(norm, pos, prompt_len,
         # the truth, computed here from the window alone: one full forward, last position
         expected = model.forward(np.array([cached.window]))[0][0, -1]
         for got in (cached.logits(), full.logits()):
+            assert got.dtype == dtype  # no silent promotion: float32 stays float32
             worst = max(worst, float(np.abs(got - expected).max()))
         token = rng.integers(0, 13)
         cached.append(token)

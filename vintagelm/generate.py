@@ -20,7 +20,7 @@ Sliding window, shared exactly by both paths. The model only knows positions
   * it starts at 0 and stays put while the window holds at most block_size tokens;
   * when a token would make it block_size + 1 long (or a prompt is longer than block_size),
     the window restarts at the LAST keep = max(1, block_size // 2) tokens, at positions 0..
-So the model always sees between keep and block_size tokens of context. The cached path
+From the first restart on, the model sees between keep and block_size tokens. The cached path
 pays for a restart with one prefill of `keep` tokens, once every block_size - keep + 1 new
 tokens: about one extra token's work per generated token, done in one batched forward,
 instead of a full re-forward at every step (nanoGPT's "crop to the last block_size tokens"
