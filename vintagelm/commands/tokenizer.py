@@ -153,8 +153,9 @@ def load(path):
 
 
 def read_text(path):
+    """A UTF-8 file's text exactly as stored: newline="" keeps "\r\n" (no newline translation)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="") as f:
             return f.read()
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None

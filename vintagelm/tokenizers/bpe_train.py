@@ -21,8 +21,9 @@ exactly that: 2-character strings compare by code point, i.e. by (a, b).
 
 Token ids: bytes are 0..255; each merge's result gets the next free id, except that a merge
 whose byte string already is a token (e.g. "ab"+"c" after "a"+"bc") reuses that token's id,
-as Hugging Face's trainer does. So every token is a distinct byte string, and the target
-vocab size counts distinct tokens.
+as Hugging Face does, so every token is a distinct byte string (HF's vocab maps text -> id).
+Training merges every occurrence left to right, which never learns two routes to the same
+bytes, but merges read from a file might hold them; ByteVocab builds both the same way.
 """
 import heapq
 from collections import Counter, defaultdict
