@@ -15,6 +15,9 @@ COMMANDS = {
     "gradcheck": "gradcheck",
     "tokenizer": "tokenizer",
     "prepare": "prepare",
+    "train": "train",
+    "eval": "eval",
+    "plot": "plot",
     "sample": "sample",
 }
 

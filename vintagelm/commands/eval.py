@@ -1,0 +1,58 @@
+"""`vintage eval CKPT`: loss, perplexity and bits per byte of a checkpoint over a whole split
+(or a text file). Bits per byte count only the text, so char and BPE models compare fairly."""
+HELP = "measure loss, perplexity and bits per byte of a checkpoint on a dataset split or a text file"
+
+
+def add_arguments(p):
+    p.add_argument("ckpt", metavar="CKPT", help="a run directory (its latest checkpoint) or a checkpoint directory")
+    p.add_argument("--data", metavar="SPEC_OR_PREPARED_DIR",
+                   help="a prepared dataset folder or a source spec (prepared with the checkpoint's tokenizer); "
+                        "default: the dataset the checkpoint was trained on")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="which split of --data (default val)")
+    p.add_argument("--text", metavar="FILE", help="evaluate the whole of this UTF-8 text file instead of a split")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default 16)")
+    p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from vintagelm.checkpoint import load_checkpoint
+    from vintagelm.common import UserError
+    from vintagelm.train import evaluate_split, resolve_dataset
+
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
+        raise UserError("--batch-size and --max-batches must be at least 1")
+    ckpt = load_checkpoint(args.ckpt, with_optimizer=False)
+    tok = ckpt.tokenizer
+    if tok is None:
+        raise UserError(f"{ckpt.path} has no tokenizer.json to encode the evaluation text with")
+    quiet = (lambda msg: None) if args.json else print
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read --text {args.text}: {e}") from None
+        tokens, what = np.asarray(tok.encode(text, allowed_special="none"), dtype=np.int64), args.text
+    else:
+        saved = ckpt.state.get("data", {}).get("dataset")
+        if args.data is None and saved and Path(saved, "meta.json").is_file():
+            spec = saved
+        else:
+            spec = args.data or ckpt.state.get("train_config", {}).get("data") or "builtin:shakespeare"
+        dataset = resolve_dataset(spec, str(ckpt.path / "tokenizer.json"), progress=not args.json, log=quiet)
+        if dataset.tokenizer.fingerprint() != tok.fingerprint():
+            raise UserError(f"{dataset.path} was tokenized with a different tokenizer than {ckpt.path}")
+        tokens, what = getattr(dataset, args.split), f"{dataset.path} ({args.split} split)"
+    result = evaluate_split(ckpt.model, tokens, tok, args.batch_size, args.max_batches, progress=not args.json)
+    result = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(what), **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"checkpoint {ckpt.path} (step {ckpt.step}) on {what}: {result['tokens']:,} tokens, {result['bytes']:,} bytes")
+        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  bits per byte {result['bits_per_byte']:.4f}")
+    return 0
