@@ -12,7 +12,7 @@ from vintagelm.model import GPT
 
 STEP = 1e-5  # finite-difference step: balances truncation (h^2) and rounding (eps/h) in float64
 TOLERANCE = 1e-6  # max relative error accepted by `vintage gradcheck`
-WEIGHT_STD = 0.5  # scale of the random weights a model is checked at (see check_model)
+WEIGHT_STD = 0.3  # scale of the random weights a model is checked at (see check_model)
 
 
 def numerical_gradient(f, x, dy, h=STEP):

@@ -1,0 +1,142 @@
+"""Quality benchmark: nanoGPT's CPU recipe on tiny shakespeare, vintagelm vs the team's torch
+reference GPT, one after the other in this one process.
+
+Recipe (nanoGPT README, "I only have a macbook"): character level, first 90% train / last 10%
+validation, 4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iterations, lr 1e-3 with 100
+warm-up steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1 (matrices
+and embeddings), clip 1.0, dropout 0, no biases (nanoGPT's train.py default). Both
+implementations start from the same weights and see the same batches. Wall time covers the
+training steps only; the final validation loss is the mean over every non-overlapping block of
+the validation split (deterministic, no sampling noise).
+
+    python benchmarks/bench_quality.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000]
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vintagelm import GPT, GPTConfig
+from vintagelm.optim import AdamW, clip_grad_norm, lr_at
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_chars(path):
+    text = Path(path).read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    ids = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.int64)
+    lut[[ord(c) for c in chars]] = np.arange(len(chars))
+    data = lut[ids]
+    n = int(0.9 * len(data))
+    return data[:n], data[n:], len(chars)
+
+
+def batches(train, iters, batch_size, block_size, seed):
+    """The same list of (x, y) batches for both implementations."""
+    rng = np.random.default_rng(seed)
+    for _ in range(iters):
+        starts = rng.integers(0, len(train) - block_size - 1, batch_size)
+        x = np.stack([train[s : s + block_size] for s in starts])
+        y = np.stack([train[s + 1 : s + 1 + block_size] for s in starts])
+        yield x, y
+
+
+def val_blocks(val, block_size, batch_size):
+    n = (len(val) - 1) // block_size
+    x = val[: n * block_size].reshape(n, block_size)
+    y = val[1 : n * block_size + 1].reshape(n, block_size)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def schedule(step, args):
+    return lr_at(step, max_lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup, decay_steps=args.iters)
+
+
+def train_vintagelm(config, init_params, data, args):
+    model = GPT(config, seed=args.seed)
+    model.flat_params[:] = init_params
+    opt = AdamW(model.params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.1)
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(data):
+        model.forward(x, y)
+        clip_grad_norm(model.backward(), 1.0)
+        opt.step(model.grads, lr=schedule(step, args))
+    wall = time.perf_counter() - t0
+    model.eval()
+    losses = [model.forward(x, y)[1] * x.size for x, y in args.val]
+    return sum(losses) / sum(x.size for x, _ in args.val), wall
+
+
+def train_torch(config, init_params, data, args):
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from torch_gpt import TorchGPT
+
+    model = TorchGPT.from_numpy(config, init_params, dtype=torch.float32)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.99),
+    )
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(data):
+        for g in opt.param_groups:
+            g["lr"] = schedule(step, args)
+        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    wall = time.perf_counter() - t0
+    with torch.no_grad():
+        losses = [model(torch.from_numpy(x), torch.from_numpy(y))[1].item() * x.size for x, y in args.val]
+    return sum(losses) / sum(x.size for x, _ in args.val), wall
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared/data/tinyshakespeare.txt"))
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-torch", action="store_true")
+    args = p.parse_args()
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(args.threads, user_api="blas")
+    train, val, vocab = load_chars(args.data)
+    config = GPTConfig(vocab_size=vocab, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+    init = GPT(config, seed=args.seed)
+    args.val = val_blocks(val, config.block_size, 64)
+    data = list(batches(train, args.iters, 12, config.block_size, args.seed))
+    blas = threadpoolctl.threadpool_info()[0]
+    print(f"tiny shakespeare, char level: {len(train):,} train / {len(val):,} val chars, vocab {vocab}")
+    print(f"model 4L/4H/128, block 64, batch 12, {args.iters} iterations; {args.threads} threads; "
+          f"OpenBLAS kernel {blas.get('architecture')}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    rows = [("vintagelm", *train_vintagelm(config, init.flat_params.copy(), data, args))]
+    if not args.skip_torch:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        rows.append((f"torch {torch.__version__} eager", *train_torch(config, dict(init.params), data, args)))
+    print(f"\n{'implementation':<24} {'val loss':>9} {'wall s':>8} {'ms/iter':>8}")
+    for name, loss, wall in rows:
+        print(f"{name:<24} {loss:>9.4f} {wall:>8.1f} {1000 * wall / args.iters:>8.1f}")
+    if len(rows) == 2:
+        print(f"\nwall-time ratio torch / vintagelm = {rows[1][2] / rows[0][2]:.2f} (>= 1 means vintagelm is as fast or faster)")
+        print(f"val loss: vintagelm {rows[0][1]:.4f} (target <= 1.88), ln(vocab) = {math.log(vocab):.3f}")
+
+
+if __name__ == "__main__":
+    main()
