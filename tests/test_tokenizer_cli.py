@@ -64,6 +64,13 @@ def test_char_train_with_specials_and_export(capsys, tmp_path, corpus_file):
     assert status == 0 and json.loads(hf_path.read_text(encoding="utf-8"))["model"]["type"] == "BPE"
 
 
+def test_train_on_a_corpus_source(capsys, tmp_path):
+    tok_path = tmp_path / "plays.json"
+    status, out, _ = run(capsys, "train", "--source", "builtin:shakespeare", "--vocab-size", 270, "--out", tok_path)
+    assert status == 0 and "vocab size 270" in out
+    assert load_tokenizer(tok_path).decode(load_tokenizer(tok_path).encode("Romeo")) == "Romeo"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -81,10 +81,8 @@ def training_texts(files, specs):
     for path in files:
         yield read_text(path)
     if specs:
-        try:
-            from vintagelm.data.sources import iter_documents
-        except ImportError:
-            raise UserError("--source needs the data pipeline (vintagelm.data.sources), which is not installed") from None
+        from vintagelm.data.sources import iter_documents
+
         for spec in specs:
             for doc in iter_documents(spec):
                 yield doc.text

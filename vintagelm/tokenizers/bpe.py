@@ -9,7 +9,8 @@ Encoding splits the text with the pattern (pretokenize.py) and encodes each chun
 Chunks repeat a lot (" the", " and", "\\n"), so the ids of each distinct chunk are cached: a
 repeated chunk costs one dict lookup. A new chunk is merged by rank: always the lowest-rank
 (earliest learned) adjacent pair first, leftmost on ties, one merge at a time, exactly as
-Hugging Face's BPE model does (so an exported tokenizer.json gives the same ids). Training itself lives in bpe_train.py.
+Hugging Face's BPE model does (so an exported tokenizer.json gives the same ids).
+Training lives in bpe_train.py, the split patterns in pretokenize.py.
 """
 import heapq
 from itertools import chain
@@ -37,7 +38,8 @@ class BPETokenizer(Tokenizer):
         self._ranks = {}  # (a, b) -> rank: lower ranks were learned first and merge first
         self._merged = []  # rank -> id of the merged token
         for a, b in merges:
-            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < len(vocab.pieces) and 0 <= b < len(vocab.pieces)):
+            known = range(len(vocab.pieces))  # a merge may only join tokens minted before it
+            if not (isinstance(a, int) and isinstance(b, int) and a in known and b in known):
                 raise ValueError(f"merge {len(self.merges)} ({a!r}, {b!r}) names a token that does not exist yet")
             if (a, b) in self._ranks:
                 raise ValueError(f"merge {len(self.merges)} ({a}, {b}) is listed twice")
@@ -65,7 +67,7 @@ class BPETokenizer(Tokenizer):
             )
         _, compiled = resolve_pattern(pattern)
         chunk_counts = count_chunks(ordinary_pieces(text_or_texts, special_tokens), compiled)
-        merges, _ = train_merges(chunk_counts, vocab_size - len(special_tokens), progress=progress)
+        merges = train_merges(chunk_counts, vocab_size - len(special_tokens), progress=progress)
         return cls(merges, pattern, special_tokens)
 
     # ---- encode / decode ----
@@ -80,12 +82,14 @@ class BPETokenizer(Tokenizer):
         first among equal ranks. A heap of (rank, position) over a linked list of tokens makes
         it O(n log n), so a very long chunk (a line of CJK text, 10k spaces) stays cheap."""
         tokens = list(chunk.encode("utf-8"))  # position -> token id, None once merged leftwards
+        ranks = self._ranks
+        heap = [(r, i) for i, r in enumerate(map(ranks.get, zip(tokens, tokens[1:]))) if r is not None]
+        if not heap:  # a single byte, or bytes no merge joins
+            return tokens
+        heapq.heapify(heap)
         n = len(tokens)
         nxt = list(range(1, n + 1))  # position -> next live position (n = end)
         prv = list(range(-1, n - 1))  # position -> previous live position (-1 = start)
-        ranks = self._ranks
-        heap = [(ranks[p], i) for i, p in enumerate(zip(tokens, tokens[1:])) if p in ranks]
-        heapq.heapify(heap)
         while heap:
             rank, i = heapq.heappop(heap)
             j = nxt[i]

@@ -69,8 +69,8 @@ def train_merges(chunk_counts, n_tokens, progress=False):
     """Learn merges until the vocabulary holds `n_tokens` tokens (256 bytes + merged tokens).
 
     chunk_counts: dict[bytes, int] from `count_chunks`. Stops early when no adjacent pair is
-    left (every chunk is one token). Returns (merges, vocab): merges is list[(a, b)] in the
-    order learned (its index is the merge's rank), vocab the ByteVocab they built.
+    left (every chunk is one token). Returns the merges, list[(a, b)] in the order learned
+    (a merge's index is its rank).
 
     Words are kept as str, one character per token: chr(id). Bytes 0..255 are then simply the
     Latin-1 decoding of the chunk, a pair is a 2-character str whose order is (a, b) order,
@@ -109,7 +109,7 @@ def train_merges(chunk_counts, n_tokens, progress=False):
         apply_merge(pair, chr(vocab.merge(a, b)), words, freqs, where, pair_counts, heap)
         bar.update(len(vocab.pieces) - before)
     bar.close()
-    return merges, vocab
+    return merges
 
 
 def apply_merge(pair, new, words, freqs, where, pair_counts, heap):
