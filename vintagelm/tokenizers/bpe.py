@@ -17,7 +17,7 @@ from itertools import chain
 
 from vintagelm.common import UserError
 from vintagelm.tokenizers.base import (
-    DEFAULT_SPECIAL_TOKENS, Tokenizer, check_encodable, hf_bpe_model, ordinary_pieces,
+    DEFAULT_SPECIAL_TOKENS, Tokenizer, check_encodable, check_special_tokens, hf_bpe_model, ordinary_pieces,
 )
 from vintagelm.tokenizers.bpe_train import MAX_TOKENS, ByteVocab, count_chunks, train_merges
 from vintagelm.tokenizers.pretokenize import resolve_pattern, split_chunks
@@ -59,7 +59,7 @@ class BPETokenizer(Tokenizer):
         Special-token strings in the text are boundaries, not text (see base.ordinary_pieces).
         `progress` shows a tqdm bar over merges.
         """
-        special_tokens = list(special_tokens)
+        special_tokens = check_special_tokens(special_tokens)
         if not isinstance(vocab_size, int) or not 256 + len(special_tokens) <= vocab_size <= MAX_TOKENS:
             raise UserError(
                 f"BPE vocab_size must be between 256 + {len(special_tokens)} specials = "

@@ -18,7 +18,7 @@ from itertools import repeat
 
 from vintagelm.common import UserError
 from vintagelm.tokenizers.base import (
-    DEFAULT_SPECIAL_TOKENS, Tokenizer, check_encodable, hf_bpe_model, ordinary_pieces,
+    DEFAULT_SPECIAL_TOKENS, Tokenizer, check_encodable, check_special_tokens, hf_bpe_model, ordinary_pieces,
 )
 
 UNK = "<|unk|>"  # the reserved token of the "reserve" policy
@@ -37,9 +37,10 @@ class CharTokenizer(Tokenizer):
             raise ValueError("chars must be single characters")
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("chars must be distinct")
+        check_encodable("".join(self.chars))  # a file could list a lone surrogate
         if unknown not in POLICIES:
             raise UserError(f"unknown-character policy must be one of {POLICIES}, got {unknown!r}")
-        special_tokens = list(special_tokens)
+        special_tokens = check_special_tokens(special_tokens)
         if set(special_tokens) & set(self.chars):  # a one-character special would shadow the char
             raise ValueError(f"special tokens {sorted(set(special_tokens) & set(self.chars))} are also characters")
         if unknown == "reserve" and UNK in special_tokens:
@@ -57,7 +58,7 @@ class CharTokenizer(Tokenizer):
 
         Special-token strings in the text are boundaries, not text (see base.ordinary_pieces).
         """
-        special_tokens = list(special_tokens)
+        special_tokens = check_special_tokens(special_tokens)
         seen = set()
         for piece in ordinary_pieces(text_or_texts, special_tokens):
             seen.update(piece)
