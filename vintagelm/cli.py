@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "eval",
     "plot": "plot",
     "sample": "sample",
+    "bench": "bench",
 }
 
 
