@@ -5,7 +5,9 @@ O(merges x corpus). Here the corpus is first reduced to a word-frequency table (
 pre-split chunk once, with its count), and three structures are kept up to date:
 
     pair_counts  (a, b) -> occurrences in the corpus, weighted by word frequency
-    where        (a, b) -> indices of the words that contain (or once contained) the pair
+    where        (a, b) -> indices of the words that contain (or once contained) the pair;
+                 a list, so an index may repeat (cheaper to grow than a set; a word visited
+                 again simply no longer holds the pair)
     heap         entries (-count, (a, b)); the top is the most frequent pair
 
 (In the code a word is a str with one character per token, chr(id), and a pair (a, b) is the
@@ -26,6 +28,7 @@ Training merges every occurrence left to right, which never learns two routes to
 bytes, but merges read from a file might hold them; ByteVocab builds both the same way.
 """
 import heapq
+import operator
 from collections import Counter, defaultdict
 
 from tqdm import tqdm
@@ -84,12 +87,11 @@ def train_merges(chunk_counts, n_tokens, progress=False):
     words = [chunk.decode("latin-1") for chunk in chunk_counts if len(chunk) > 1]  # word index -> tokens
     freqs = [n for chunk, n in chunk_counts.items() if len(chunk) > 1]  # word index -> occurrences
     pair_counts = defaultdict(int)
-    where = defaultdict(set)
+    where = defaultdict(list)
     for wi, (word, freq) in enumerate(zip(words, freqs)):
-        for i in range(len(word) - 1):
-            pair = word[i : i + 2]
+        for pair in map(operator.add, word, word[1:]):  # the word's adjacent pairs, as 2-char str
             pair_counts[pair] += freq
-            where[pair].add(wi)
+            where[pair].append(wi)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
@@ -140,14 +142,14 @@ def apply_merge(pair, new, words, freqs, where, pair_counts, heap):
                 gained = left + new
                 pair_counts[gained] += freq
                 born.add(gained)
-                where[gained].add(wi)
+                where[gained].append(wi)
             if site + 2 < n:
                 right = word[site + 2]
                 pair_counts[b + right] -= freq
                 gained = new + right
                 pair_counts[gained] += freq
                 born.add(gained)
-                where[gained].add(wi)
+                where[gained].append(wi)
             end = site + 2
             site = word.find(pair, end)
         words[wi] = word.replace(pair, new)
