@@ -55,6 +55,24 @@ def test_train_eval_plot_sample_end_to_end(tmp_path, text_file, capsys):
     assert capsys.readouterr().out.startswith("Shall")
 
 
+def test_eval_prepares_a_source_with_the_checkpoints_tokenizer(tmp_path, text_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(text_file), "--out", str(run), *TINY]) == 0
+    capsys.readouterr()
+    other = tmp_path / "more.txt"
+    other.write_text("And summer's lease hath all too short a date,\n" * 30, encoding="utf-8")
+    assert main(["eval", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] > 0
+    # a dataset tokenized differently cannot be scored by this model
+    alien = tmp_path / "alien.txt"
+    alien.write_text("zzz qqq xxx\n" * 200, encoding="utf-8")
+    assert main(["train", "--data", str(alien), "--out", str(tmp_path / "alien_run"), *TINY]) == 0
+    alien_data = json.loads((tmp_path / "alien_run" / "checkpoints" / "step_000004" / "state.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", alien_data["data"]["dataset"]]) == 2
+    assert "different tokenizer" in capsys.readouterr().err
+
+
 def test_resume_through_the_cli_needs_no_repeated_flags(tmp_path, text_file, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(text_file), "--out", str(run), *TINY]) == 0

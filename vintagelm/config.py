@@ -48,7 +48,7 @@ class TrainConfig:
     beta2: float = 0.99  # 0.99 rather than 0.999: small batches give noisy second moments
     grad_clip: float = 1.0  # global-norm clip (0: off)
     # bookkeeping
-    eval_interval: int = 250  # steps between validation estimates (and at the last step)
+    eval_interval: int = 100  # steps between validation estimates (and at the last step)
     eval_iters: int = 20  # validation batches per estimate
     log_interval: int = 10  # steps between progress-bar updates
     checkpoint_interval: int = 250  # steps between checkpoints (and at the last step)

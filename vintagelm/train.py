@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from vintagelm.common import UserError, atomic_path, write_json_atomic
-from vintagelm.config import TrainConfig, resume_conflicts
+from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch, load_dataset, sequential_batches
 from vintagelm.model import GPT
 from vintagelm.optim import AdamW, clip_grad_norm, lr_at
@@ -286,8 +286,9 @@ class Trainer:
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * cfg.model.block_size
         val, metrics_file = None, self.run_dir / "metrics.jsonl"
-        bar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step", disable=not progress,
-                   dynamic_ncols=True)
+        # disable=None: a bar only on a terminal, none in a log file
+        bar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step",
+                   disable=None if progress else True, dynamic_ncols=True)
         with bar, open(metrics_file, "a", encoding="utf-8") as metrics, stop_on_interrupt(self.say) as stop:
             while self.step < cfg.max_iters and not stop.is_set():
                 t0 = time.perf_counter()
@@ -303,11 +304,10 @@ class Trainer:
                 metrics.flush()
                 if self.step % cfg.checkpoint_interval == 0 or last or stop.is_set():
                     self.save()
-                bar.n = self.step  # also right after a restore moved the step back
                 if self.step % cfg.log_interval == 0 or last:
                     bar.set_postfix(loss=fmt(row["loss"]), lr=f"{row['lr']:.2e}",
                                     tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-                bar.refresh()
+                bar.update(self.step - bar.n)  # negative right after a restore moved the step back
         return val, stop.is_set()
 
 
@@ -366,6 +366,7 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != dataset.tokenizer.fingerprint():
         raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")
+    say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", cfg.to_dict())
     dataset.tokenizer.save(run_dir / "tokenizer.json")

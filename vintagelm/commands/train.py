@@ -23,17 +23,14 @@ def add_arguments(p):
 
 
 def run(args):
-    import sys
 
-    from vintagelm.config import format_config, resolve_config
+    from vintagelm.config import resolve_config
     from vintagelm.train import sample_text, saved_config, train
 
     out = args.out or f"runs/{args.preset or 'tiny'}"
     base = saved_config(out) if args.resume and args.preset is None else None
     cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data, tokenizer=args.tokenizer,
                          out=out, max_iters=args.max_iters, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
-    print(f"config (saved to {out}/config.json; the model's vocab_size comes from the tokenizer):")
-    print(format_config(cfg))
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     minutes, seconds = divmod(result.seconds, 60)
     if result.interrupted:
