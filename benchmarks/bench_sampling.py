@@ -20,7 +20,8 @@ ours / torch: below 1 is faster for TTFT, above 1 is faster for tokens/s.
 
 PyTorch's reference (tests/torch_gpt.py) has no KV cache, so TorchWindow below adds one with
 torch ops, reusing the reference's modules (same weights), with attention written out like
-the reference's (no fused kernels). Both libraries use the machine's default threads.
+the reference's (no fused kernels). Both libraries use their default threads unless --threads
+says otherwise.
 """
 import argparse
 import functools
@@ -121,9 +122,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     ap.add_argument("--lengths", type=int, nargs="*", help="prompt lengths (default 16, 32, ... block_size)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both libraries (default: their own defaults); 1 is steadier on a busy machine")
     args = ap.parse_args()
     if args.new_tokens < 2 or args.rounds < 1:
         sys.exit("--new-tokens must be at least 2 and --rounds at least 1")
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # NumPy's BLAS (and any OpenMP pool) for the rest of the run
+        torch.set_num_threads(args.threads)
 
     config = GPTConfig(**BABY)
     model = GPT(config, seed=args.seed).eval()
