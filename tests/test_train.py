@@ -132,7 +132,8 @@ def test_metrics_rows_have_the_promised_fields(tmp_path, dataset_dir):
         assert {"step", "loss", "lr", "tokens_per_s"} <= set(row)
     assert [s for s, r in rows.items() if "val_loss" in r] == [3, 6]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["max_iters"] == 6 and saved["model"]["vocab_size"] == load_checkpoint(tmp_path / "run").model.config.vocab_size
+    assert saved["max_iters"] == 6
+    assert saved["model"]["vocab_size"] == load_checkpoint(tmp_path / "run").model.config.vocab_size
     assert (tmp_path / "run" / "tokenizer.json").is_file()
 
 

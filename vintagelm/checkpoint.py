@@ -66,7 +66,8 @@ def save_checkpoint(run_dir, step, model, optimizer, train_state, tokenizer=None
     final = root / f"step_{step:06d}"
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        save_file(dict(model.params), tmp / "model.safetensors", metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})
+        save_file(dict(model.params), tmp / "model.safetensors",
+                  metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})
         save_file(optimizer.state_dict(), tmp / "optimizer.safetensors",
                   metadata={"format": OPTIMIZER_FORMAT, "version": FILE_VERSION})
         if tokenizer is not None:

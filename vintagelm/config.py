@@ -39,7 +39,7 @@ class TrainConfig:
     max_iters: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per step (B)
     grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum sequences
-    learning_rate: float = 2e-3  # peak learning rate, reached after warm-up
+    learning_rate: float = 5e-3  # peak, after warm-up (tiny, 1000 steps: 2e-3 -> val 1.96, 3e-3 -> 1.89, 5e-3 -> 1.87)
     min_lr: float = 1e-4  # floor of the cosine decay
     warmup_iters: int = 50  # linear warm-up steps
     lr_decay_iters: int = 0  # step where the cosine reaches min_lr (0: max_iters)
@@ -108,7 +108,9 @@ def valid_keys():
 
 
 def unknown_key(key):
-    hint = "; the model's vocab_size comes from the tokenizer (bpe: set vocab_size)" if key.endswith("vocab_size") else ""
+    hint = ""
+    if key.endswith("vocab_size"):
+        hint = "; the model's vocab_size comes from the tokenizer (bpe: set vocab_size)"
     return UserError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(valid_keys())}")
 
 

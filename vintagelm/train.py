@@ -145,7 +145,7 @@ def evaluate_split(model, tokens, tokenizer, batch_size=16, max_batches=None, pr
     T = model.config.block_size
     total = -(-((len(tokens) - 1) // T) // batch_size)  # ceil(windows / batch_size)
     batches = tqdm(sequential_batches(tokens, batch_size, T, max_batches), total=min(total, max_batches or total),
-                   desc="eval", unit="batch", disable=not progress, leave=False)
+                   desc="eval", unit="batch", disable=None if progress else True, leave=False)
     return evaluate_batches(model, batches, token_byte_lengths(tokenizer))
 
 
@@ -199,7 +199,8 @@ class Trainer:
         fresh from the seed when ckpt is None (the state at step 0)."""
         cfg = self.cfg
         self.model = ckpt.model if ckpt else GPT(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
-        self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
         self.step, self.lr_scale, self.bad_steps = 0, 1.0, 0
         if ckpt is None:
@@ -214,7 +215,8 @@ class Trainer:
             self.lr_scale = float(ckpt.state["train"]["lr_scale"])
             self.bad_steps = int(ckpt.state["train"]["bad_steps"])
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{state_file} lacks the training state ({e!r}); it was not written by `vintage train`") from None
+            raise UserError(f"{state_file} lacks the training state ({e!r}); "
+                            "it was not written by `vintage train`") from None
         self.step = ckpt.step
 
     def save(self):
@@ -364,7 +366,8 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
 
     dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
-    if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != dataset.tokenizer.fingerprint():
+    fingerprint = dataset.tokenizer.fingerprint()
+    if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
         raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")
     say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ def run(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"checkpoint {ckpt.path} (step {ckpt.step}) on {what}: {result['tokens']:,} tokens, {result['bytes']:,} bytes")
-        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  bits per byte {result['bits_per_byte']:.4f}")
+        print(f"checkpoint {ckpt.path} (step {ckpt.step}) on {what}: "
+              f"{result['tokens']:,} tokens, {result['bytes']:,} bytes")
+        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+              f"bits per byte {result['bits_per_byte']:.4f}")
     return 0

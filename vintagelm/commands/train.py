@@ -7,17 +7,21 @@ HELP = "train a model (default: tiny preset on builtin Shakespeare, a few minute
 def add_arguments(p):
     p.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
                    help="starting configuration (default tiny; on --resume, the run's saved config)")
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] and [train] tables, applied after the preset")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file with [model] and [train] tables, applied after the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, repeatable: --set n_layer=2 --set learning_rate=3e-4")
     p.add_argument("--data", metavar="SPEC_OR_PREPARED_DIR",
-                   help="a source spec (default builtin:shakespeare; prepared once and cached) or a `vintage prepare` folder")
+                   help="a source spec (default builtin:shakespeare; prepared once and cached) "
+                        "or a `vintage prepare` folder")
     p.add_argument("--tokenizer", metavar="char|bpe|FILE", help="tokenizer for preparing a source spec (default char)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<preset>)")
     p.add_argument("--max-iters", type=int, metavar="N", help="optimizer steps")
     p.add_argument("--batch-size", type=int, metavar="N", help="sequences per step")
     p.add_argument("--seed", type=int, metavar="N", help="seed of init, data order, dropout and the sample")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C during training "
+                        "saves one and exits with status 130)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="parameter precision (default float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -29,8 +33,9 @@ def run(args):
 
     out = args.out or f"runs/{args.preset or 'tiny'}"
     base = saved_config(out) if args.resume and args.preset is None else None
-    cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data, tokenizer=args.tokenizer,
-                         out=out, max_iters=args.max_iters, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
+    cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data,
+                         tokenizer=args.tokenizer, out=out, max_iters=args.max_iters, batch_size=args.batch_size,
+                         seed=args.seed, dtype=args.dtype)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     minutes, seconds = divmod(result.seconds, 60)
     if result.interrupted:
