@@ -172,33 +172,32 @@ def child_main(impl, config_name, threads, steps):
 
 
 # --------------------------------------------------------------------------- per-op breakdown
+# category -> [(owner, attribute)], owner being a module name or "kernels" (the model's
+# kernel namespace, NumPy or numba); time in nested timed calls goes to the inner category
 BREAKDOWN_TARGETS = {
-    # category: [(module, function name), ...] whose time is charged to the category
     "matmuls (linear layers)": [("vintagelm.model", "linear_forward"), ("vintagelm.model", "linear_backward")],
-    "attention softmax": [("vintagelm.nn.attention", "causal_softmax")],
+    "attention softmax": [("kernels", "causal_softmax"), ("kernels", "softmax_backward")],
     "attention (matmuls, copies)": [
         ("vintagelm.model", "attention_forward"), ("vintagelm.model", "attention_backward"),
         ("vintagelm.model", "tiled_attention_forward"), ("vintagelm.model", "tiled_attention_backward"),
     ],
-    "layer norm": [("vintagelm.model", "layernorm_forward"), ("vintagelm.model", "layernorm_backward")],
-    "GELU": [("vintagelm.nn.activation", "gelu_forward"), ("vintagelm.nn.activation", "gelu_backward")],
+    "layer norm": [("kernels", "layernorm_forward"), ("kernels", "layernorm_backward")],
+    "GELU": [("kernels", "gelu")],
     "cross-entropy": [("vintagelm.model", "cross_entropy_forward"), ("vintagelm.model", "cross_entropy_backward")],
     "embeddings": [("vintagelm.model", "embedding_backward")],
-    "optimizer (AdamW)": [("vintagelm.bench", "AdamW.step")],
+    "optimizer (AdamW)": [("vintagelm.optim", "AdamW.step")],
     "grad clipping": [("vintagelm.bench", "clip_grad_norm")],
 }
 
 
 @contextmanager
-def instrumented(totals):
-    """Wrap the functions of BREAKDOWN_TARGETS with timers adding into totals[category].
-    Nested timed calls (softmax inside attention) are subtracted from the outer category."""
+def instrumented(model, totals):
+    """Wrap the functions of BREAKDOWN_TARGETS with timers adding into totals[category],
+    undoing every patch on exit."""
     import importlib
 
-    from vintagelm.nn import activation
-
     stack = []  # seconds spent in nested timed calls, per open frame
-    patches = []
+    patches = []  # (owner, attribute, original)
 
     def wrap(category, fn):
         def timed(*args, **kwargs):
@@ -214,25 +213,27 @@ def instrumented(totals):
                     stack[-1] += elapsed
         return timed
 
+    def patch(owner, attr, value):
+        patches.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
+
     for category, targets in BREAKDOWN_TARGETS.items():
-        for module_name, attr in targets:
-            owner = importlib.import_module(module_name)
+        for owner_name, attr in targets:
+            if owner_name == "kernels" and attr == "gelu":
+                acts = dict(model.kernels.activations)
+                acts["gelu"] = tuple(wrap(category, f) for f in acts["gelu"])
+                patch(model.kernels, "activations", acts)
+                continue
+            owner = model.kernels if owner_name == "kernels" else importlib.import_module(owner_name)
             if "." in attr:  # a method: patch it on its class
                 cls_name, attr = attr.split(".")
                 owner = getattr(owner, cls_name)
-            original = getattr(owner, attr)
-            patches.append((owner, attr, original))
-            setattr(owner, attr, wrap(category, original))
-    # the model looks activations up in a dict, so patch the dict entry too
-    act_original = dict(activation.ACTIVATIONS)
-    activation.ACTIVATIONS["gelu"] = (activation.gelu_forward, activation.gelu_backward)
+            patch(owner, attr, wrap(category, getattr(owner, attr)))
     try:
         yield totals
     finally:
         for owner, attr, original in reversed(patches):
             setattr(owner, attr, original)
-        activation.ACTIVATIONS.clear()
-        activation.ACTIVATIONS.update(act_original)
 
 
 def breakdown(config, batches, repeats=3):
@@ -243,7 +244,7 @@ def breakdown(config, batches, repeats=3):
     runs = []
     for r in range(repeats):
         totals = {}
-        with instrumented(totals):
+        with instrumented(trainer.model, totals):
             t0 = time.perf_counter()
             trainer.step(*batches[(r + 1) % len(batches)])
             total = time.perf_counter() - t0
@@ -261,7 +262,10 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         import torch  # noqa: F401
 
         set_threads(threads)
-    result = {"blas_kernel": blas_kernel(), "threads": threads, "matmul_gflops": matmul_gflops()}
+    from vintagelm.nn.kernels import get_kernels
+
+    result = {"blas_kernel": blas_kernel(), "threads": threads, "matmul_gflops": matmul_gflops(),
+              "elementwise_kernels": get_kernels("auto", np.float32).name}
     for name in config_names:
         config, batch_size = make_config(name)
         batches = make_batches(config, batch_size, 8)
@@ -290,7 +294,8 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
 def format_report(result, config_names):
     lines = [
         f"BLAS: {result['blas_kernel']}, {result['threads']} threads; "
-        f"NumPy float32 matmul: {result['matmul_gflops']:.0f} GFLOP/s (median of {len(GEMM_SHAPES)} shapes)",
+        f"NumPy float32 matmul: {result['matmul_gflops']:.0f} GFLOP/s (median of {len(GEMM_SHAPES)} shapes); "
+        f"elementwise kernels: {result['elementwise_kernels']}",
         "",
         f"{'config':<6} {'impl':<10} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11}",
     ]

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from vintagelm.nn.activation import ACTIVATIONS
+from vintagelm.nn.kernels import get_kernels
 from vintagelm.nn.attention import attention_backward, attention_forward, attention_forward_cached
 from vintagelm.nn.attention_tiled import TiledAttentionCache, tiled_attention_backward, tiled_attention_forward
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.embedding import embedding_backward, sinusoidal_table
 from vintagelm.nn.linear import linear_backward, linear_forward
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
-from vintagelm.nn.norm import layernorm_backward, layernorm_forward
 
 LN_EPS = 1e-5  # layer-norm epsilon, as GPT-2
 ATTENTION_BLOCK = 64  # query rows per block of "blocked" attention: big enough to keep BLAS efficient
@@ -131,13 +131,15 @@ def flat_views(flat, shapes):
 class GPT:
     """A GPT language model in NumPy. See the module docstring for parameter names."""
 
-    def __init__(self, config, seed=0, dtype=np.float32):
+    def __init__(self, config, seed=0, dtype=np.float32, kernels="auto"):
         if not isinstance(config, GPTConfig):
             raise TypeError("GPT(config) needs a GPTConfig")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.config, self.dtype = config, dtype
+        # the elementwise ops: readable NumPy, or compiled numba (nn/kernels.py); same math
+        self.kernels = get_kernels(kernels, dtype)
         self.shapes = param_shapes(config)
         n = sum(math.prod(s) for s in self.shapes.values())
         self.flat_params = np.zeros(n, dtype=dtype)
@@ -233,7 +235,7 @@ class GPT:
             blocks.append(cache)
         ln_f = None
         if cfg.norm == "pre":
-            x, ln_f = layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
+            x, ln_f = self.kernels.layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
         logits = x @ self.head_weight().T  # (B, T, C) @ (C, V) -> (B, T, V)
         loss, ce = None, None
         if targets is not None:
@@ -262,12 +264,12 @@ class GPT:
             p = f"h.{i}."
             qkv, _ = linear_forward(h, P[p + "attn.c_attn.weight"], P.get(p + "attn.c_attn.bias"))
             k_buf, v_buf = kv_cache.layer(i)
-            y = attention_forward_cached(qkv, cfg.n_head, k_buf, v_buf, pos)
+            y = attention_forward_cached(qkv, cfg.n_head, k_buf, v_buf, pos, self.kernels.causal_softmax)
             return linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))[0]
 
         def mlp(h, i):
             p = f"h.{i}."
-            act_forward, _ = ACTIVATIONS[cfg.activation]
+            act_forward, _ = self.kernels.activations[cfg.activation]
             f, _ = linear_forward(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias"))
             return linear_forward(act_forward(f)[0], P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))[0]
 
@@ -275,7 +277,7 @@ class GPT:
             x, _ = self._residual_forward(x, f"h.{i}.ln_1", lambda h: attn(h, i))
             x, _ = self._residual_forward(x, f"h.{i}.ln_2", lambda h: mlp(h, i))
         if cfg.norm == "pre":
-            x, _ = layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
+            x, _ = self.kernels.layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
         kv_cache.advance(Tn)
         return x @ self.head_weight().T  # (B, Tn, V)
 
@@ -291,11 +293,11 @@ class GPT:
         """pre:  x + f(ln(x))    post: ln(x + f(x))    none: x + f(x)."""
         norm, P = self.config.norm, self.params
         if norm == "pre":
-            h, ln = layernorm_forward(x, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
+            h, ln = self.kernels.layernorm_forward(x, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
             return x + sublayer(h), ln
         out = x + sublayer(x)
         if norm == "post":
-            return layernorm_forward(out, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
+            return self.kernels.layernorm_forward(out, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
         return out, None
 
     def _attn_forward(self, h, p, cache):
@@ -307,14 +309,16 @@ class GPT:
             y, cache["attn"] = tiled_attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng)
         else:
             chunk = ATTENTION_BLOCK if kind == "blocked" else None
-            y, cache["attn"] = attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng, chunk)
+            y, cache["attn"] = attention_forward(
+                qkv, self.config.n_head, drop_p, self.dropout_rng, chunk, self.kernels.causal_softmax
+            )
         y, cache["c_proj"] = linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))
         y, cache["attn_drop"] = self._dropout(y)
         return y
 
     def _mlp_forward(self, h, p, cache):
         P = self.params
-        act_forward, _ = ACTIVATIONS[self.config.activation]
+        act_forward, _ = self.kernels.activations[self.config.activation]
         f, cache["c_fc"] = linear_forward(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias"))
         g, cache["act"] = act_forward(f)
         y, cache["mlp_proj"] = linear_forward(g, P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))
@@ -341,7 +345,7 @@ class GPT:
         )
         dx = dlogits @ W  # (B, T, C)
         if cfg.norm == "pre":
-            dx, dw, db = layernorm_backward(dx, c["ln_f"], cfg.bias)
+            dx, dw, db = self.kernels.layernorm_backward(dx, c["ln_f"], cfg.bias)
             self._add_grad("ln_f", dw, db)
         for i in reversed(range(cfg.n_layer)):
             dx = self._block_backward(dx, i, c["blocks"][i])
@@ -368,11 +372,11 @@ class GPT:
         none: out = x + f(x)      ->  dx = dout + f_back(dout)"""
         norm, bias = self.config.norm, self.config.bias
         if norm == "pre":
-            dh, dw, db = layernorm_backward(sublayer_backward(dout), ln_cache, bias)
+            dh, dw, db = self.kernels.layernorm_backward(sublayer_backward(dout), ln_cache, bias)
             self._add_grad(ln_name, dw, db)
             return dout + dh
         if norm == "post":
-            dout, dw, db = layernorm_backward(dout, ln_cache, bias)
+            dout, dw, db = self.kernels.layernorm_backward(dout, ln_cache, bias)
             self._add_grad(ln_name, dw, db)
         return dout + sublayer_backward(dout)
 
@@ -384,14 +388,14 @@ class GPT:
         if isinstance(cache["attn"], TiledAttentionCache):
             dqkv = tiled_attention_backward(dy, cache["attn"])
         else:
-            dqkv = attention_backward(dy, cache["attn"])
+            dqkv = attention_backward(dy, cache["attn"], self.kernels.softmax_backward)
         dh, dw, db = linear_backward(dqkv, cache["c_attn"], P[p + "attn.c_attn.weight"], bias)
         self._add_grad(p + "attn.c_attn", dw, db)
         return dh
 
     def _mlp_backward(self, dy, p, cache):
         P, bias = self.params, self.config.bias
-        _, act_backward = ACTIVATIONS[self.config.activation]
+        _, act_backward = self.kernels.activations[self.config.activation]
         dy = dropout_backward(dy, cache["mlp_drop"])
         dg, dw, db = linear_backward(dy, cache["mlp_proj"], P[p + "mlp.c_proj.weight"], bias)
         self._add_grad(p + "mlp.c_proj", dw, db)

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from vintagelm.nn.kernels import get_kernels
+
 
 def decays(param):
     """Whether weight decay applies to this parameter (matrices and embeddings only)."""
@@ -52,9 +54,12 @@ class AdamW(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, kernels="auto"):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        # a float32 model with kernels "auto"/"numba" updates each tensor in one compiled pass
+        dtypes = {p.dtype for p in params.values()}
+        self.fused = get_kernels(kernels, dtypes.pop() if len(dtypes) == 1 else np.float64).name == "numba"
 
     def step(self, grads, lr=None):
         lr = self.lr if lr is None else lr
@@ -62,18 +67,30 @@ class AdamW(Optimizer):
         self.t += 1
         step_size = lr / (1 - b1**self.t)  # bias correction of m folded into the step
         rsqrt_bc2 = 1.0 / math.sqrt(1 - b2**self.t)  # bias correction of v, under the sqrt
+        update = self._update_fused if self.fused else self._update
         for k, p in self.params.items():
-            g, m, v = grads[k], self.state["m"][k], self.state["v"][k]
-            if self.weight_decay and decays(p):
-                p *= 1 - lr * self.weight_decay
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            denom = np.sqrt(v)
-            denom *= rsqrt_bc2
-            denom += self.eps
-            p -= step_size * (m / denom)
+            decay = 1 - lr * self.weight_decay if decays(p) else 1.0
+            update(p, grads[k], self.state["m"][k], self.state["v"][k], decay, step_size, rsqrt_bc2)
+
+    def _update(self, p, g, m, v, decay, step_size, rsqrt_bc2):
+        b1, b2 = self.betas
+        if decay != 1.0:
+            p *= decay
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        denom = np.sqrt(v)
+        denom *= rsqrt_bc2
+        denom += self.eps
+        p -= step_size * (m / denom)
+
+    def _update_fused(self, p, g, m, v, decay, step_size, rsqrt_bc2):
+        from vintagelm.nn.fused import adamw_update
+
+        f = np.float32
+        adamw_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(decay), f(self.betas[0]),
+                     f(self.betas[1]), f(step_size), f(rsqrt_bc2), f(self.eps))
 
 
 class SGD(Optimizer):

@@ -70,13 +70,21 @@ def causal_softmax(scores, offset=0):
     return scores
 
 
+def softmax_backward(dp, p):
+    """In place: dp <- p * (dp - rowsum(dp * p)), the softmax Jacobian applied to dp (..., T)."""
+    row = np.einsum("...j,...j->...", dp, p)[..., None]
+    dp -= row
+    dp *= p
+    return dp
+
+
 def query_chunks(T, chunk):
     """Split query rows 0..T-1 into [(i0, i1), ...] of at most `chunk` rows (None: one chunk)."""
     chunk = chunk or T
     return [(i0, min(i0 + chunk, T)) for i0 in range(0, T, chunk)]
 
 
-def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None):
+def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=causal_softmax):
     """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H.
 
     With chunk=None this is the textbook form: the full (T, T) score matrix, half of it
@@ -91,7 +99,7 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None):
     chunks, atts, drops = query_chunks(T, chunk), [], []
     for i0, i1 in chunks:
         att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ / sqrt(D)
-        causal_softmax(att, offset=i0)
+        softmax(att, offset=i0)
         att_dropped, drop = dropout_forward(att, dropout_p, rng)
         np.matmul(att_dropped, v[:, :, :i1], out=y[:, :, i0:i1])
         atts.append(att)
@@ -99,7 +107,7 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None):
     return merge_heads(y), AttentionCache(q, k, v, atts, drops, chunks)
 
 
-def attention_backward(dy, cache):
+def attention_backward(dy, cache, softmax_grad=softmax_backward):
     """dy (B, T, C) -> dqkv (B, T, 3C).
 
     Forward, per query chunk: S = q' kᵀ with q' = q s (s = 1/sqrt(D)), P = softmax(S)
@@ -121,10 +129,8 @@ def attention_backward(dy, cache):
     for (i0, i1), att, drop in zip(chunks, atts, drops):
         dYc = dY[:, :, i0:i1]  # (B, H, Tc, D)
         att_dropped = att if drop.mask is None else att * drop.mask
-        dS = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1), dP for now
-        row = np.einsum("bhij,bhij->bhi", dS, att)[..., None]  # (B, H, Tc, 1) rowsum(dP * P)
-        dS -= row
-        dS *= att
+        dP = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1)
+        dS = softmax_grad(dP, att)  # in place: P * (dP - rowsum(dP * P))
         np.multiply(dS @ k[:, :, :i1], q.dtype.type(1.0 / np.sqrt(D)), out=dq[:, :, i0:i1])
         if len(chunks) == 1:
             np.matmul(dS.transpose(0, 1, 3, 2), q, out=dk)
@@ -135,7 +141,7 @@ def attention_backward(dy, cache):
     return dqkv.reshape(B, T, 3 * H * D)
 
 
-def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos):
+def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos, softmax=causal_softmax):
     """Attention for Tn new tokens at positions pos .. pos+Tn-1, reusing cached keys/values.
 
     qkv (B, Tn, 3C); k_cache, v_cache (B, H, T_max, D) hold the keys and values of positions
@@ -147,5 +153,5 @@ def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos):
     k_cache[:, :, pos : pos + Tn] = k
     v_cache[:, :, pos : pos + Tn] = v
     keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
-    att = causal_softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos)  # (B, H, Tn, pos+Tn)
+    att = softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos)  # (B, H, Tn, pos+Tn)
     return merge_heads(att @ values)

@@ -1,0 +1,101 @@
+"""The compiled (numba) kernels equal the readable NumPy ops within float32 rounding."""
+import numpy as np
+import pytest
+
+from vintagelm import GPT, GPTConfig
+from vintagelm.nn import activation, attention, fused, norm  # fused needs numba: part of the [test] extra
+from vintagelm.nn.kernels import get_kernels
+from vintagelm.optim import AdamW
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(a, b, tol):
+    """max|a - b| <= tol * max|b|: float32 rounding relative to the tensor's scale."""
+    assert np.abs(a - b).max() <= tol * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_tanh32_accuracy():
+    x = np.linspace(-12, 12, 200001, dtype=np.float32)
+    y = np.empty_like(x)
+    fused._gelu_forward(x, y)  # exercises tanh32 through GELU
+    exact = 0.5 * x.astype(np.float64) * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    assert np.abs(y - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 64), (2, 17, 200)])
+def test_gelu(shape):
+    rng = np.random.default_rng(0)
+    x, dy = rand(rng, *shape, scale=3), rand(rng, *shape)
+    y, c = fused.gelu_forward(x)
+    y_ref, c_ref = activation.gelu_forward(x)
+    close(y, y_ref, 1e-6)
+    close(fused.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm(bias):
+    rng = np.random.default_rng(1)
+    x, dy = rand(rng, 4, 9, 48, scale=2) + 1, rand(rng, 4, 9, 48)
+    w, b = 1 + rand(rng, 48, scale=0.3), (rand(rng, 48) if bias else None)
+    y, c = fused.layernorm_forward(x, w, b)
+    y_ref, c_ref = norm.layernorm_forward(x, w, b)
+    close(y, y_ref, 1e-6)
+    for got, ref in zip(fused.layernorm_backward(dy, c, bias), norm.layernorm_backward(dy, c_ref, bias)):
+        if ref is None:
+            assert got is None
+        else:
+            close(got, ref, 1e-5)
+
+
+@pytest.mark.parametrize("Tq,Tk,offset", [(8, 8, 0), (4, 12, 8), (1, 30, 29), (5, 5, 0)])
+def test_causal_softmax_and_backward(Tq, Tk, offset):
+    rng = np.random.default_rng(2)
+    s = rand(rng, 2, 3, Tq, Tk, scale=4)
+    p = fused.causal_softmax(s.copy(), offset)
+    p_ref = attention.causal_softmax(s.copy(), offset)
+    close(p, p_ref, 1e-6)
+    dp = rand(rng, 2, 3, Tq, Tk)
+    close(fused.softmax_backward(dp.copy(), p_ref), attention.softmax_backward(dp.copy(), p_ref), 1e-5)
+
+
+@pytest.mark.parametrize("attention_kind", ["naive", "blocked"])
+def test_model_with_numba_kernels_equals_numpy(attention_kind):
+    cfg = GPTConfig(vocab_size=40, block_size=80, n_layer=2, n_head=4, n_embd=32, attention=attention_kind)
+    rng = np.random.default_rng(3)
+    idx, tgt = rng.integers(0, 40, (3, 80)), rng.integers(0, 40, (3, 80))
+    runs = {}
+    for kind in ("numpy", "numba"):
+        model = GPT(cfg, seed=0, kernels=kind)
+        assert model.kernels.name == kind
+        logits, loss = model.forward(idx, tgt)
+        runs[kind] = (logits, loss, {k: g.copy() for k, g in model.backward().items()})
+    close(runs["numba"][0], runs["numpy"][0], 1e-5)
+    assert runs["numba"][1] == pytest.approx(runs["numpy"][1], rel=1e-5)
+    for k, g in runs["numpy"][2].items():
+        close(runs["numba"][2][k], g, 1e-4)
+
+
+def test_fused_adamw_equals_numpy():
+    rng = np.random.default_rng(4)
+    params = {"w": rand(rng, 30, 20), "b": rand(rng, 20)}
+    twins = {k: {n: p.copy() for n, p in params.items()} for k in ("numpy", "numba")}
+    opts = {k: AdamW(twins[k], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, kernels=k) for k in twins}
+    assert opts["numba"].fused and not opts["numpy"].fused
+    for step in range(10):
+        grads = {"w": rand(rng, 30, 20), "b": rand(rng, 20)}
+        for k, opt in opts.items():
+            opt.step(grads, lr=1e-2 * (step + 1) / 10)
+    for n in params:
+        close(twins["numba"][n], twins["numpy"][n], 1e-5)
+
+
+def test_kernel_choice_errors():
+    assert get_kernels("auto", np.float64).name == "numpy"
+    assert get_kernels("auto", np.float32).name == "numba"
+    with pytest.raises(ValueError, match="float32"):
+        get_kernels("numba", np.float64)
+    with pytest.raises(ValueError, match="kernels must be"):
+        get_kernels("cuda", np.float32)
