@@ -6,7 +6,7 @@
 For each vocab size both libraries train a byte-level BPE on the same documents with the same
 split regex and specials, then encode the whole corpus (HF: one `Tokenizer.encode` call on
 the whole text; ours: one `encode`, starting from an empty chunk cache). Prints train seconds,
-encode MB/s and bytes per token for each, with ratios. Also checks that our tokenizer, exported
+encode MB/s and bytes per token for each, with ratios; times are CPU seconds (see best_times). Also checks that our tokenizer, exported
 to tokenizer.json and loaded by HF, gives identical ids on a slice of the corpus.
 
 Targets: our training no slower than HF's at every vocab size, our encoding at least 3x HF's
@@ -56,14 +56,18 @@ def hf_train(docs, vocab_size, pattern):
 
 def best_times(fns, repeats):
     """Run each of `fns` `repeats` times, taking turns (ours, HF, ours, HF...) so that a busy
-    moment on the machine hits both alike. -> (fastest seconds of each, last result of each)."""
+    moment on the machine hits both alike. -> (fastest seconds of each, last result of each).
+
+    Seconds are CPU seconds of this process (time.process_time): both sides run on one thread
+    in this process, and on a shared machine CPU time leaves out the moments the OS gave the
+    core to someone else, which wall time would charge to whichever side was running."""
     best = [float("inf")] * len(fns)
     results = [None] * len(fns)
     for _ in range(repeats):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             results[k] = fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[k] = min(best[k], time.process_time() - t0)
     return best, results
 
 
@@ -80,7 +84,7 @@ def main():
     n_bytes = len(text.encode("utf-8"))
     pattern = PATTERNS[args.pattern]
     print(f"corpus {name}: {len(docs)} documents, {n_bytes:,} bytes; pattern {args.pattern}; "
-          f"best of {args.repeats}; HF tokenizers 1 thread")
+          f"best of {args.repeats}; CPU seconds; HF tokenizers 1 thread")
 
     header = (f"{'vocab':>6} | {'train s ours':>12} {'HF':>6} {'HF/ours':>7} | {'encode MB/s ours':>16} "
               f"{'HF':>5} {'ours/HF':>7} | {'bytes/tok ours':>14} {'HF':>6} {'diff':>6} | parity")
