@@ -12,12 +12,19 @@ from vintagelm.nn.dropout import DropoutCache, dropout_backward, dropout_forward
 
 
 class AttentionCache(NamedTuple):
-    q: np.ndarray  # (B, H, T, D) queries, already multiplied by 1/sqrt(D)
-    k: np.ndarray  # (B, H, T, D)
-    v: np.ndarray  # (B, H, T, D)
+    q: np.ndarray  # (B, H, T, D) queries (a strided view into qkv)
+    k: np.ndarray  # (B, H, T, D) keys (view)
+    v: np.ndarray  # (B, H, T, D) values (view)
     att: list  # per query chunk [i0, i1): (B, H, i1 - i0, i1) softmax probabilities
     drop: list  # per query chunk: the DropoutCache applied to its probabilities
     chunks: list  # [(i0, i1), ...] query row ranges
+
+
+def qkv_heads(qkv, n_head):
+    """qkv (B, T, 3C) -> q, k, v as (B, H, T, D) strided views, no copy. Each (T, D) slice has
+    unit column stride and row stride 3C, which BLAS takes as is, so matmuls need no copy."""
+    B, T, C3 = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
 
 
 def split_qkv(qkv, n_head, scale=1.0):
@@ -53,15 +60,17 @@ def causal_mask(Tq, Tk, offset, dtype):
     return _MASKS[key]
 
 
-def causal_softmax(scores, offset=0):
-    """scores (..., Tq, Tk) -> probabilities where query row i (at absolute position
-    offset + i) only attends to key columns j <= offset + i.
+def causal_softmax(scores, offset=0, scale=1.0):
+    """scores (..., Tq, Tk) -> softmax(scale * scores) where query row i (at absolute
+    position offset + i) only attends to key columns j <= offset + i.
 
     Masked entries become -inf so exp gives exactly 0; the row max is subtracted first so
     exp cannot overflow (each query's own position is never masked, so every row has a
     finite max). Works in place on `scores` (one pass per step, no temporaries) and returns it.
     """
     Tq, Tk = scores.shape[-2:]
+    if scale != 1.0:
+        scores *= scores.dtype.type(scale)
     if Tk > offset + 1:  # only columns past the first query's position can be in the future
         scores[..., offset + 1 :] += causal_mask(Tq, Tk, offset, scores.dtype)[:, offset + 1 :]
     scores -= scores.max(axis=-1, keepdims=True)
@@ -93,13 +102,13 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     work and memory for long sequences, identical results.
     """
     B, T, _ = qkv.shape
-    D = qkv.shape[-1] // (3 * n_head)
-    q, k, v = split_qkv(qkv, n_head, 1.0 / np.sqrt(D))  # (B, H, T, D), q pre-scaled
-    y = np.empty_like(q)  # (B, H, T, D)
+    q, k, v = qkv_heads(qkv, n_head)  # (B, H, T, D) views
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    y = np.empty(q.shape, dtype=q.dtype)  # (B, H, T, D)
     chunks, atts, drops = query_chunks(T, chunk), [], []
     for i0, i1 in chunks:
-        att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ / sqrt(D)
-        softmax(att, offset=i0)
+        att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ
+        softmax(att, offset=i0, scale=scale)  # softmax(q kᵀ / sqrt(D)), causal
         att_dropped, drop = dropout_forward(att, dropout_p, rng)
         np.matmul(att_dropped, v[:, :, :i1], out=y[:, :, i0:i1])
         atts.append(att)
@@ -110,15 +119,16 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
 def attention_backward(dy, cache, softmax_grad=softmax_backward):
     """dy (B, T, C) -> dqkv (B, T, 3C).
 
-    Forward, per query chunk: S = q' kᵀ with q' = q s (s = 1/sqrt(D)), P = softmax(S)
-    (causal), P' = dropout(P), Y = P' v. Then
+    Forward, per query chunk: S = s q kᵀ (s = 1/sqrt(D)), P = softmax(S) (causal),
+    P' = dropout(P), Y = P' v. Then
       dv += P'ᵀ dY,   dP' = dY vᵀ,   dP = dropout_backward(dP'),
       dS = P * (dP - rowsum(dP * P))   (the softmax Jacobian; masked entries have P = 0),
-      dq = dS k s,   dk += dSᵀ q'
+      dq = s dS k,   dk += s dSᵀ q
     where += gathers the contributions of every query chunk to the keys and values it saw.
     """
     q, k, v, atts, drops, chunks = cache
     B, H, T, D = q.shape
+    scale = q.dtype.type(1.0 / np.sqrt(D))
     dY = split_heads(dy, H)  # (B, H, T, D)
     # dq, dk, dv go straight into their slots of dqkv, laid out (B, T, 3, H, D)
     dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
@@ -131,7 +141,8 @@ def attention_backward(dy, cache, softmax_grad=softmax_backward):
         att_dropped = att if drop.mask is None else att * drop.mask
         dP = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1)
         dS = softmax_grad(dP, att)  # in place: P * (dP - rowsum(dP * P))
-        np.multiply(dS @ k[:, :, :i1], q.dtype.type(1.0 / np.sqrt(D)), out=dq[:, :, i0:i1])
+        dS *= scale  # the 1/sqrt(D) of S = s q kᵀ, applied once to dS instead of to dq and dk
+        np.matmul(dS, k[:, :, :i1], out=dq[:, :, i0:i1])
         if len(chunks) == 1:
             np.matmul(dS.transpose(0, 1, 3, 2), q, out=dk)
             np.matmul(att_dropped.transpose(0, 1, 3, 2), dY, out=dv)
@@ -148,10 +159,10 @@ def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos, softmax=causal_
     < pos; this writes the new ones in place and attends over positions < pos + Tn.
     -> y (B, Tn, C). Inference only: nothing is kept for a backward pass.
     """
-    Tn, D = qkv.shape[1], qkv.shape[-1] // (3 * n_head)
-    q, k, v = split_qkv(qkv, n_head, 1.0 / np.sqrt(D))  # (B, H, Tn, D), q pre-scaled
+    Tn = qkv.shape[1]
+    q, k, v = qkv_heads(qkv, n_head)  # (B, H, Tn, D) views
     k_cache[:, :, pos : pos + Tn] = k
     v_cache[:, :, pos : pos + Tn] = v
     keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
-    att = softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos)  # (B, H, Tn, pos+Tn)
+    att = softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos, scale=1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
     return merge_heads(att @ values)

@@ -132,10 +132,29 @@ def layernorm_backward(dy, cache, has_bias=True):
     return dx, dw, (db if has_bias else None)
 
 
+# exp(x) for x <= 0 as 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2 (Cody-Waite split
+# of ln 2, Cephes's degree-7 polynomial for e^r) and 2^n read from a table: arithmetic and a
+# gather, so the loop vectorises. NumPy's float32 exp is scalar on a CPU without AVX-512.
+LOG2E, LN2_HI, LN2_LO = f32(1.4426950408889634), f32(0.693359375), f32(-2.12194440e-4)
+E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                           4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+POW2_NEG = (2.0 ** -np.arange(127)).astype(np.float32)  # POW2_NEG[k] = 2^-k, k = 0 .. 126
+
+
+@njit(fastmath=True, inline="always", cache=True)
+def exp_nonpositive(x, pow2_neg):
+    x = max(x, f32(-87.0))  # below this exp underflows float32 anyway
+    n = np.floor(x * LOG2E + f32(0.5))
+    r = x - n * LN2_HI - n * LN2_LO
+    y = (((((E0 * r + E1) * r + E2) * r + E3) * r + E4) * r + E5) * r * r + r + f32(1.0)
+    return y * pow2_neg[np.int32(-n)]
+
+
 @njit(fastmath=True, parallel=True, cache=True)
-def _shift_rows(s, offset):
-    """Per row i of s (R, Tq, Tk): subtract the max over the allowed keys j <= offset + i
-    (row index taken modulo Tq) and set future keys to -inf, ready for exp."""
+def _causal_softmax_rows(s, offset, scale, pow2_neg):
+    """In place, per row i of s (R, Tq, Tk): softmax over the allowed keys j <= offset + i of
+    scale * s, zero for the future keys. One pass for the max, one for exp and the sum, one
+    to normalise."""
     R, Tq, Tk = s.shape
     for r in prange(R):
         for i in range(Tq):
@@ -143,34 +162,22 @@ def _shift_rows(s, offset):
             m = s[r, i, 0]
             for j in range(1, last):
                 m = max(m, s[r, i, j])
-            for j in range(last):
-                s[r, i, j] -= m
-            for j in range(last, Tk):
-                s[r, i, j] = -np.inf
-
-
-@njit(fastmath=True, parallel=True, cache=True)
-def _normalise_rows(p, offset):
-    R, Tq, Tk = p.shape
-    for r in prange(R):
-        for i in range(Tq):
-            last = min(offset + i + 1, Tk)
             total = f32(0.0)
             for j in range(last):
-                total += p[r, i, j]
+                e = exp_nonpositive((s[r, i, j] - m) * scale, pow2_neg)
+                s[r, i, j] = e
+                total += e
             inv = f32(1.0) / total
             for j in range(last):
-                p[r, i, j] *= inv
+                s[r, i, j] *= inv
+            for j in range(last, Tk):
+                s[r, i, j] = f32(0.0)
 
 
-def causal_softmax(scores, offset=0):
-    """In-place causal softmax, same contract as attention.causal_softmax. The exp stays in
-    NumPy (vectorised); numba does the masked row max and the normalisation."""
+def causal_softmax(scores, offset=0, scale=1.0):
+    """In-place causal softmax of scale * scores, same contract as attention.causal_softmax."""
     Tq, Tk = scores.shape[-2:]
-    s3 = scores.reshape(-1, Tq, Tk)
-    _shift_rows(s3, offset)
-    np.exp(scores, out=scores)
-    _normalise_rows(s3, offset)
+    _causal_softmax_rows(scores.reshape(-1, Tq, Tk), offset, scores.dtype.type(scale), POW2_NEG)
     return scores
 
 
