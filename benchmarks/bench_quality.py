@@ -125,10 +125,11 @@ def main():
     init = GPT(config, seed=args.seed)
     args.val = val_blocks(val, config.block_size, 64)
     data = list(batches(train, args.iters, 12, config.block_size, args.seed))
-    blas = threadpoolctl.threadpool_info()[0]
+    from vintagelm.bench import blas_kernel
+
     print(f"tiny shakespeare, char level: {len(train):,} train / {len(val):,} val chars, vocab {vocab}")
     print(f"model 4L/4H/128, block 64, batch 12, {args.iters} iterations; {args.threads} threads; "
-          f"OpenBLAS kernel {blas.get('architecture')}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+          f"BLAS {blas_kernel()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     rows = [("vintagelm", args.iters, *train_vintagelm(config, init.flat_params.copy(), data, args))]
     if not args.skip_torch:
         import torch
