@@ -186,3 +186,18 @@ def test_blocked_and_tiled_attention_models_equal_naive():
         assert out[kind][1] == pytest.approx(out["naive"][1], rel=1e-13)
         for k, g in out["naive"][2].items():
             np.testing.assert_allclose(out[kind][2][k], g, rtol=1e-10, atol=1e-13)
+
+
+def test_threads_flag_limits_blas():
+    import threadpoolctl
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    try:
+        assert main(["--threads", "1", "gradcheck", "--samples", "2", "--layers", "1"]) == 0
+        assert blas_threads() and all(n == 1 for n in blas_threads())
+        assert main(["--threads", "0", "gradcheck"]) == 2
+    finally:
+        threadpoolctl.threadpool_limits(max(before), user_api="blas")

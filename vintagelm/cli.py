@@ -27,6 +27,11 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="vintage", description="vintagelm: a vintage GPT written from scratch in NumPy."
     )
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="BLAS threads for matrix multiplies (default: all cores). Use 1 when other programs "
+             "keep the CPU busy: OpenBLAS workers that wait for a busy core slow every step.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"vintagelm.commands.{module_name}")
@@ -42,6 +47,13 @@ def main(argv=None):
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("vintage: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(args.threads, user_api="blas")
     try:
         return int(args._run(args) or 0)
     except UserError as e:
