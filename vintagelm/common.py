@@ -18,6 +18,13 @@ class UserError(Exception):
     """
 
 
+def cache_root():
+    """Where vintagelm caches downloads and prepared datasets: $VINTAGELM_CACHE, else
+    ~/.cache/vintagelm."""
+    root = os.environ.get("VINTAGELM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "vintagelm"
+
+
 def print0(*args, **kwargs):
     """Print only on the main process (rank 0 under MPI; always when not distributed)."""
     if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))) == 0:

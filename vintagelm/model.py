@@ -283,7 +283,7 @@ class GPT:
 
     def _block_forward(self, x, i):
         """One transformer block on x (B, T, C); norm placement follows config.norm."""
-        cfg, P, p = self.config, self.params, f"h.{i}."
+        p = f"h.{i}."
         cache = {}
         x, cache["attn_res"] = self._residual_forward(x, p + "ln_1", lambda h: self._attn_forward(h, p, cache))
         x, cache["mlp_res"] = self._residual_forward(x, p + "ln_2", lambda h: self._mlp_forward(h, p, cache))
@@ -333,7 +333,7 @@ class GPT:
         (or adds to, with accumulate=True, for gradient accumulation over micro-batches)."""
         if self._cache is None or self._cache["ce"] is None:
             raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
-        cfg, P, G, c = self.config, self.params, self.grads, self._cache
+        cfg, G, c = self.config, self.grads, self._cache
         self._cache = None  # free the activations as soon as we are done with them
         if not accumulate:
             self.flat_grads.fill(0.0)

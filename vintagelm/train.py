@@ -24,7 +24,6 @@ This file does not parse arguments (commands/train.py) or define the model (mode
 import hashlib
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -36,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
-from vintagelm.common import UserError, atomic_path, write_json_atomic
+from vintagelm.common import UserError, atomic_path, cache_root, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch, load_dataset, sequential_batches
 from vintagelm.model import GPT
@@ -44,12 +43,6 @@ from vintagelm.optim import AdamW, clip_grad_norm, lr_at
 
 
 # ---------------------------------------------------------------- data
-def cache_root():
-    """Where prepared datasets are cached: $VINTAGELM_CACHE, else ~/.cache/vintagelm."""
-    root = os.environ.get("VINTAGELM_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "vintagelm"
-
-
 def resolve_dataset(data, tokenizer="char", vocab_size=0, progress=True, log=print):
     """A prepared dataset folder, or a source spec prepared once into the cache, keyed by
     (source, tokenizer, vocab size), and reused by later runs -> PreparedDataset."""

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vintagelm.common import UserError, atomic_path
+from vintagelm.common import UserError, atomic_path, cache_root
 
 DEFAULT_BASE_URL = "https://www.gutenberg.org"
 # tried in order; {id} is the book number
@@ -83,10 +83,7 @@ def _drop_front_matter(text):
 def cache_dir(path=None):
     """Where downloaded books live: `path`, else $VINTAGELM_CACHE/gutenberg, else
     ~/.cache/vintagelm/gutenberg."""
-    if path is not None:
-        return Path(path)
-    root = os.environ.get("VINTAGELM_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "vintagelm") / "gutenberg"
+    return Path(path) if path is not None else cache_root() / "gutenberg"
 
 
 def download(book_id, *, cache=None, base_url=None, timeout=TIMEOUT_S):

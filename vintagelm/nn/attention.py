@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.nn.dropout import DropoutCache, dropout_backward, dropout_forward
+from vintagelm.nn.dropout import dropout_backward, dropout_forward
 
 
 class AttentionCache(NamedTuple):
