@@ -259,23 +259,14 @@ class GPT:
         self._check_idx(idx)
         self._cache = None
         x = P["wte.weight"][idx] + self._positions(pos, pos + Tn)  # (B, Tn, C)
-
-        def attn(h, i):
-            p = f"h.{i}."
-            qkv, _ = linear_forward(h, P[p + "attn.c_attn.weight"], P.get(p + "attn.c_attn.bias"))
-            k_buf, v_buf = kv_cache.layer(i)
-            y = attention_forward_cached(qkv, cfg.n_head, k_buf, v_buf, pos, self.kernels.causal_softmax)
-            return linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))[0]
-
-        def mlp(h, i):
-            p = f"h.{i}."
-            act_forward, _ = self.kernels.activations[cfg.activation]
-            f, _ = linear_forward(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias"))
-            return linear_forward(act_forward(f)[0], P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))[0]
-
-        for i in range(cfg.n_layer):
-            x, _ = self._residual_forward(x, f"h.{i}.ln_1", lambda h: attn(h, i))
-            x, _ = self._residual_forward(x, f"h.{i}.ln_2", lambda h: mlp(h, i))
+        was_training, self.training = self.training, False  # dropout off; restored below
+        try:
+            for i in range(cfg.n_layer):
+                p, kv = f"h.{i}.", (*kv_cache.layer(i), pos)
+                x, _ = self._residual_forward(x, p + "ln_1", lambda h: self._attn_forward(h, p, {}, kv))
+                x, _ = self._residual_forward(x, p + "ln_2", lambda h: self._mlp_forward(h, p, {}))
+        finally:
+            self.training = was_training
         if cfg.norm == "pre":
             x, _ = self.kernels.layernorm_forward(x, P["ln_f.weight"], P.get("ln_f.bias"), LN_EPS)
         kv_cache.advance(Tn)
@@ -300,12 +291,15 @@ class GPT:
             return self.kernels.layernorm_forward(out, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
         return out, None
 
-    def _attn_forward(self, h, p, cache):
+    def _attn_forward(self, h, p, cache, kv=None):
+        """Attention sublayer; kv = (k_buf, v_buf, pos) decodes against a KV cache instead."""
         P = self.params
         qkv, cache["c_attn"] = linear_forward(h, P[p + "attn.c_attn.weight"], P.get(p + "attn.c_attn.bias"))
         drop_p = self.config.dropout if self.training else 0.0
         kind = self.config.attention
-        if kind == "tiled":
+        if kv is not None:
+            y = attention_forward_cached(qkv, self.config.n_head, *kv, self.kernels.causal_softmax)
+        elif kind == "tiled":
             y, cache["attn"] = tiled_attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng)
         else:
             chunk = ATTENTION_BLOCK if kind == "blocked" else None
