@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vintagelm import GPT, GPTConfig
-from vintagelm.nn import activation, attention, fused  # fused needs numba: part of the [test] extra
+from vintagelm.nn import activation, attention, fused, norm  # fused needs numba: part of the [test] extra
 from vintagelm.nn.kernels import get_kernels
 from vintagelm.optim import AdamW
 
@@ -35,6 +35,18 @@ def test_gelu(shape):
     close(fused.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
 
 
+def test_gelu_with_bias():
+    # the MLP hands c_fc's bias to the activation: u = x + b, kept for backward, y = gelu(u)
+    rng = np.random.default_rng(1)
+    x, b, dy = rand(rng, 2, 9, 48, scale=3), rand(rng, 48), rand(rng, 2, 9, 48)
+    y_ref, c_ref = activation.gelu_forward(x, b)
+    assert np.array_equal(c_ref.x, x + b)
+    y, c = fused.gelu_forward(x.copy(), b)
+    close(c.x, x + b, 1e-7)
+    close(y, y_ref, 1e-6)
+    close(fused.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
+
+
 @pytest.mark.parametrize("Tq,Tk,offset", [(8, 8, 0), (4, 12, 8), (1, 30, 29), (5, 5, 0)])
 def test_causal_softmax_and_backward(Tq, Tk, offset):
     rng = np.random.default_rng(2)
@@ -44,6 +56,32 @@ def test_causal_softmax_and_backward(Tq, Tk, offset):
     close(p, p_ref, 1e-6)
     dp = rand(rng, 2, 3, Tq, Tk)
     close(fused.softmax_backward(dp.copy(), p_ref), attention.softmax_backward(dp.copy(), p_ref), 1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 7, 64), (2, 9, 384)])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_layernorm(shape, has_bias):
+    rng = np.random.default_rng(5)
+    x, dy = rand(rng, *shape, scale=3) + 2.0, rand(rng, *shape)
+    w, b = rand(rng, shape[-1]) + 1.0, rand(rng, shape[-1]) if has_bias else None
+    y, c = fused.layernorm_forward(x, w, b)
+    y_ref, c_ref = norm.layernorm_forward(x, w, b)
+    close(y, y_ref, 1e-6)
+    for got, ref in zip(fused.layernorm_backward(dy, c, has_bias), norm.layernorm_backward(dy, c_ref, has_bias)):
+        if ref is None:
+            assert got is None
+        else:
+            assert got.shape == ref.shape and got.dtype == ref.dtype
+            close(got, ref, 1e-5)
+
+
+def test_layernorm_rows_are_independent_of_the_batch():
+    # the KV cache normalises one new position at a time; it must match the row in a batch exactly
+    rng = np.random.default_rng(6)
+    x, w, b = rand(rng, 4, 33, 96), rand(rng, 96), rand(rng, 96)
+    y = fused.layernorm_forward(x, w, b)[0]
+    for i in (0, 17, 32):
+        assert np.array_equal(fused.layernorm_forward(x[1:2, i : i + 1], w, b)[0][0, 0], y[1, i])
 
 
 @pytest.mark.parametrize("attention_kind", ["naive", "blocked"])

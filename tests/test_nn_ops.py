@@ -90,6 +90,22 @@ def test_relu(B, T, C):
     assert relative_error(dx, numerical_gradient(lambda v: relu_forward(v)[0], x, dy)) < TOL
 
 
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_activation_with_bias(act):
+    # the MLP adds c_fc's bias inside the activation: act(x, b) = act(x + b), and the bias's
+    # gradient is the sum of the activation's input gradient over every position
+    forward, backward = {"gelu": (gelu_forward, gelu_backward), "relu": (relu_forward, relu_backward)}[act]
+    rng = np.random.default_rng(10)
+    x, b, dy = rand(rng, 2, 3, 8), rand(rng, 8), rand(rng, 2, 3, 8)
+    x[np.abs(x + b) < 1e-3] = 0.5  # away from ReLU's kink
+    y, cache = forward(x, b)
+    assert np.array_equal(y, forward(x + b)[0])
+    dx = backward(dy, cache)
+    assert relative_error(dx, numerical_gradient(lambda v: forward(v, b)[0], x, dy)) < TOL
+    db = dx.sum(axis=(0, 1))
+    assert relative_error(db, numerical_gradient(lambda v: forward(x, v)[0], b, dy)) < TOL
+
+
 @pytest.mark.parametrize("B,T,C", SHAPES)
 def test_dropout(B, T, C):
     rng = np.random.default_rng(9)

@@ -154,6 +154,7 @@ class GPT:
         self.dropout_rng = np.random.default_rng([seed, 1])
         self._init_weights(np.random.default_rng([seed, 0]))
         self._cache = None
+        self._accumulate = False  # backward adds into the gradients instead of overwriting
 
     # ---------------------------------------------------------------- parameters
     def _init_weights(self, rng):
@@ -313,8 +314,9 @@ class GPT:
     def _mlp_forward(self, h, p, cache):
         P = self.params
         act_forward, _ = self.kernels.activations[self.config.activation]
-        f, cache["c_fc"] = linear_forward(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias"))
-        g, cache["act"] = act_forward(f)
+        # c_fc's bias is added by the activation, in the same pass over the (B, T, 4C) array
+        f, cache["c_fc"] = linear_forward(h, P[p + "mlp.c_fc.weight"])
+        g, cache["act"] = act_forward(f, P.get(p + "mlp.c_fc.bias"))
         y, cache["mlp_proj"] = linear_forward(g, P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))
         y, cache["mlp_drop"] = self._dropout(y)
         return y
@@ -329,6 +331,7 @@ class GPT:
             raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
         cfg, G, c = self.config, self.grads, self._cache
         self._cache = None  # free the activations as soon as we are done with them
+        self._accumulate = accumulate
         if not accumulate:
             self.flat_grads.fill(0.0)
         dlogits = cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
@@ -374,29 +377,33 @@ class GPT:
             self._add_grad(ln_name, dw, db)
         return dout + sublayer_backward(dout)
 
+    def _linear_backward(self, dy, cache, name):
+        """linear_backward of layer `name` -> dx. Its weight and bias gradients are written
+        straight into their slots of the gradient buffer, or added there when accumulating."""
+        w, bias = self.params[name + ".weight"], self.config.bias
+        if self._accumulate:
+            dx, dw, db = linear_backward(dy, cache, w, bias)
+            self._add_grad(name, dw, db)
+            return dx
+        slots = (self.grads[name + ".weight"], self.grads.get(name + ".bias"))
+        return linear_backward(dy, cache, w, bias, out=slots)[0]
+
     def _attn_backward(self, dy, p, cache):
-        P, bias = self.params, self.config.bias
         dy = dropout_backward(dy, cache["attn_drop"])
-        dy, dw, db = linear_backward(dy, cache["c_proj"], P[p + "attn.c_proj.weight"], bias)
-        self._add_grad(p + "attn.c_proj", dw, db)
+        dy = self._linear_backward(dy, cache["c_proj"], p + "attn.c_proj")
         if isinstance(cache["attn"], TiledAttentionCache):
             dqkv = tiled_attention_backward(dy, cache["attn"])
         else:
             dqkv = attention_backward(dy, cache["attn"], self.kernels.softmax_backward)
-        dh, dw, db = linear_backward(dqkv, cache["c_attn"], P[p + "attn.c_attn.weight"], bias)
-        self._add_grad(p + "attn.c_attn", dw, db)
-        return dh
+        return self._linear_backward(dqkv, cache["c_attn"], p + "attn.c_attn")
 
     def _mlp_backward(self, dy, p, cache):
-        P, bias = self.params, self.config.bias
         _, act_backward = self.kernels.activations[self.config.activation]
         dy = dropout_backward(dy, cache["mlp_drop"])
-        dg, dw, db = linear_backward(dy, cache["mlp_proj"], P[p + "mlp.c_proj.weight"], bias)
-        self._add_grad(p + "mlp.c_proj", dw, db)
+        dg = self._linear_backward(dy, cache["mlp_proj"], p + "mlp.c_proj")
         df = act_backward(dg, cache["act"])
-        dh, dw, db = linear_backward(df, cache["c_fc"], P[p + "mlp.c_fc.weight"], bias)
-        self._add_grad(p + "mlp.c_fc", dw, db)
-        return dh
+        # c_fc's bias went in through the activation; its gradient is still the sum of df
+        return self._linear_backward(df, cache["c_fc"], p + "mlp.c_fc")
 
     # ---------------------------------------------------------------- Hugging Face
     @classmethod

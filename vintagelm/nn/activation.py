@@ -8,15 +8,19 @@ GELU_C = 0.044715  # the cubic coefficient of the tanh approximation
 
 
 class ActivationCache(NamedTuple):
-    x: np.ndarray  # the pre-activation input (backward recomputes the rest from it)
+    x: np.ndarray  # the pre-activation input, bias included (backward recomputes the rest from it)
 
 
-def gelu_forward(x):
-    """x (...) -> y (...) = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+def gelu_forward(x, b=None):
+    """x (..., F), b (F,) or None -> y (...) = 0.5 * u * (1 + tanh(sqrt(2/pi) * (u + 0.044715 u^3)))
+    with u = x + b: the bias of the linear layer before, added here (the fused kernel does it
+    in the same pass).
 
     Written as a chain of in-place updates on two buffers: each NumPy ufunc is one pass
     over memory, and a fresh temporary per sub-expression would double the traffic.
     x*x*x, not x**3: the power ufunc on float32 is hundreds of times slower."""
+    if b is not None:
+        x = x + b
     t = x * x
     t *= x
     t *= GELU_C
@@ -56,8 +60,10 @@ def gelu_backward(dy, cache):
     return dx
 
 
-def relu_forward(x):
-    """x (...) -> y (...) = max(x, 0)."""
+def relu_forward(x, b=None):
+    """x (..., F), b (F,) or None -> y (...) = max(x + b, 0)."""
+    if b is not None:
+        x = x + b
     return np.maximum(x, 0), ActivationCache(x)
 
 

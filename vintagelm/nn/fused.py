@@ -1,10 +1,7 @@
 """Optional compiled kernels (numba) for the elementwise work of a training step.
 
 NumPy runs each ufunc as its own pass over memory, single-threaded; a GELU is nine passes.
-Layer norm stays NumPy: a compiled one differed from NumPy by ~1e-7 per row, which a model
-with N(0, 1) weights amplified to 2e-5 between the KV-cache and full forwards, for 1% of
-the step time. Here each op is one or two passes per row, compiled by numba, for
-float32 arrays. These are the SAME mathematics as the readable NumPy versions beside them
+Here each op is one or two passes per row, compiled by numba, for float32 arrays. These are the SAME mathematics as the readable NumPy versions beside them
 (activation.py, attention.py), which stay the reference: tests check both agree
 within float32 rounding. Nothing here is imported unless numba is installed and the model
 asks for it (GPT(..., kernels="numba" or "auto")).
@@ -21,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from vintagelm.nn.activation import GELU_C, GELU_K, ActivationCache
+from vintagelm.nn.norm import LayerNormCache
 
 # One numba thread: after every matmul OpenBLAS's worker keeps spinning on the other core for
 # a while, and a second numba thread fighting it made these kernels 10-40x SLOWER (measured:
@@ -54,6 +52,17 @@ def _gelu_forward(x, y):
 
 
 @njit(fastmath=True, parallel=True, cache=True)
+def _bias_gelu_forward(x, b, y):
+    """In place x <- x + b (the pre-activation, kept for backward), and y = gelu(x), per row."""
+    N, F = x.shape
+    for n in prange(N):
+        for f in range(F):
+            v = x[n, f] + b[f]
+            x[n, f] = v
+            y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(K * (v + C3 * v * v * v)))
+
+
+@njit(fastmath=True, parallel=True, cache=True)
 def _gelu_backward(x, dy, dx):
     for i in prange(x.size):
         v = x[i]
@@ -62,9 +71,15 @@ def _gelu_backward(x, dy, dx):
         dx[i] = dy[i] * f32(0.5) * (f32(1.0) + t + v * (f32(1.0) - t * t) * (K + KC3 * v * v))
 
 
-def gelu_forward(x):
+def gelu_forward(x, b=None):
+    """Same contract as activation.gelu_forward. With a bias, x must be a fresh array the
+    caller hands over (a matmul's output): it becomes x + b in place."""
+    x = np.ascontiguousarray(x)  # (a view when it is already: the in-place update must land in x)
     y = np.empty_like(x)
-    _gelu_forward(x.reshape(-1), y.reshape(-1))
+    if b is None:
+        _gelu_forward(x.reshape(-1), y.reshape(-1))
+    else:
+        _bias_gelu_forward(x.reshape(-1, b.size), b, y.reshape(-1, b.size))
     return y, ActivationCache(x)
 
 
@@ -153,3 +168,80 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, rsqrt_bc2, eps):
         m[i] = mi
         v[i] = vi
         p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * rsqrt_bc2 + eps)
+
+
+# ---------------------------------------------------------------- layer norm
+# Row statistics accumulate in float64: a row's result then does not depend on how the
+# compiler splits the sum, so every row of a batch, and the same row fed alone through the
+# KV cache, normalises identically (a float32 sum drifted ~1e-7 per row, which a model with
+# N(0, 1) weights amplified to 2e-5 between the cached and full forwards).
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _layernorm_forward(x, w, b, eps, y, xhat, rstd):
+    """x (N, C) -> y = xhat * w + b, xhat = (x - mean) * rstd, rstd (N,) = 1 / sqrt(var + eps)."""
+    N, C = x.shape
+    for n in prange(N):
+        total = 0.0
+        for c in range(C):
+            total += np.float64(x[n, c])
+        mean = total / C
+        sq = 0.0
+        for c in range(C):
+            d = np.float64(x[n, c]) - mean
+            sq += d * d
+        r = 1.0 / np.sqrt(sq / C + eps)
+        rstd[n] = r
+        m32, r32 = f32(mean), f32(r)
+        for c in range(C):
+            h = (x[n, c] - m32) * r32
+            xhat[n, c] = h
+            y[n, c] = h * w[c] + b[c]
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * w."""
+    N, C = dy.shape
+    for n in prange(N):
+        sg, sgx = 0.0, 0.0
+        for c in range(C):
+            g = np.float64(dy[n, c] * w[c])
+            sg += g
+            sgx += g * np.float64(xhat[n, c])
+        mg, mgx, r = f32(sg / C), f32(sgx / C), f32(rstd[n])
+        for c in range(C):
+            dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
+
+
+@njit(fastmath=True, cache=True)
+def _layernorm_backward_params(dy, xhat, dw, db):
+    """dw = sum over rows of dy * xhat, db = sum over rows of dy (float64 accumulators)."""
+    N, C = dy.shape
+    for n in range(N):
+        for c in range(C):
+            dw[c] += dy[n, c] * xhat[n, c]
+            db[c] += dy[n, c]
+
+
+def layernorm_forward(x, w, b=None, eps=1e-5):
+    """Same contract as norm.layernorm_forward."""
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, C)
+    y, xhat = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], dtype=x2.dtype)
+    _layernorm_forward(x2, w, np.zeros_like(w) if b is None else b, eps, y, xhat, rstd)
+    shape = x.shape
+    return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
+
+
+def layernorm_backward(dy, cache, has_bias=True):
+    """Same contract as norm.layernorm_backward."""
+    xhat, rstd, w = cache
+    C = xhat.shape[-1]
+    dy2, xhat2 = np.ascontiguousarray(dy).reshape(-1, C), xhat.reshape(-1, C)
+    dx = np.empty_like(dy2)
+    _layernorm_backward_dx(dy2, xhat2, rstd.reshape(-1), w, dx)
+    dw, db = np.zeros(C), np.zeros(C)
+    _layernorm_backward_params(dy2, xhat2, dw, db)
+    return dx.reshape(xhat.shape), dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None

@@ -43,8 +43,8 @@ def get_kernels(choice, dtype):
 
     return SimpleNamespace(
         name="numba",
-        layernorm_forward=norm.layernorm_forward,
-        layernorm_backward=norm.layernorm_backward,
+        layernorm_forward=fused.layernorm_forward,
+        layernorm_backward=fused.layernorm_backward,
         activations={**activation.ACTIVATIONS, "gelu": (fused.gelu_forward, fused.gelu_backward)},
         causal_softmax=fused.causal_softmax,
         softmax_backward=fused.softmax_backward,
