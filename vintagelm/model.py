@@ -283,11 +283,15 @@ class GPT:
 
     def _residual_forward(self, x, ln_name, sublayer):
         """pre:  x + f(ln(x))    post: ln(x + f(x))    none: x + f(x)."""
+        # the sublayer's output is a fresh array (a matmul's), so the residual is added into it
         norm, P = self.config.norm, self.params
         if norm == "pre":
             h, ln = self.kernels.layernorm_forward(x, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
-            return x + sublayer(h), ln
-        out = x + sublayer(x)
+            out = sublayer(h)
+            out += x
+            return out, ln
+        out = sublayer(x)
+        out += x
         if norm == "post":
             return self.kernels.layernorm_forward(out, P[ln_name + ".weight"], P.get(ln_name + ".bias"), LN_EPS)
         return out, None
@@ -369,13 +373,15 @@ class GPT:
         none: out = x + f(x)      ->  dx = dout + f_back(dout)"""
         norm, bias = self.config.norm, self.config.bias
         if norm == "pre":
-            dh, dw, db = self.kernels.layernorm_backward(sublayer_backward(dout), ln_cache, bias)
+            dx, dw, db = self.kernels.layernorm_backward(sublayer_backward(dout), ln_cache, bias)
             self._add_grad(ln_name, dw, db)
-            return dout + dh
-        if norm == "post":
-            dout, dw, db = self.kernels.layernorm_backward(dout, ln_cache, bias)
-            self._add_grad(ln_name, dw, db)
-        return dout + sublayer_backward(dout)
+        else:
+            if norm == "post":
+                dout, dw, db = self.kernels.layernorm_backward(dout, ln_cache, bias)
+                self._add_grad(ln_name, dw, db)
+            dx = sublayer_backward(dout)
+        dx += dout  # dx is fresh (a matmul's or the norm's output): add the skip path into it
+        return dx
 
     def _linear_backward(self, dy, cache, name):
         """linear_backward of layer `name` -> dx. Its weight and bias gradients are written
