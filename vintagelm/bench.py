@@ -1,8 +1,11 @@
 """Training-speed benchmark: vintagelm against the team's PyTorch reference, in one run.
 
 Speed: both implementations train the same model (same init, same batches, float32, same
-thread count) in alternating rounds within this process; medians are reported because this
-machine's speed drifts between and within processes. Memory: each implementation trains in a
+thread count) in alternating rounds within this process (the order flips every round);
+medians are reported because this machine's speed drifts between and within processes. The
+speed ratio is the median over rounds of the two implementations' ratio within a round
+(a paired comparison: both halves of a round ran in the same few seconds); the ratio of the
+two medians is reported beside it. Memory: each implementation trains in a
 child process of its own and reports its peak RSS (a process-wide high-water mark cannot be
 split between two implementations sharing a process). MFU: model FLOPs per second divided by
 the float32 matmul FLOP/s NumPy reaches here, measured by the same command. The per-op
@@ -122,19 +125,22 @@ def matmul_gflops(repeats=7):
 
 
 def time_alternating(trainers, batches, rounds, steps_per_round):
-    """{name: median seconds per step}, the implementations taking turns round by round."""
+    """{name: [seconds per step, one per round]}, the implementations taking turns round by
+    round, in alternating order (so neither always runs right after the other)."""
     for trainer in trainers.values():  # warm-up: first-touch allocations, thread start-up
         trainer.step(*batches[0])
     samples = {name: [] for name in trainers}
+    order = list(trainers)
     i = 0
     for _ in range(rounds):
-        for name, trainer in trainers.items():
+        for name in order:
             t0 = time.perf_counter()
             for k in range(steps_per_round):
-                trainer.step(*batches[(i + k) % len(batches)])
+                trainers[name].step(*batches[(i + k) % len(batches)])
             samples[name].append((time.perf_counter() - t0) / steps_per_round)
+        order.reverse()
         i += steps_per_round
-    return {name: float(np.median(s)) for name, s in samples.items()}
+    return samples
 
 
 def peak_rss_mb(impl, config_name, threads, steps=3):
@@ -274,16 +280,20 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         if use_torch:
             trainers["torch"] = TorchTrainer(config, trainers["vintagelm"].model.params)
         steps = steps_per_round or (10 if tokens * config.n_embd < 2e6 else 2)
-        seconds = time_alternating(trainers, batches, rounds, steps)
+        samples = time_alternating(trainers, batches, rounds, steps)
         entry = {}
-        for impl, s in seconds.items():
+        for impl, times in samples.items():
+            s = float(np.median(times))
             entry[impl] = {"tokens_per_s": tokens / s, "ms_per_step": 1000 * s}
             if with_memory:
                 entry[impl]["peak_rss_mb"] = peak_rss_mb(impl, name, threads)
         flops = trainers["vintagelm"].model.flops_per_token() * entry["vintagelm"]["tokens_per_s"]
         entry["mfu"] = flops / (result["matmul_gflops"] * 1e9)
         if use_torch:
-            entry["speed_ratio"] = entry["vintagelm"]["tokens_per_s"] / entry["torch"]["tokens_per_s"]
+            # paired: the two runs of one round saw the same machine state, so their ratio
+            # cancels the drift that the medians of each series keep (see the module docstring)
+            entry["speed_ratio"] = float(np.median(np.divide(samples["torch"], samples["vintagelm"])))
+            entry["speed_ratio_of_medians"] = entry["vintagelm"]["tokens_per_s"] / entry["torch"]["tokens_per_s"]
             if with_memory:
                 entry["memory_ratio"] = entry["vintagelm"]["peak_rss_mb"] / entry["torch"]["peak_rss_mb"]
         entry["breakdown_ms"] = breakdown(config, batches)
@@ -308,7 +318,8 @@ def format_report(result, config_names):
                 lines.append(f"{name:<6} {impl:<10} {e['ms_per_step']:>8.1f} {e['tokens_per_s']:>9.0f} {rss}")
         ratios = [f"MFU {100 * entry['mfu']:.0f}%"]
         if "speed_ratio" in entry:
-            ratios.insert(0, f"speed vintagelm/torch {entry['speed_ratio']:.2f}")
+            ratios.insert(0, f"speed vintagelm/torch {entry['speed_ratio']:.2f} "
+                             f"(of medians {entry['speed_ratio_of_medians']:.2f})")
         if "memory_ratio" in entry:
             ratios.insert(1, f"memory vintagelm/torch {entry['memory_ratio']:.2f}")
         lines.append(f"{'':<6} {', '.join(ratios)}")

@@ -1,0 +1,70 @@
+"""`vintage bench`: the alternating timer, the JSON contract of issue 5, and the breakdown.
+The timings themselves are not asserted (performance claims live in benchmarks); what is
+asserted is what must hold whatever the machine's speed."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from vintagelm import bench
+from vintagelm.cli import main
+
+
+class SleepyTrainer:
+    def __init__(self, name, seconds, log):
+        self.name, self.seconds, self.log = name, seconds, log
+
+    def step(self, x, y):
+        self.log.append(self.name)
+        time.sleep(self.seconds)
+
+
+def test_time_alternating_takes_turns_in_flipping_order():
+    log = []
+    trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.010, log)}
+    samples = bench.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
+    assert log[:2] == ["a", "b"]  # one warm-up step each
+    rounds = [log[2 + 4 * r : 6 + 4 * r] for r in range(4)]
+    assert rounds == [["a", "a", "b", "b"], ["b", "b", "a", "a"]] * 2
+    assert len(samples["a"]) == len(samples["b"]) == 4
+    assert 0.002 <= np.median(samples["a"]) < np.median(samples["b"])  # sleep is a lower bound
+    assert 0.010 <= np.median(samples["b"])
+
+
+def test_vintage_bench_json_contract(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(bench, "GEMM_SHAPES", [(512, 384, 512)])  # the GEMM rate: a quick one here
+    assert main(["bench", "--json", "--config", "tiny", "--rounds", "1", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
+    tiny = result["tiny"]
+    for impl in ("vintagelm", "torch"):
+        assert tiny[impl]["tokens_per_s"] > 0 and tiny[impl]["peak_rss_mb"] > 0
+    tokens = 12 * 64  # batch 12, block 64
+    assert tiny["vintagelm"]["tokens_per_s"] == pytest.approx(tokens / (tiny["vintagelm"]["ms_per_step"] / 1000))
+    # one round: the paired ratio and the ratio of medians are the same number
+    assert tiny["speed_ratio"] == pytest.approx(tiny["torch"]["ms_per_step"] / tiny["vintagelm"]["ms_per_step"])
+    assert tiny["speed_ratio_of_medians"] == pytest.approx(tiny["speed_ratio"])
+    assert tiny["memory_ratio"] == pytest.approx(tiny["vintagelm"]["peak_rss_mb"] / tiny["torch"]["peak_rss_mb"])
+    assert 0 < tiny["mfu"] < 2  # model FLOP/s over NumPy's GEMM FLOP/s: a fraction, give or take noise
+
+
+def test_breakdown_categories_add_up_and_patches_are_undone():
+    config, batch_size = bench.make_config("tiny")
+    batches = bench.make_batches(config, batch_size, 3)
+    from vintagelm import model as model_module
+
+    before = model_module.linear_forward
+    bd = bench.breakdown(config, batches, repeats=1)
+    assert model_module.linear_forward is before
+    parts = {k: v for k, v in bd.items() if k != "total"}
+    assert sum(parts.values()) == pytest.approx(bd["total"])
+    named = {k: v for k, v in parts.items() if not k.startswith("other")}
+    assert all(v >= 0 for v in named.values())
+    assert named["matmuls (linear layers)"] > 0 and named["layer norm"] > 0 and named["GELU"] > 0
+
+
+def test_bench_rejects_bad_numbers(capsys):
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
