@@ -56,6 +56,9 @@ def test_causal_softmax_and_backward(Tq, Tk, offset):
     close(p, p_ref, 1e-6)
     dp = rand(rng, 2, 3, Tq, Tk)
     close(fused.softmax_backward(dp.copy(), p_ref), attention.softmax_backward(dp.copy(), p_ref), 1e-5)
+    scaled = attention.softmax_backward(dp.copy(), p_ref, 0.125)
+    close(scaled, 0.125 * attention.softmax_backward(dp.copy(), p_ref), 1e-7)
+    close(fused.softmax_backward(dp.copy(), p_ref, 0.125), scaled, 1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 5), (3, 7, 64), (2, 9, 384)])

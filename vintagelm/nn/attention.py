@@ -79,11 +79,14 @@ def causal_softmax(scores, offset=0, scale=1.0):
     return scores
 
 
-def softmax_backward(dp, p):
-    """In place: dp <- p * (dp - rowsum(dp * p)), the softmax Jacobian applied to dp (..., T)."""
+def softmax_backward(dp, p, scale=1.0):
+    """In place: dp <- scale * p * (dp - rowsum(dp * p)), the softmax Jacobian applied to
+    dp (..., T), times the scale the scores were multiplied by before the softmax."""
     row = np.einsum("...j,...j->...", dp, p)[..., None]
     dp -= row
     dp *= p
+    if scale != 1.0:
+        dp *= dp.dtype.type(scale)
     return dp
 
 
@@ -140,8 +143,9 @@ def attention_backward(dy, cache, softmax_grad=softmax_backward):
         dYc = dY[:, :, i0:i1]  # (B, H, Tc, D)
         att_dropped = att if drop.mask is None else att * drop.mask
         dP = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1)
-        dS = softmax_grad(dP, att)  # in place: P * (dP - rowsum(dP * P))
-        dS *= scale  # the 1/sqrt(D) of S = s q kᵀ, applied once to dS instead of to dq and dk
+        # in place: s P * (dP - rowsum(dP * P)); the s = 1/sqrt(D) of S = s q kᵀ is applied
+        # once here, in the same pass, instead of to dq and dk
+        dS = softmax_grad(dP, att, scale)
         np.matmul(dS, k[:, :, :i1], out=dq[:, :, i0:i1])
         if len(chunks) == 1:
             np.matmul(dS.transpose(0, 1, 3, 2), q, out=dk)

@@ -140,7 +140,7 @@ def causal_softmax(scores, offset=0, scale=1.0):
 
 
 @njit(fastmath=True, parallel=True, cache=True)
-def _softmax_backward(dp, p):
+def _softmax_backward(dp, p, scale):
     R, Tq, Tk = p.shape
     for r in prange(R):
         for i in range(Tq):
@@ -148,13 +148,14 @@ def _softmax_backward(dp, p):
             for j in range(Tk):
                 dot += dp[r, i, j] * p[r, i, j]
             for j in range(Tk):
-                dp[r, i, j] = p[r, i, j] * (dp[r, i, j] - dot)
+                dp[r, i, j] = scale * p[r, i, j] * (dp[r, i, j] - dot)
 
 
-def softmax_backward(dp, p):
-    """In place: dp <- p * (dp - rowsum(dp * p)), same contract as attention.softmax_backward."""
+def softmax_backward(dp, p, scale=1.0):
+    """In place: dp <- scale * p * (dp - rowsum(dp * p)), same contract as
+    attention.softmax_backward."""
     Tq, Tk = p.shape[-2:]
-    _softmax_backward(dp.reshape(-1, Tq, Tk), p.reshape(-1, Tq, Tk))
+    _softmax_backward(dp.reshape(-1, Tq, Tk), p.reshape(-1, Tq, Tk), dp.dtype.type(scale))
     return dp
 
 
