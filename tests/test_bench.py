@@ -24,9 +24,8 @@ def test_time_alternating_takes_turns_in_flipping_order():
     log = []
     trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.010, log)}
     samples = bench.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
-    assert log[:2] == ["a", "b"]  # one warm-up step each
-    rounds = [log[2 + 4 * r : 6 + 4 * r] for r in range(4)]
-    assert rounds == [["a", "a", "b", "b"], ["b", "b", "a", "a"]] * 2
+    rounds = [log[6 * r : 6 * (r + 1)] for r in range(4)]  # per turn: one untimed step, two timed
+    assert rounds == [["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3] * 2 and len(log) == 24
     assert len(samples["a"]) == len(samples["b"]) == 4
     assert 0.002 <= np.median(samples["a"]) < np.median(samples["b"])  # sleep is a lower bound
     assert 0.010 <= np.median(samples["b"])
@@ -34,7 +33,7 @@ def test_time_alternating_takes_turns_in_flipping_order():
 
 def test_vintage_bench_json_contract(capsys, monkeypatch):
     pytest.importorskip("torch")
-    monkeypatch.setattr(bench, "GEMM_SHAPES", [(512, 384, 512)])  # the GEMM rate: a quick one here
+    monkeypatch.setattr(bench, "GEMM_SHAPES", [(512, 384, 512), (256, 256, 256)])  # quick ones here
     assert main(["bench", "--json", "--config", "tiny", "--rounds", "1", "--threads", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
@@ -48,6 +47,18 @@ def test_vintage_bench_json_contract(capsys, monkeypatch):
     assert tiny["speed_ratio_of_medians"] == pytest.approx(tiny["speed_ratio"])
     assert tiny["memory_ratio"] == pytest.approx(tiny["vintagelm"]["peak_rss_mb"] / tiny["torch"]["peak_rss_mb"])
     assert 0 < tiny["mfu"] < 2  # model FLOP/s over NumPy's GEMM FLOP/s: a fraction, give or take noise
+    assert tiny["matmul_gflops"] == result["matmul_gflops"] > 0
+
+
+def test_gemm_probe_cycles_through_the_shapes(monkeypatch):
+    monkeypatch.setattr(bench, "GEMM_SHAPES", [(64, 32, 16), (8, 8, 8)])
+    probe = bench.GemmProbe()
+    for _ in range(5):
+        probe.step(None, None)
+    assert [len(t) for t in probe.seconds] == [3, 2]
+    a, b, out = probe.operands[0]
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5)  # it really multiplied
+    assert probe.gflops() > 0
 
 
 def test_breakdown_categories_add_up_and_patches_are_undone():

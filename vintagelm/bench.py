@@ -1,14 +1,16 @@
 """Training-speed benchmark: vintagelm against the team's PyTorch reference, in one run.
 
 Speed: both implementations train the same model (same init, same batches, float32, same
-thread count) in alternating rounds within this process (the order flips every round);
+thread count) in alternating rounds within this process (the order flips every round, and
+each turn begins with an untimed step, see time_alternating);
 medians are reported because this machine's speed drifts between and within processes. The
 speed ratio is the median over rounds of the two implementations' ratio within a round
 (a paired comparison: both halves of a round ran in the same few seconds); the ratio of the
 two medians is reported beside it. Memory: each implementation trains in a
 child process of its own and reports its peak RSS (a process-wide high-water mark cannot be
 split between two implementations sharing a process). MFU: model FLOPs per second divided by
-the float32 matmul FLOP/s NumPy reaches here, measured by the same command. The per-op
+the float32 matmul FLOP/s NumPy reaches here, sampled by the same command in the same rounds
+(GemmProbe). The per-op
 breakdown times one instrumented training step of vintagelm.
 
 The torch reference lives in the repository's tests/torch_gpt.py (torch is a test-only
@@ -106,34 +108,49 @@ def blas_kernel():
     return f"{info[0].get('internal_api')} {info[0].get('version')} {info[0].get('architecture')}" if info else "unknown"
 
 
-def matmul_gflops(repeats=7):
-    """Median float32 GEMM GFLOP/s over BENCHMARKS.md's three shapes (median of each)."""
-    rng = np.random.default_rng(0)
-    rates = []
-    for M, K, N in GEMM_SHAPES:
-        a = rng.standard_normal((M, K), dtype=np.float32)
-        b = rng.standard_normal((K, N), dtype=np.float32)
-        out = np.empty((M, N), dtype=np.float32)
+class GemmProbe:
+    """NumPy's float32 GEMM rate on GEMM_SHAPES, sampled as one more participant in the
+    alternating rounds (one multiply per step, cycling through the shapes), so the rate that
+    MFU divides by is measured over the same minutes as the training steps it is compared with."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.operands = [
+            (rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32),
+             np.empty((M, N), dtype=np.float32))
+            for M, K, N in GEMM_SHAPES
+        ]
+        self.seconds = [[] for _ in GEMM_SHAPES]  # per shape, every multiply timed
+        self.calls = 0
+
+    def step(self, x, y):
+        k = self.calls % len(GEMM_SHAPES)
+        self.calls += 1
+        a, b, out = self.operands[k]
+        t0 = time.perf_counter()
         np.matmul(a, b, out=out)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.matmul(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-        rates.append(2 * M * K * N / np.median(times) / 1e9)
-    return float(np.median(rates))
+        self.seconds[k].append(time.perf_counter() - t0)
+
+    def gflops(self):
+        """Median over the shapes of each shape's median rate."""
+        rates = [2 * M * K * N / np.median(t) / 1e9 for (M, K, N), t in zip(GEMM_SHAPES, self.seconds) if t]
+        return float(np.median(rates))
 
 
 def time_alternating(trainers, batches, rounds, steps_per_round):
     """{name: [seconds per step, one per round]}, the implementations taking turns round by
-    round, in alternating order (so neither always runs right after the other)."""
-    for trainer in trainers.values():  # warm-up: first-touch allocations, thread start-up
-        trainer.step(*batches[0])
+    round, in alternating order (so neither always runs right after the other).
+
+    Each turn starts with one untimed step: the other implementation's idle threads keep
+    spinning for a while after its last step (OpenBLAS's worker for ~0.1 s, OpenMP's), and
+    its data has pushed ours out of the caches; a training run never pays either, so the
+    timed steps are the steady state that follows."""
     samples = {name: [] for name in trainers}
     order = list(trainers)
     i = 0
     for _ in range(rounds):
         for name in order:
+            trainers[name].step(*batches[i % len(batches)])  # untimed: see the docstring
             t0 = time.perf_counter()
             for k in range(steps_per_round):
                 trainers[name].step(*batches[(i + k) % len(batches)])
@@ -270,8 +287,7 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         set_threads(threads)
     from vintagelm.nn.kernels import get_kernels
 
-    result = {"blas_kernel": blas_kernel(), "threads": threads, "matmul_gflops": matmul_gflops(),
-              "elementwise_kernels": get_kernels("auto", np.float32).name}
+    result = {"blas_kernel": blas_kernel(), "threads": threads, "elementwise_kernels": get_kernels("auto", np.float32).name}
     for name in config_names:
         config, batch_size = make_config(name)
         batches = make_batches(config, batch_size, 8)
@@ -280,15 +296,17 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         if use_torch:
             trainers["torch"] = TorchTrainer(config, trainers["vintagelm"].model.params)
         steps = steps_per_round or (10 if tokens * config.n_embd < 2e6 else 2)
-        samples = time_alternating(trainers, batches, rounds, steps)
-        entry = {}
+        probe = GemmProbe()
+        samples = time_alternating({**trainers, "gemm": probe}, batches, rounds, steps)
+        del samples["gemm"]
+        entry = {"matmul_gflops": probe.gflops()}
         for impl, times in samples.items():
             s = float(np.median(times))
             entry[impl] = {"tokens_per_s": tokens / s, "ms_per_step": 1000 * s}
             if with_memory:
                 entry[impl]["peak_rss_mb"] = peak_rss_mb(impl, name, threads)
         flops = trainers["vintagelm"].model.flops_per_token() * entry["vintagelm"]["tokens_per_s"]
-        entry["mfu"] = flops / (result["matmul_gflops"] * 1e9)
+        entry["mfu"] = flops / (entry["matmul_gflops"] * 1e9)
         if use_torch:
             # paired: the two runs of one round saw the same machine state, so their ratio
             # cancels the drift that the medians of each series keep (see the module docstring)
@@ -298,13 +316,13 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
                 entry["memory_ratio"] = entry["vintagelm"]["peak_rss_mb"] / entry["torch"]["peak_rss_mb"]
         entry["breakdown_ms"] = breakdown(config, batches)
         result[name] = entry
+    result["matmul_gflops"] = float(np.median([result[name]["matmul_gflops"] for name in config_names]))
     return result
 
 
 def format_report(result, config_names):
     lines = [
         f"BLAS: {result['blas_kernel']}, {result['threads']} threads; "
-        f"NumPy float32 matmul: {result['matmul_gflops']:.0f} GFLOP/s (median of {len(GEMM_SHAPES)} shapes); "
         f"elementwise kernels: {result['elementwise_kernels']}",
         "",
         f"{'config':<6} {'impl':<10} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11}",
@@ -316,7 +334,8 @@ def format_report(result, config_names):
                 e = entry[impl]
                 rss = f"{e['peak_rss_mb']:>11.0f}" if "peak_rss_mb" in e else f"{'-':>11}"
                 lines.append(f"{name:<6} {impl:<10} {e['ms_per_step']:>8.1f} {e['tokens_per_s']:>9.0f} {rss}")
-        ratios = [f"MFU {100 * entry['mfu']:.0f}%"]
+        ratios = [f"MFU {100 * entry['mfu']:.0f}% of NumPy's float32 GEMM rate in the same rounds, "
+                  f"{entry['matmul_gflops']:.0f} GFLOP/s"]
         if "speed_ratio" in entry:
             ratios.insert(0, f"speed vintagelm/torch {entry['speed_ratio']:.2f} "
                              f"(of medians {entry['speed_ratio_of_medians']:.2f})")
