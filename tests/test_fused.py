@@ -87,6 +87,20 @@ def test_layernorm_rows_are_independent_of_the_batch():
         assert np.array_equal(fused.layernorm_forward(x[1:2, i : i + 1], w, b)[0][0, 0], y[1, i])
 
 
+def test_causal_softmax_exp_over_the_whole_float32_range():
+    # scores spread over [-120, 0] after the max: exp's 2^n spans every normal exponent and
+    # underflows to 0 where float32 does; compare with a float64 softmax
+    rng = np.random.default_rng(7)
+    s = np.sort(rng.uniform(-120, 0, (3, 1, 500)), axis=-1).astype(np.float32)
+    s[..., -1] = 0.0
+    p = fused.causal_softmax(s.copy(), offset=499)
+    e = np.exp(s.astype(np.float64))
+    exact = e / e.sum(axis=-1, keepdims=True)
+    assert np.abs(p - exact).max() <= 2e-7 * exact.max()
+    tiny = exact > 1e-30  # where float32 holds the value with full precision
+    assert np.all(np.abs(p[tiny] - exact[tiny]) <= 1e-5 * exact[tiny])
+
+
 @pytest.mark.parametrize("attention_kind", ["naive", "blocked"])
 def test_model_with_numba_kernels_equals_numpy(attention_kind):
     cfg = GPTConfig(vocab_size=40, block_size=80, n_layer=2, n_head=4, n_embd=32, attention=attention_kind)

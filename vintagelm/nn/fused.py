@@ -91,38 +91,38 @@ def gelu_backward(dy, cache):
 
 
 # exp(x) for x <= 0 as 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2 (Cody-Waite split
-# of ln 2, Cephes's degree-7 polynomial for e^r) and 2^n read from a table: arithmetic and a
-# gather, so the loop vectorises. NumPy's float32 exp is scalar on a CPU without AVX-512.
+# of ln 2, Cephes's degree-7 polynomial for e^r). 2^n is built from its bits: the float whose
+# exponent field is n + 127 and mantissa 0. Both are plain arithmetic, so the loops vectorise
+# (NumPy's float32 exp is scalar on a CPU without AVX-512; a table lookup for 2^n was a gather,
+# half as fast).
 LOG2E, LN2_HI, LN2_LO = f32(1.4426950408889634), f32(0.693359375), f32(-2.12194440e-4)
 E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                                            4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-POW2_NEG = (2.0 ** -np.arange(127)).astype(np.float32)  # POW2_NEG[k] = 2^-k, k = 0 .. 126
-
-
-@njit(fastmath=True, inline="always", cache=True)
-def exp_nonpositive(x, pow2_neg):
-    x = max(x, f32(-87.0))  # below this exp underflows float32 anyway
-    n = np.floor(x * LOG2E + f32(0.5))
-    r = x - n * LN2_HI - n * LN2_LO
-    y = (((((E0 * r + E1) * r + E2) * r + E3) * r + E4) * r + E5) * r * r + r + f32(1.0)
-    return y * pow2_neg[np.int32(-n)]
 
 
 @njit(fastmath=True, parallel=True, cache=True)
-def _causal_softmax_rows(s, offset, scale, pow2_neg):
+def _causal_softmax_rows(s, offset, scale):
     """In place, per row i of s (R, Tq, Tk): softmax over the allowed keys j <= offset + i of
-    scale * s, zero for the future keys. One pass for the max, one for exp and the sum, one
-    to normalise."""
+    scale * s, zero for the future keys. Passes over a row: the max; e^r and n per entry;
+    2^n * e^r and the sum; normalise."""
     R, Tq, Tk = s.shape
     for r in prange(R):
+        pow2_bits = np.empty(Tk, dtype=np.int32)  # per row: the bits of 2^n for each entry
+        pow2 = pow2_bits.view(np.float32)
         for i in range(Tq):
             last = min(offset + i + 1, Tk)
             m = s[r, i, 0]
             for j in range(1, last):
                 m = max(m, s[r, i, j])
+            for j in range(last):
+                x = max((s[r, i, j] - m) * scale, f32(-87.0))  # below -87 exp underflows anyway
+                n = np.floor(x * LOG2E + f32(0.5))  # -126 <= n <= 0: 2^n is a normal float
+                x = x - n * LN2_HI - n * LN2_LO
+                s[r, i, j] = (((((E0 * x + E1) * x + E2) * x + E3) * x + E4) * x + E5) * x * x + x + f32(1.0)
+                pow2_bits[j] = (np.int32(n) + np.int32(127)) << 23
             total = f32(0.0)
             for j in range(last):
-                e = exp_nonpositive((s[r, i, j] - m) * scale, pow2_neg)
+                e = s[r, i, j] * pow2[j]
                 s[r, i, j] = e
                 total += e
             inv = f32(1.0) / total
@@ -135,7 +135,7 @@ def _causal_softmax_rows(s, offset, scale, pow2_neg):
 def causal_softmax(scores, offset=0, scale=1.0):
     """In-place causal softmax of scale * scores, same contract as attention.causal_softmax."""
     Tq, Tk = scores.shape[-2:]
-    _causal_softmax_rows(scores.reshape(-1, Tq, Tk), offset, scores.dtype.type(scale), POW2_NEG)
+    _causal_softmax_rows(scores.reshape(-1, Tq, Tk), offset, scores.dtype.type(scale))
     return scores
 
 
