@@ -1,9 +1,10 @@
 """Optional compiled kernels (numba) for the elementwise work of a training step.
 
 NumPy runs each ufunc as its own pass over memory, single-threaded; a GELU is nine passes.
-Here each op is one or two passes per row, compiled by numba, for float32 arrays. These are the SAME mathematics as the readable NumPy versions beside them
-(activation.py, attention.py), which stay the reference: tests check both agree
-within float32 rounding. Nothing here is imported unless numba is installed and the model
+Here each op is one or two passes per row, compiled by numba, for float32 arrays. These are
+the SAME mathematics as the readable NumPy versions beside them (activation.py, norm.py,
+attention.py, optim.py), which stay the reference: tests check both agree within float32
+rounding. Nothing here is imported unless numba is installed and the model
 asks for it (GPT(..., kernels="numba" or "auto")).
 
 Loops are compiled with parallel=True: numba then splits them over its threads and, even on
