@@ -22,13 +22,13 @@ class SleepyTrainer:
 
 def test_time_alternating_takes_turns_in_flipping_order():
     log = []
-    trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.010, log)}
+    trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.030, log)}
     samples = bench.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
     rounds = [log[6 * r : 6 * (r + 1)] for r in range(4)]  # per turn: one untimed step, two timed
     assert rounds == [["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3] * 2 and len(log) == 24
     assert len(samples["a"]) == len(samples["b"]) == 4
     assert 0.002 <= np.median(samples["a"]) < np.median(samples["b"])  # sleep is a lower bound
-    assert 0.010 <= np.median(samples["b"])
+    assert 0.030 <= np.median(samples["b"])
 
 
 def test_vintage_bench_json_contract(capsys, monkeypatch):
@@ -69,11 +69,12 @@ def test_breakdown_categories_add_up_and_patches_are_undone():
     before = model_module.linear_forward
     bd = bench.breakdown(config, batches, repeats=1)
     assert model_module.linear_forward is before
-    parts = {k: v for k, v in bd.items() if k != "total"}
-    assert sum(parts.values()) == pytest.approx(bd["total"])
-    named = {k: v for k, v in parts.items() if not k.startswith("other")}
-    assert all(v >= 0 for v in named.values())
-    assert named["matmuls (linear layers)"] > 0 and named["layer norm"] > 0 and named["GELU"] > 0
+    other = bd.pop("other (residuals, reshapes, Python)")
+    total = bd.pop("total")
+    # nested timed calls are not counted twice (that would drive "other" below zero), and the
+    # named categories cover most of the step (an unpatched op would land in "other")
+    assert -0.01 * total <= other < 0.25 * total
+    assert all(v > 0 for v in bd.values()) and len(bd) == len(bench.BREAKDOWN_TARGETS)
 
 
 def test_bench_rejects_bad_numbers(capsys):

@@ -27,7 +27,6 @@ def add_arguments(p):
 
 
 def run(args):
-
     from vintagelm.config import resolve_config
     from vintagelm.train import sample_text, saved_config, train
 

@@ -45,11 +45,17 @@ def tanh32(x):
     return x * p / q
 
 
+@njit(fastmath=True, inline="always", cache=True)
+def tanh_arg(v):
+    """u = sqrt(2/pi) (v + 0.044715 v^3), the argument of GELU's tanh."""
+    return K * (v + C3 * v * v * v)
+
+
 @njit(fastmath=True, parallel=True, cache=True)
 def _gelu_forward(x, y):
     for i in prange(x.size):
         v = x[i]
-        y[i] = f32(0.5) * v * (f32(1.0) + tanh32(K * (v + C3 * v * v * v)))
+        y[i] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
 
 
 @njit(fastmath=True, parallel=True, cache=True)
@@ -60,14 +66,14 @@ def _bias_gelu_forward(x, b, y):
         for f in range(F):
             v = x[n, f] + b[f]
             x[n, f] = v
-            y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(K * (v + C3 * v * v * v)))
+            y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
 
 
 @njit(fastmath=True, parallel=True, cache=True)
 def _gelu_backward(x, dy, dx):
     for i in prange(x.size):
         v = x[i]
-        t = tanh32(K * (v + C3 * v * v * v))
+        t = tanh32(tanh_arg(v))
         # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)
         dx[i] = dy[i] * f32(0.5) * (f32(1.0) + t + v * (f32(1.0) - t * t) * (K + KC3 * v * v))
 
