@@ -21,6 +21,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,7 +202,7 @@ BREAKDOWN_TARGETS = {
     "matmuls (linear layers)": [("vintagelm.model", "linear_forward"), ("vintagelm.model", "linear_backward")],
     "attention softmax": [("kernels", "causal_softmax"), ("kernels", "softmax_backward")],
     "attention (matmuls, copies)": [
-        ("vintagelm.model", "attention_forward"), ("vintagelm.model", "attention_backward"),
+        ("vintagelm.nn.lanes", "attention_forward"), ("vintagelm.nn.lanes", "attention_backward"),
         ("vintagelm.model", "tiled_attention_forward"), ("vintagelm.model", "tiled_attention_backward"),
     ],
     "layer norm": [("kernels", "layernorm_forward"), ("kernels", "layernorm_backward")],
@@ -216,14 +217,19 @@ BREAKDOWN_TARGETS = {
 @contextmanager
 def instrumented(model, totals):
     """Wrap the functions of BREAKDOWN_TARGETS with timers adding into totals[category],
-    undoing every patch on exit."""
+    undoing every patch on exit. Only this thread's calls are timed: what attention's other
+    lanes run happens inside this thread's timed attention call, and counts there (a
+    kernel's own line shows this lane's share of it)."""
     import importlib
 
     stack = []  # seconds spent in nested timed calls, per open frame
     patches = []  # (owner, attribute, original)
+    timing_thread = threading.get_ident()
 
     def wrap(category, fn):
         def timed(*args, **kwargs):
+            if threading.get_ident() != timing_thread:
+                return fn(*args, **kwargs)
             stack.append(0.0)
             t0 = time.perf_counter()
             try:

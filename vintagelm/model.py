@@ -20,7 +20,8 @@ import numpy as np
 
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.kernels import get_kernels
-from vintagelm.nn.attention import attention_backward, attention_forward, attention_forward_cached
+from vintagelm.nn import lanes
+from vintagelm.nn.attention import attention_forward_cached
 from vintagelm.nn.attention_tiled import TiledAttentionCache, tiled_attention_backward, tiled_attention_forward
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.embedding import embedding_backward, sinusoidal_table
@@ -308,7 +309,8 @@ class GPT:
             y, cache["attn"] = tiled_attention_forward(qkv, self.config.n_head, drop_p, self.dropout_rng)
         else:
             chunk = ATTENTION_BLOCK if kind == "blocked" else None
-            y, cache["attn"] = attention_forward(
+            # the batch split over threads, each with one BLAS thread (nn/lanes.py)
+            y, cache["attn"] = lanes.attention_forward(
                 qkv, self.config.n_head, drop_p, self.dropout_rng, chunk, self.kernels.causal_softmax
             )
         y, cache["c_proj"] = linear_forward(y, P[p + "attn.c_proj.weight"], P.get(p + "attn.c_proj.bias"))
@@ -400,7 +402,7 @@ class GPT:
         if isinstance(cache["attn"], TiledAttentionCache):
             dqkv = tiled_attention_backward(dy, cache["attn"])
         else:
-            dqkv = attention_backward(dy, cache["attn"], self.kernels.softmax_backward)
+            dqkv = lanes.attention_backward(dy, cache["attn"], self.kernels.softmax_backward)
         return self._linear_backward(dqkv, cache["c_attn"], p + "attn.c_attn")
 
     def _mlp_backward(self, dy, p, cache):

@@ -107,13 +107,16 @@ E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3
                                            4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+# The two softmax kernels run inside attention's lanes (nn/lanes.py), several at once from
+# different threads: so they release the GIL (nogil) and use no thread pool of their own
+# (serial loops: measured as fast as the parallel=True build on one thread).
+@njit(fastmath=True, nogil=True, cache=True)
 def _causal_softmax_rows(s, offset, scale):
     """In place, per row i of s (R, Tq, Tk): softmax over the allowed keys j <= offset + i of
     scale * s, zero for the future keys. Passes over a row: the max; e^r and n per entry;
     2^n * e^r and the sum; normalise."""
     R, Tq, Tk = s.shape
-    for r in prange(R):
+    for r in range(R):
         pow2_bits = np.empty(Tk, dtype=np.int32)  # per row: the bits of 2^n for each entry
         pow2 = pow2_bits.view(np.float32)
         for i in range(Tq):
@@ -146,10 +149,10 @@ def causal_softmax(scores, offset=0, scale=1.0):
     return scores
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@njit(fastmath=True, nogil=True, cache=True)
 def _softmax_backward(dp, p, scale):
     R, Tq, Tk = p.shape
-    for r in prange(R):
+    for r in range(R):
         for i in range(Tq):
             dot = f32(0.0)
             for j in range(Tk):

@@ -1,0 +1,130 @@
+"""Attention with its batch split over lanes (nn/lanes.py) against the one-call attention it
+must equal, finite differences with dropout, and the BLAS thread bookkeeping around the lanes."""
+import threading
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+from vintagelm import GPT, GPTConfig
+from vintagelm.gradcheck import numerical_gradient, relative_error
+from vintagelm.nn import attention, fused, lanes
+
+
+@pytest.fixture
+def blas_threads():
+    """Run a test with NumPy's BLAS on n threads (so n lanes); restored afterwards."""
+    limits = []
+
+    def use(n):
+        limits.append(threadpoolctl.threadpool_limits(n, user_api="blas"))
+        assert lanes.lane_count() == n
+        return n
+
+    yield use
+    for limit in reversed(limits):
+        limit.restore_original_limits()
+
+
+@pytest.mark.parametrize("B,threads,chunk", [(2, 2, None), (3, 2, 4), (5, 3, None), (4, 2, 3)])
+def test_lanes_equal_one_call(blas_threads, B, threads, chunk):
+    blas_threads(threads)
+    rng = np.random.default_rng(B * 10 + threads)
+    T, C, H = 9, 12, 3
+    qkv, dy = rng.standard_normal((B, T, 3 * C)), rng.standard_normal((B, T, C))
+    y, cache = lanes.attention_forward(qkv, H, chunk=chunk)
+    assert isinstance(cache, lanes.LanesCache) and len(cache.slices) == threads
+    y_ref, cache_ref = attention.attention_forward(qkv, H, chunk=chunk)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        lanes.attention_backward(dy, cache), attention.attention_backward(dy, cache_ref), rtol=1e-12, atol=1e-14
+    )
+
+
+def test_lanes_with_the_compiled_softmax_in_float32(blas_threads):
+    blas_threads(2)
+    rng = np.random.default_rng(7)
+    B, T, C, H = 4, 64, 96, 3
+    qkv = rng.standard_normal((B, T, 3 * C), dtype=np.float32)
+    dy = rng.standard_normal((B, T, C), dtype=np.float32)
+    y, cache = lanes.attention_forward(qkv, H, 0.0, None, 16, fused.causal_softmax)
+    y_ref, cache_ref = attention.attention_forward(qkv, H, 0.0, None, 16, attention.causal_softmax)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    dqkv = lanes.attention_backward(dy, cache, fused.softmax_backward)
+    np.testing.assert_allclose(dqkv, attention.attention_backward(dy, cache_ref), rtol=1e-4, atol=1e-5)
+
+
+def test_one_lane_when_the_batch_is_one_row_or_lanes_are_off(blas_threads, monkeypatch):
+    blas_threads(2)
+    qkv = np.random.default_rng(0).standard_normal((1, 4, 12))
+    _, cache = lanes.attention_forward(qkv, 2)
+    assert isinstance(cache, attention.AttentionCache)
+    monkeypatch.setenv("VINTAGELM_LANES", "1")
+    assert lanes.lane_count() == 1
+    _, cache = lanes.attention_forward(np.concatenate([qkv, qkv]), 2)
+    assert isinstance(cache, attention.AttentionCache)
+
+
+def test_dropout_in_lanes_is_seeded_and_differentiable(blas_threads):
+    blas_threads(2)
+    rng = np.random.default_rng(3)
+    B, T, C, H = 4, 6, 8, 2
+    qkv, dy = rng.standard_normal((B, T, 3 * C)), rng.standard_normal((B, T, C))
+
+    def f(v):
+        return lanes.attention_forward(v, H, 0.4, np.random.default_rng(5))[0]
+
+    y, cache = lanes.attention_forward(qkv, H, 0.4, np.random.default_rng(5))
+    np.testing.assert_array_equal(y, f(qkv))  # the same seed, the same masks
+    masks = [c.drop[0].mask for c in cache.caches]
+    assert all(m is not None for m in masks) and not np.array_equal(masks[0], masks[1])
+    assert relative_error(lanes.attention_backward(dy, cache), numerical_gradient(f, qkv, dy)) < 1e-6
+
+
+def test_run_lanes_runs_at_once_on_one_blas_thread_each_and_restores_the_count(blas_threads):
+    blas_threads(2)
+    barrier = threading.Barrier(2, timeout=10)  # only passes if both tasks run at the same time
+
+    def task():
+        barrier.wait()
+        return threading.get_ident(), lanes._openblas().threads()
+
+    (t0, n0), (t1, n1) = lanes.run_lanes([task, task])
+    assert t0 == threading.get_ident() and t1 != t0
+    assert n0 == n1 == 1
+    assert lanes._openblas().threads() == 2
+
+
+def test_an_error_in_a_lane_is_raised_after_every_lane_finished(blas_threads):
+    blas_threads(2)
+    finished = []
+
+    def slow():
+        threading.Event().wait(0.2)
+        finished.append(True)
+
+    def fail():
+        raise ValueError("lane failed")
+
+    with pytest.raises(ValueError, match="lane failed"):
+        lanes.run_lanes([fail, slow])
+    assert finished == [True]
+    assert lanes._openblas().threads() == 2
+
+
+@pytest.mark.parametrize("dtype,kernels,tol", [(np.float64, "numpy", 1e-11), (np.float32, "auto", 2e-5)])
+def test_model_with_lanes_equals_model_without(blas_threads, monkeypatch, dtype, kernels, tol):
+    blas_threads(2)
+    cfg = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16, attention="blocked")
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 17, (4, 16)), rng.integers(0, 17, (4, 16))
+    results = []
+    for lanes_env in ("", "1"):
+        monkeypatch.setenv("VINTAGELM_LANES", lanes_env)
+        model = GPT(cfg, seed=2, dtype=dtype, kernels=kernels)
+        _, loss = model.forward(x, y)
+        model.backward()
+        results.append((loss, model.flat_grads.copy()))
+    (loss_lanes, g_lanes), (loss_one, g_one) = results
+    assert abs(loss_lanes - loss_one) <= tol * abs(loss_one)
+    assert np.abs(g_lanes - g_one).max() <= tol * np.abs(g_one).max()
