@@ -7,25 +7,24 @@ attention.py, optim.py), which stay the reference: tests check both agree within
 rounding. Nothing here is imported unless numba is installed and the model
 asks for it (GPT(..., kernels="numba" or "auto")).
 
-Loops are compiled with parallel=True: numba then splits them over its threads and, even on
-one thread, vectorises them far better than a plain loop (measured: GELU 2.5x faster).
+Every kernel is a plain loop that releases the GIL (nogil): the wrappers split big arrays
+by rows over the lanes of nn/lanes.py, threads that run at the same time without a thread
+pool of numba's own (numba's OpenMP threads busy-wait after each loop, on the core the next
+matmul needs). error_model="numpy" lets a division by zero give inf instead of raising,
+which is what lets the compiler vectorise loops that divide (measured: GELU 6x faster).
 
 tanh: NumPy's float32 tanh is vectorised; a scalar tanh in a numba loop is a libm call and
 slower than NumPy. `tanh32` is the rational approximation used by Eigen (and so PyTorch) for
 float: pure arithmetic, which the compiler vectorises, accurate to a few float32 ulps.
 """
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from vintagelm.nn import lanes
 from vintagelm.nn.activation import GELU_C, GELU_K, ActivationCache
 from vintagelm.nn.norm import LayerNormCache
 
-# One numba thread: after every matmul OpenBLAS's worker keeps spinning on the other core for
-# a while, and a second numba thread fighting it made these kernels 10-40x SLOWER (measured:
-# one-pass AdamW over 10.7M parameters, 14 ms on one thread, 616 ms on two, on a busy machine).
-NUMBA_THREADS = 1
-numba.set_num_threads(NUMBA_THREADS)
+kernel = njit(fastmath=True, nogil=True, error_model="numpy", cache=True)
 
 f32 = np.float32
 K, C3, KC3 = f32(GELU_K), f32(GELU_C), f32(3.0 * GELU_C * GELU_K)
@@ -51,27 +50,27 @@ def tanh_arg(v):
     return K * (v + C3 * v * v * v)
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def _gelu_forward(x, y):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = x[i]
         y[i] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def _bias_gelu_forward(x, b, y):
     """In place x <- x + b (the pre-activation, kept for backward), and y = gelu(x), per row."""
     N, F = x.shape
-    for n in prange(N):
+    for n in range(N):
         for f in range(F):
             v = x[n, f] + b[f]
             x[n, f] = v
             y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def _gelu_backward(x, dy, dx):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = x[i]
         t = tanh32(tanh_arg(v))
         # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)
@@ -83,17 +82,22 @@ def gelu_forward(x, b=None):
     caller hands over (a matmul's output): it becomes x + b in place."""
     x = np.ascontiguousarray(x)  # (a view when it is already: the in-place update must land in x)
     y = np.empty_like(x)
+    x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])  # (N, F) rows
     if b is None:
-        _gelu_forward(x.reshape(-1), y.reshape(-1))
+        lanes.over_rows(lambda rows: _gelu_forward(x2[rows].reshape(-1), y2[rows].reshape(-1)), len(x2), x.size)
     else:
-        _bias_gelu_forward(x.reshape(-1, b.size), b, y.reshape(-1, b.size))
+        lanes.over_rows(lambda rows: _bias_gelu_forward(x2[rows], b, y2[rows]), len(x2), x.size)
     return y, ActivationCache(x)
 
 
 def gelu_backward(dy, cache):
     x = cache.x
     dx = np.empty_like(x)
-    _gelu_backward(x.reshape(-1), np.ascontiguousarray(dy).reshape(-1), dx.reshape(-1))
+    F = x.shape[-1]
+    x2, dy2, dx2 = x.reshape(-1, F), np.ascontiguousarray(dy).reshape(-1, F), dx.reshape(-1, F)
+    lanes.over_rows(
+        lambda rows: _gelu_backward(x2[rows].reshape(-1), dy2[rows].reshape(-1), dx2[rows].reshape(-1)), len(x2), x.size
+    )
     return dx
 
 
@@ -110,7 +114,7 @@ E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3
 # The two softmax kernels run inside attention's lanes (nn/lanes.py), several at once from
 # different threads: so they release the GIL (nogil) and use no thread pool of their own
 # (serial loops: measured as fast as the parallel=True build on one thread).
-@njit(fastmath=True, nogil=True, cache=True)
+@kernel
 def _causal_softmax_rows(s, offset, scale):
     """In place, per row i of s (R, Tq, Tk): softmax over the allowed keys j <= offset + i of
     scale * s, zero for the future keys. Passes over a row: the max; e^r and n per entry;
@@ -149,7 +153,7 @@ def causal_softmax(scores, offset=0, scale=1.0):
     return scores
 
 
-@njit(fastmath=True, nogil=True, cache=True)
+@kernel
 def _softmax_backward(dp, p, scale):
     R, Tq, Tk = p.shape
     for r in range(R):
@@ -169,10 +173,12 @@ def softmax_backward(dp, p, scale=1.0):
     return dp
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def adamw_update(p, g, m, v, decay, b1, b2, step_size, rsqrt_bc2, eps):
-    """One AdamW step over flat float32 arrays, in one pass (see optim.AdamW for the math)."""
-    for i in prange(p.size):
+    """One AdamW step over flat float32 arrays, in one pass (see optim.AdamW for the math).
+    Not split over lanes: it streams 7 arrays through memory and a second core made it no
+    faster (measured, baby: 12.3-13.9 ms per step either way)."""
+    for i in range(p.size):
         gi = g[i]
         mi = b1 * m[i] + (f32(1.0) - b1) * gi
         vi = b2 * v[i] + (f32(1.0) - b2) * gi * gi
@@ -188,11 +194,11 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, rsqrt_bc2, eps):
 # N(0, 1) weights amplified to 2e-5 between the cached and full forwards).
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def _layernorm_forward(x, w, b, eps, y, xhat, rstd):
     """x (N, C) -> y = xhat * w + b, xhat = (x - mean) * rstd, rstd (N,) = 1 / sqrt(var + eps)."""
     N, C = x.shape
-    for n in prange(N):
+    for n in range(N):
         total = 0.0
         for c in range(C):
             total += np.float64(x[n, c])
@@ -210,11 +216,11 @@ def _layernorm_forward(x, w, b, eps, y, xhat, rstd):
             y[n, c] = h * w[c] + b[c]
 
 
-@njit(fastmath=True, parallel=True, cache=True)
+@kernel
 def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * w."""
     N, C = dy.shape
-    for n in prange(N):
+    for n in range(N):
         sg, sgx = 0.0, 0.0
         for c in range(C):
             g = np.float64(dy[n, c] * w[c])
@@ -225,7 +231,7 @@ def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
             dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
 
 
-@njit(fastmath=True, cache=True)
+@kernel
 def _layernorm_backward_params(dy, xhat, dw, db):
     """dw = sum over rows of dy * xhat, db = sum over rows of dy (float64 accumulators)."""
     N, C = dy.shape
@@ -241,7 +247,8 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     x2 = np.ascontiguousarray(x).reshape(-1, C)
     y, xhat = np.empty_like(x2), np.empty_like(x2)
     rstd = np.empty(x2.shape[0], dtype=x2.dtype)
-    _layernorm_forward(x2, w, np.zeros_like(w) if b is None else b, eps, y, xhat, rstd)
+    b = np.zeros_like(w) if b is None else b
+    lanes.over_rows(lambda n: _layernorm_forward(x2[n], w, b, eps, y[n], xhat[n], rstd[n]), len(x2), x2.size)
     shape = x.shape
     return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
 
@@ -251,8 +258,14 @@ def layernorm_backward(dy, cache, has_bias=True):
     xhat, rstd, w = cache
     C = xhat.shape[-1]
     dy2, xhat2 = np.ascontiguousarray(dy).reshape(-1, C), xhat.reshape(-1, C)
-    dx = np.empty_like(dy2)
-    _layernorm_backward_dx(dy2, xhat2, rstd.reshape(-1), w, dx)
-    dw, db = np.zeros(C), np.zeros(C)
-    _layernorm_backward_params(dy2, xhat2, dw, db)
+    dx, rstd = np.empty_like(dy2), rstd.reshape(-1)
+
+    def rows_backward(n):  # -> this slice's share of dw, db
+        _layernorm_backward_dx(dy2[n], xhat2[n], rstd[n], w, dx[n])
+        dw, db = np.zeros(C), np.zeros(C)
+        _layernorm_backward_params(dy2[n], xhat2[n], dw, db)
+        return dw, db
+
+    shares = lanes.over_rows(rows_backward, len(dy2), dy2.size)
+    dw, db = sum(share[0] for share in shares), sum(share[1] for share in shares)
     return dx.reshape(xhat.shape), dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None

@@ -1,25 +1,25 @@
-"""Lanes: attention's batch split over threads, each calling single-threaded BLAS.
+"""Lanes: big loops split over the BLAS threads, for the work that BLAS cannot split itself.
 
 Attention multiplies one small matrix pair per (batch row, head): in `baby` that is 48
 products of 64 x 64 x 256 per layer and pass. OpenBLAS cannot split products that small over
 its threads usefully (measured on 2 cores: 46-49 GFLOP/s on one thread or two, where the
-linear layers' big products reach ~150), so the second core idles. Here the batch is split
-instead: lane i runs the whole attention on batch rows [b_i, b_i+1) with one BLAS thread, all
-lanes at once. Batch rows are independent, so each lane computes exactly what the one call
-would have; only BLAS's summation order can differ (float32 rounding).
+linear layers' big products reach ~150), and the elementwise kernels (fused.py) run on one
+thread, so the second core idles. Here the work is split instead: lane i runs the whole
+attention on batch rows [b_i, b_i+1) with one BLAS thread (or an elementwise kernel on its
+share of the rows), all lanes at once. Rows are independent, so each lane computes exactly
+what the one call would have; only BLAS's summation order can differ (float32 rounding).
 
-OpenBLAS's worker threads busy-wait for ~0.1 s after every threaded call, which would take a
-core from the lanes. So before the lanes run the workers are stopped with
-blas_thread_shutdown_, the routine OpenBLAS itself runs before a fork; the next threaded call
-starts them again (~30 us, measured). Where that routine is missing (another BLAS, or
-OpenBLAS built with OpenMP) there is one lane, and attention runs as one call, as before.
-Set VINTAGELM_LANES=1 to turn lanes off (e.g. when other threads of a program use BLAS at
-the same time as a training step: the workers must not be stopped under them).
+The lanes ARE OpenBLAS's threads: gotoblas_pthread, a routine OpenBLAS exports for running a
+function on its thread pool, runs lane 0 on this thread and the others on OpenBLAS's workers.
+Those workers busy-wait for ~0.1 s after each matrix product, so they start at once, and no
+second pool of threads competes with them for the cores (a Python thread pool did: the
+spinning OpenBLAS worker took its core). Where the routine is missing (another BLAS, or
+OpenBLAS built with OpenMP) there is one lane and everything runs as one call, as before.
+Set VINTAGELM_LANES=1 to turn lanes off.
 """
 import ctypes
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple
 
 import numpy as np
@@ -27,14 +27,21 @@ import numpy as np
 from vintagelm.nn import attention
 
 _lock = threading.Lock()
-_state = {}  # "blas": the OpenBLAS controller, or None; "pool": the lanes' worker threads
+_state = {}  # "blas": the OpenBLAS controls, or None
+_LANE_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void f(void *arg)
 
 
 class _OpenBLAS:
-    """The thread controls lanes need from OpenBLAS (pthreads build), via threadpoolctl."""
+    """The controls lanes need from NumPy's OpenBLAS (pthreads build), via threadpoolctl."""
 
-    def __init__(self, controller, shutdown):
-        self.controller, self.shutdown = controller, shutdown
+    def __init__(self, controller):
+        self.controller = controller
+        # int gotoblas_pthread(int n, void *function, void *args, int stride): calls
+        # function(args + i * stride) for i < n, i = 0 on the calling thread, and returns
+        # when all n calls have returned
+        self.pthread = ctypes.CDLL(controller.filepath).gotoblas_pthread
+        self.pthread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self.pthread.restype = ctypes.c_int
 
     def threads(self):
         return self.controller.get_num_threads()
@@ -44,7 +51,7 @@ class _OpenBLAS:
 
 
 def _openblas():
-    """NumPy's OpenBLAS, when its idle workers can be stopped; else None. Looked up once."""
+    """NumPy's OpenBLAS, when it can run our lanes on its threads; else None. Looked up once."""
     with _lock:
         if "blas" not in _state:
             _state["blas"] = None
@@ -53,9 +60,7 @@ def _openblas():
 
                 for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
                     if c.internal_api == "openblas" and c.threading_layer == "pthreads":
-                        shutdown = ctypes.CDLL(c.filepath).blas_thread_shutdown_
-                        shutdown.restype = ctypes.c_int
-                        _state["blas"] = _OpenBLAS(c, shutdown)
+                        _state["blas"] = _OpenBLAS(c)
                         break
             except (ImportError, OSError, AttributeError):  # no threadpoolctl / library / symbol
                 pass
@@ -63,48 +68,64 @@ def _openblas():
 
 
 def lane_count():
-    """How many lanes attention uses now: NumPy's BLAS thread count (the user's --threads),
-    or 1 when lanes are off or unavailable."""
+    """How many lanes there are now: NumPy's BLAS thread count (the user's --threads), or 1
+    when lanes are off or unavailable."""
     if os.environ.get("VINTAGELM_LANES", "") == "1":
         return 1
     blas = _openblas()
     return blas.threads() if blas is not None else 1
 
 
-def _pool(workers):
-    """The lanes' worker threads (at least `workers` of them), kept for the next call."""
-    with _lock:
-        pool, size = _state.get("pool", (None, 0))
-        if size < workers:
-            if pool is not None:
-                pool.shutdown(wait=True)
-            pool, size = ThreadPoolExecutor(workers, thread_name_prefix="vintagelm-lane"), workers
-            _state["pool"] = (pool, size)
-        return pool
+_inside = threading.local()  # .active: this thread is running a lane's task
 
 
 def run_lanes(tasks):
-    """Run the callables `tasks` at the same time, the first on this thread, with BLAS on one
-    thread each and OpenBLAS's idle workers stopped -> their results, in order. Every task
-    has finished when this returns or raises (the first error is raised), and BLAS's thread
-    count is back to what it was."""
-    blas = _openblas()
-    threads = blas.threads()
-    blas.set_threads(1)
-    blas.shutdown()  # the workers stop spinning; the next threaded BLAS call restarts them
-    try:
-        futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
+    """Run the callables `tasks` at the same time, the first on this thread, the others on
+    OpenBLAS's threads, with BLAS on one thread inside each -> their results, in order.
+    Every task has finished when this returns or raises (the first error is raised), and
+    BLAS's thread count is back to what it was. Inside a lane, the tasks run one by one."""
+    if len(tasks) == 1 or getattr(_inside, "active", False):
+        return [task() for task in tasks]
+    results, errors = [None] * len(tasks), [None] * len(tasks)
+
+    def lane(index):  # index: the `args + i * stride` of gotoblas_pthread, with args 0, stride 1
+        i = index or 0  # (ctypes passes a null pointer as None)
+        _inside.active = True
         try:
-            first = tasks[0]()
+            results[i] = tasks[i]()
+        except BaseException as e:  # noqa: B036 (re-raised below, on the caller's thread)
+            errors[i] = e
         finally:
-            wait(futures)
-        return [first] + [f.result() for f in futures]
+            _inside.active = False
+
+    blas = _openblas()
+    function = _LANE_FUNCTION(lane)  # referenced until the call returns
+    threads = blas.threads()
+    blas.set_threads(1)  # BLAS called inside a lane stays on that lane's thread
+    try:
+        blas.pthread(len(tasks), ctypes.cast(function, ctypes.c_void_p), None, 1)
     finally:
         blas.set_threads(threads)
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+# Below this many elements an elementwise op stays on one lane: a second costs tens of
+# microseconds to start (decoding one token with the KV cache is all small ops).
+MIN_ELEMENTS_TO_SPLIT = 1 << 16
+
+
+def over_rows(fn, n_rows, n_elements):
+    """fn(rows) for slices `rows` that split 0..n_rows-1 over the lanes (one slice, all rows,
+    when n_elements is small) -> the list of fn's results, one per slice."""
+    n = min(lane_count(), n_rows) if n_elements >= MIN_ELEMENTS_TO_SPLIT else 1
+    return run_lanes([lambda rows=rows: fn(rows) for rows in batch_slices(n_rows, n)])
 
 
 def batch_slices(B, n):
-    """Split batch rows 0..B-1 into n contiguous, near-equal slices."""
+    """Split rows 0..B-1 into n contiguous, near-equal slices."""
     bounds = np.linspace(0, B, n + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
