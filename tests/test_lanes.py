@@ -128,3 +128,23 @@ def test_model_with_lanes_equals_model_without(blas_threads, monkeypatch, dtype,
     (loss_lanes, g_lanes), (loss_one, g_one) = results
     assert abs(loss_lanes - loss_one) <= tol * abs(loss_one)
     assert np.abs(g_lanes - g_one).max() <= tol * np.abs(g_one).max()
+
+
+def test_lanes_from_a_second_thread_meanwhile_run_one_by_one_on_that_thread(blas_threads):
+    blas_threads(2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(10)
+
+    holder = threading.Thread(target=lanes.run_lanes, args=([hold, lambda: None],))
+    holder.start()
+    try:
+        assert started.wait(10)
+        here = lanes.run_lanes([threading.get_ident, threading.get_ident])
+        assert here == [threading.get_ident()] * 2
+    finally:
+        release.set()
+        holder.join(10)
+    assert lanes._openblas().threads() == 2

@@ -77,15 +77,25 @@ def lane_count():
 
 
 _inside = threading.local()  # .active: this thread is running a lane's task
+_running = threading.Lock()  # held while lanes run: one set at a time per process
 
 
 def run_lanes(tasks):
     """Run the callables `tasks` at the same time, the first on this thread, the others on
     OpenBLAS's threads, with BLAS on one thread inside each -> their results, in order.
     Every task has finished when this returns or raises (the first error is raised), and
-    BLAS's thread count is back to what it was. Inside a lane, the tasks run one by one."""
-    if len(tasks) == 1 or getattr(_inside, "active", False):
+    BLAS's thread count is back to what it was. Inside a lane, or while another thread of
+    the program runs lanes (they share OpenBLAS's threads and its thread count), the tasks
+    run one by one on this thread."""
+    if len(tasks) == 1 or getattr(_inside, "active", False) or not _running.acquire(blocking=False):
         return [task() for task in tasks]
+    try:
+        return _run_on_blas_threads(tasks)
+    finally:
+        _running.release()
+
+
+def _run_on_blas_threads(tasks):
     results, errors = [None] * len(tasks), [None] * len(tasks)
 
     def lane(index):  # index: the `args + i * stride` of gotoblas_pthread, with args 0, stride 1
