@@ -111,9 +111,8 @@ E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3
                                            4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 
 
-# The two softmax kernels run inside attention's lanes (nn/lanes.py), several at once from
-# different threads: so they release the GIL (nogil) and use no thread pool of their own
-# (serial loops: measured as fast as the parallel=True build on one thread).
+# The two softmax kernels are called from inside attention's lanes (nn/lanes.py), one per
+# lane at the same time, on each lane's share of the batch.
 @kernel
 def _causal_softmax_rows(s, offset, scale):
     """In place, per row i of s (R, Tq, Tk): softmax over the allowed keys j <= offset + i of
