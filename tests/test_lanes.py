@@ -1,6 +1,8 @@
 """Attention with its batch split over lanes (nn/lanes.py) against the one-call attention it
 must equal, finite differences with dropout, and the BLAS thread bookkeeping around the lanes."""
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -148,3 +150,22 @@ def test_lanes_from_a_second_thread_meanwhile_run_one_by_one_on_that_thread(blas
         release.set()
         holder.join(10)
     assert lanes._openblas().threads() == 2
+
+
+def test_lanes_leave_no_reference_cycle_behind(blas_threads):
+    """Arrays a lane worked on are freed as soon as the caller drops them, not at the next
+    garbage collection (a cycle through the ctypes callback once kept a whole step's arrays)."""
+    blas_threads(2)
+    gc.disable()
+    try:
+
+        def row_sums(a):  # the lanes' tasks hold `a` through this call's closure
+            return lanes.over_rows(lambda rows: float(a[rows].sum()), len(a), a.size)
+
+        x = np.ones((4, 1 << 15), dtype=np.float32)
+        freed = weakref.ref(x)
+        assert row_sums(x) == [2.0 * (1 << 15)] * 2
+        del x
+        assert freed() is None
+    finally:
+        gc.enable()
