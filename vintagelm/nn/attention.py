@@ -106,17 +106,21 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     """
     B, T, _ = qkv.shape
     q, k, v = qkv_heads(qkv, n_head)  # (B, H, T, D) views
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    y = np.empty(q.shape, dtype=q.dtype)  # (B, H, T, D)
+    H, D = n_head, q.shape[-1]
+    scale = 1.0 / np.sqrt(D)
+    # each head's output is written straight into its columns of the (B, T, C) result, so
+    # merging the heads back costs no copy (y_heads is the (B, H, T, D) view of it)
+    y = np.empty((B, T, H, D), dtype=q.dtype)
+    y_heads = y.transpose(0, 2, 1, 3)
     chunks, atts, drops = query_chunks(T, chunk), [], []
     for i0, i1 in chunks:
         att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ
         softmax(att, offset=i0, scale=scale)  # softmax(q kᵀ / sqrt(D)), causal
         att_dropped, drop = dropout_forward(att, dropout_p, rng)
-        np.matmul(att_dropped, v[:, :, :i1], out=y[:, :, i0:i1])
+        np.matmul(att_dropped, v[:, :, :i1], out=y_heads[:, :, i0:i1])
         atts.append(att)
         drops.append(drop)
-    return merge_heads(y), AttentionCache(q, k, v, atts, drops, chunks)
+    return y.reshape(B, T, H * D), AttentionCache(q, k, v, atts, drops, chunks)
 
 
 def attention_backward(dy, cache, softmax_grad=softmax_backward):
@@ -136,10 +140,9 @@ def attention_backward(dy, cache, softmax_grad=softmax_backward):
     # dq, dk, dv go straight into their slots of dqkv, laid out (B, T, 3, H, D)
     dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, H, T, D), views
-    if len(chunks) > 1:
-        dk[...] = 0.0
-        dv[...] = 0.0
-    for (i0, i1), att, drop in zip(chunks, atts, drops):
+    # last chunk first: it saw every key, so its products are written into dk and dv (no
+    # zeroing); the earlier chunks, which saw keys 0..i1-1 only, add theirs
+    for (i0, i1), att, drop in reversed(list(zip(chunks, atts, drops))):
         dYc = dY[:, :, i0:i1]  # (B, H, Tc, D)
         att_dropped = att if drop.mask is None else att * drop.mask
         dP = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1)
@@ -147,9 +150,9 @@ def attention_backward(dy, cache, softmax_grad=softmax_backward):
         # once here, in the same pass, instead of to dq and dk
         dS = softmax_grad(dP, att, scale)
         np.matmul(dS, k[:, :, :i1], out=dq[:, :, i0:i1])
-        if len(chunks) == 1:
-            np.matmul(dS.transpose(0, 1, 3, 2), q, out=dk)
-            np.matmul(att_dropped.transpose(0, 1, 3, 2), dY, out=dv)
+        if i1 == T:
+            np.matmul(dS.transpose(0, 1, 3, 2), q[:, :, i0:i1], out=dk)
+            np.matmul(att_dropped.transpose(0, 1, 3, 2), dYc, out=dv)
         else:
             dk[:, :, :i1] += dS.transpose(0, 1, 3, 2) @ q[:, :, i0:i1]
             dv[:, :, :i1] += att_dropped.transpose(0, 1, 3, 2) @ dYc
