@@ -108,13 +108,15 @@ def test_resume_continues_bit_for_bit(tmp_path, dataset_dir, monkeypatch, how):
     if how == "max_iters":
         first = train(replace(split, max_iters=10), progress=False, say=quiet)
     else:
-        # whatever SIGINT did before (Python's default, or ignored when started in the
-        # background by a non-interactive shell) is what it does again afterwards
-        before = signal.getsignal(signal.SIGINT)
-        with monkeypatch.context() as m:
-            stop_by_ctrl_c_at(m, 10)
-            first = train(split, progress=False, say=quiet)
-        assert signal.getsignal(signal.SIGINT) is before  # handler restored
+        # as in an interactive terminal, whatever started pytest (a background job ignores it)
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with monkeypatch.context() as m:
+                stop_by_ctrl_c_at(m, 10)
+                first = train(split, progress=False, say=quiet)
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+        finally:
+            signal.signal(signal.SIGINT, before)
     assert first.step == 10 and first.interrupted == (how == "ctrl_c")
     assert find_latest(tmp_path / "split").name == "step_000010"
     second = train(split, resume=True, progress=False, say=quiet)
@@ -126,6 +128,18 @@ def test_resume_continues_bit_for_bit(tmp_path, dataset_dir, monkeypatch, how):
     assert [a[s].get("val_loss") for s in a if s != 10] == [b[s].get("val_loss") for s in a if s != 10]
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "straight").model.flat_params,
                                   load_checkpoint(tmp_path / "split").model.flat_params)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, dataset_dir, monkeypatch):
+    """Started with SIGINT ignored (nohup, a background job), a SIGINT does not stop training."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop_by_ctrl_c_at(monkeypatch, 2)
+        result = train(tiny_config(tmp_path / "run", dataset_dir, max_iters=4), progress=False, say=quiet)
+        assert result.step == 4 and not result.interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_metrics_rows_have_the_promised_fields(tmp_path, dataset_dir):

@@ -153,6 +153,11 @@ def stop_on_interrupt(say):
         yield flag  # signal handlers can only be installed from the main thread
         return
     previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        # started with SIGINT ignored (nohup, `&` in a non-interactive shell): it stays ignored,
+        # as whoever started us asked
+        yield flag
+        return
 
     def handler(signum, frame):
         flag.set()
