@@ -37,6 +37,7 @@ def test_vintage_bench_json_contract(capsys, monkeypatch):
     assert main(["bench", "--json", "--config", "tiny", "--rounds", "1", "--threads", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
+    assert result["lanes"] == 1  # one BLAS thread, one lane
     tiny = result["tiny"]
     for impl in ("vintagelm", "torch"):
         assert tiny[impl]["tokens_per_s"] > 0 and tiny[impl]["peak_rss_mb"] > 0

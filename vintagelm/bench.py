@@ -293,7 +293,10 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         set_threads(threads)
     from vintagelm.nn.kernels import get_kernels
 
-    result = {"blas_kernel": blas_kernel(), "threads": threads, "elementwise_kernels": get_kernels("auto", np.float32).name}
+    from vintagelm.nn.lanes import lane_count
+
+    result = {"blas_kernel": blas_kernel(), "threads": threads, "elementwise_kernels": get_kernels("auto", np.float32).name,
+              "lanes": lane_count()}
     for name in config_names:
         config, batch_size = make_config(name)
         batches = make_batches(config, batch_size, 8)
@@ -329,7 +332,7 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
 def format_report(result, config_names):
     lines = [
         f"BLAS: {result['blas_kernel']}, {result['threads']} threads; "
-        f"elementwise kernels: {result['elementwise_kernels']}",
+        f"elementwise kernels: {result['elementwise_kernels']}; lanes (nn/lanes.py): {result['lanes']}",
         "",
         f"{'config':<6} {'impl':<10} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11}",
     ]
