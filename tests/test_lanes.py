@@ -169,3 +169,31 @@ def test_lanes_leave_no_reference_cycle_behind(blas_threads):
         assert freed() is None
     finally:
         gc.enable()
+
+
+def test_elementwise_kernels_split_over_lanes_equal_one_lane(blas_threads, monkeypatch):
+    """GELU and layer norm on rows split over 2 lanes: the rows are computed alike (equal), and
+    layer norm's weight and bias gradients, summed per lane then added, agree within rounding."""
+    blas_threads(2)
+    calls = []
+    real_run = lanes.run_lanes
+    monkeypatch.setattr(lanes, "run_lanes", lambda tasks: calls.append(len(tasks)) or real_run(tasks))
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((4, 256, 96), dtype=np.float32), rng.standard_normal((4, 256, 96), dtype=np.float32)
+    w, b = rng.standard_normal(96, dtype=np.float32), rng.standard_normal(96, dtype=np.float32)
+
+    def everything():
+        y_ln, c_ln = fused.layernorm_forward(x, w, b)
+        y_gelu, c_gelu = fused.gelu_forward(x.copy(), b)
+        return (y_ln, *fused.layernorm_backward(dy, c_ln), y_gelu, c_gelu.x, fused.gelu_backward(dy, c_gelu))
+
+    monkeypatch.setattr(lanes, "MIN_ELEMENTS_TO_SPLIT", 1)
+    split = everything()
+    assert calls == [2] * 4  # layer norm forward, backward, GELU forward, backward: two lanes each
+    monkeypatch.setenv("VINTAGELM_LANES", "1")
+    one = everything()
+    for name, got, ref in zip(["ln y", "ln dx", "ln dw", "ln db", "gelu y", "gelu x+b", "gelu dx"], split, one):
+        if name in ("ln dw", "ln db"):
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, ref, err_msg=name)

@@ -292,7 +292,6 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
 
         set_threads(threads)
     from vintagelm.nn.kernels import get_kernels
-
     from vintagelm.nn.lanes import lane_count
 
     result = {"blas_kernel": blas_kernel(), "threads": threads, "elementwise_kernels": get_kernels("auto", np.float32).name,

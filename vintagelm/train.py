@@ -149,15 +149,12 @@ def stop_on_interrupt(say):
     so a step is never cut in half; the loop then saves a checkpoint and returns. A second
     Ctrl-C gets Python's usual KeyboardInterrupt (the checkpoints on disk stay intact)."""
     flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:
-        # started with SIGINT ignored (nohup, `&` in a non-interactive shell): it stays ignored,
-        # as whoever started us asked
+    # signal handlers can only be installed from the main thread; and a SIGINT that was
+    # ignored when we started (nohup, `&` in a non-interactive shell) stays ignored
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield flag
         return
+    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         flag.set()

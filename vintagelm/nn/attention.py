@@ -96,8 +96,9 @@ def query_chunks(T, chunk):
     return [(i0, min(i0 + chunk, T)) for i0 in range(0, T, chunk)]
 
 
-def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=causal_softmax):
+def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=causal_softmax, out=None):
     """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H.
+    y is written into `out` (a C-contiguous (B, T, C) array) when given.
 
     With chunk=None this is the textbook form: the full (T, T) score matrix, half of it
     masked. With a chunk size the query rows are processed in blocks [i0, i1) that only
@@ -110,7 +111,7 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     scale = 1.0 / np.sqrt(D)
     # each head's output is written straight into its columns of the (B, T, C) result, so
     # merging the heads back costs no copy (y_heads is the (B, H, T, D) view of it)
-    y = np.empty((B, T, H, D), dtype=q.dtype)
+    y = np.empty((B, T, H, D), dtype=q.dtype) if out is None else out.reshape(B, T, H, D)
     y_heads = y.transpose(0, 2, 1, 3)
     chunks, atts, drops = query_chunks(T, chunk), [], []
     for i0, i1 in chunks:
@@ -123,8 +124,8 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     return y.reshape(B, T, H * D), AttentionCache(q, k, v, atts, drops, chunks)
 
 
-def attention_backward(dy, cache, softmax_grad=softmax_backward):
-    """dy (B, T, C) -> dqkv (B, T, 3C).
+def attention_backward(dy, cache, softmax_grad=softmax_backward, out=None):
+    """dy (B, T, C) -> dqkv (B, T, 3C), written into `out` (C-contiguous) when given.
 
     Forward, per query chunk: S = s q kᵀ (s = 1/sqrt(D)), P = softmax(S) (causal),
     P' = dropout(P), Y = P' v. Then
@@ -138,7 +139,7 @@ def attention_backward(dy, cache, softmax_grad=softmax_backward):
     scale = q.dtype.type(1.0 / np.sqrt(D))
     dY = split_heads(dy, H)  # (B, H, T, D)
     # dq, dk, dv go straight into their slots of dqkv, laid out (B, T, 3, H, D)
-    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
+    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype) if out is None else out.reshape(B, T, 3, H, D)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, H, T, D), views
     # last chunk first: it saw every key, so its products are written into dk and dv (no
     # zeroing); the earlier chunks, which saw keys 0..i1-1 only, add theirs

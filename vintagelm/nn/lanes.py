@@ -134,10 +134,10 @@ def over_rows(fn, n_rows, n_elements):
     """fn(rows) for slices `rows` that split 0..n_rows-1 over the lanes (one slice, all rows,
     when n_elements is small) -> the list of fn's results, one per slice."""
     n = min(lane_count(), n_rows) if n_elements >= MIN_ELEMENTS_TO_SPLIT else 1
-    return run_lanes([lambda rows=rows: fn(rows) for rows in batch_slices(n_rows, n)])
+    return run_lanes([lambda rows=rows: fn(rows) for rows in row_slices(n_rows, n)])
 
 
-def batch_slices(B, n):
+def row_slices(B, n):
     """Split rows 0..B-1 into n contiguous, near-equal slices."""
     bounds = np.linspace(0, B, n + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -156,16 +156,16 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     n = min(lane_count(), B)
     if n <= 1:
         return attention.attention_forward(qkv, n_head, dropout_p, rng, chunk, softmax)
-    slices = batch_slices(B, n)
+    slices = row_slices(B, n)
     if dropout_p > 0.0 and rng is not None:
         rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=n)]
     else:
         rngs = [rng] * n
+    y = np.empty(qkv.shape[:2] + (qkv.shape[2] // 3,), dtype=qkv.dtype)  # (B, T, C), each lane its rows
     results = run_lanes(
-        [lambda s=s, r=r: attention.attention_forward(qkv[s], n_head, dropout_p, r, chunk, softmax)
+        [lambda s=s, r=r: attention.attention_forward(qkv[s], n_head, dropout_p, r, chunk, softmax, out=y[s])
          for s, r in zip(slices, rngs)]
     )
-    y = np.concatenate([y for y, _ in results])  # (B, T, C)
     return y, LanesCache(slices, [cache for _, cache in results])
 
 
@@ -173,7 +173,9 @@ def attention_backward(dy, cache, softmax_grad=attention.softmax_backward):
     """attention.attention_backward for a cache from either forward: dy (B, T, C) -> dqkv (B, T, 3C)."""
     if not isinstance(cache, LanesCache):
         return attention.attention_backward(dy, cache, softmax_grad)
-    results = run_lanes(
-        [lambda s=s, c=c: attention.attention_backward(dy[s], c, softmax_grad) for s, c in zip(cache.slices, cache.caches)]
+    dqkv = np.empty(dy.shape[:2] + (3 * dy.shape[2],), dtype=dy.dtype)  # (B, T, 3C), each lane its rows
+    run_lanes(
+        [lambda s=s, c=c: attention.attention_backward(dy[s], c, softmax_grad, out=dqkv[s])
+         for s, c in zip(cache.slices, cache.caches)]
     )
-    return np.concatenate(results)  # (B, T, 3C)
+    return dqkv
