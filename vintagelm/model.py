@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from vintagelm.heap import reuse_freed_memory
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.kernels import get_kernels
 from vintagelm.nn import lanes
@@ -139,6 +140,7 @@ class GPT:
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.config, self.dtype = config, dtype
+        reuse_freed_memory()  # every step frees and reallocates the same arrays (heap.py)
         # the elementwise ops: readable NumPy, or compiled numba (nn/kernels.py); same math
         self.kernels = get_kernels(kernels, dtype)
         self.shapes = param_shapes(config)
