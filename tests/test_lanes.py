@@ -97,6 +97,21 @@ def test_run_lanes_runs_at_once_on_one_blas_thread_each_and_restores_the_count(b
     assert lanes._openblas().threads() == 2
 
 
+def test_a_blas_worker_keeps_its_python_thread_state_between_lane_calls(blas_threads):
+    # the worker's thread state is made once (lanes._lane); were it made per call, the
+    # thread-local value set in the first call would be gone in the second
+    blas_threads(2)
+    seen = threading.local()
+
+    def remember():
+        first = getattr(seen, "value", None)
+        seen.value = "set in an earlier call"
+        return first
+
+    calls = [lanes.run_lanes([lambda: None, remember])[1] for _ in range(3)]
+    assert calls[1:] == ["set in an earlier call"] * 2
+
+
 def test_an_error_in_a_lane_is_raised_after_every_lane_finished(blas_threads):
     blas_threads(2)
     finished = []

@@ -32,25 +32,28 @@ _LANE_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void f(void *arg)
 
 
 class _OpenBLAS:
-    """The controls lanes need from NumPy's OpenBLAS (pthreads build), via threadpoolctl."""
+    """The controls lanes need from NumPy's OpenBLAS (pthreads build), found via threadpoolctl
+    and called directly: a lane call sets the thread count twice, and threadpoolctl's own
+    setter costs ~18 us a call (and ignores every thread but the first that used it)."""
 
     def __init__(self, controller):
-        self.controller = controller
+        lib = ctypes.CDLL(controller.filepath)
+        # NumPy's wheels rename OpenBLAS's symbols (scipy_openblas_get_num_threads64_)
+        names = [f"{prefix}openblas_{{}}_num_threads{suffix}" for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+        affixed = next(name for name in names if hasattr(lib, name.format("get")))
+        self.threads = getattr(lib, affixed.format("get"))
+        self.threads.argtypes, self.threads.restype = [], ctypes.c_int
+        self.set_threads = getattr(lib, affixed.format("set"))
+        self.set_threads.argtypes, self.set_threads.restype = [ctypes.c_int], None
         # int gotoblas_pthread(int n, void *function, void *args, int stride): calls
         # function(args + i * stride) for i < n, i = 0 on the calling thread, and returns
         # when all n calls have returned
-        self.pthread = ctypes.CDLL(controller.filepath).gotoblas_pthread
+        self.pthread = lib.gotoblas_pthread
         # (the function typed as such, not cast to void *: ctypes.cast ties the callback and
         # the pointer into a reference cycle that kept each call's arrays alive until the
         # garbage collector ran, +300 MB peak memory in `baby`)
         self.pthread.argtypes = [ctypes.c_int, _LANE_FUNCTION, ctypes.c_void_p, ctypes.c_int]
         self.pthread.restype = ctypes.c_int
-
-    def threads(self):
-        return self.controller.get_num_threads()
-
-    def set_threads(self, n):
-        self.controller.set_num_threads(n)
 
 
 def _openblas():
@@ -65,7 +68,7 @@ def _openblas():
                     if c.internal_api == "openblas" and c.threading_layer == "pthreads":
                         _state["blas"] = _OpenBLAS(c)
                         break
-            except (ImportError, OSError, AttributeError):  # no threadpoolctl / library / symbol
+            except (ImportError, OSError, AttributeError, StopIteration):  # no threadpoolctl / library / symbol
                 pass
         return _state["blas"]
 
@@ -81,6 +84,7 @@ def lane_count():
 
 _inside = threading.local()  # .active: this thread is running a lane's task
 _running = threading.Lock()  # held while lanes run: one set at a time per process
+_batch = {}  # while _running is held: "tasks", and per lane its "results" and "errors"
 
 
 def run_lanes(tasks):
@@ -95,39 +99,56 @@ def run_lanes(tasks):
     try:
         return _run_on_blas_threads(tasks)
     finally:
+        _batch.clear()  # the tasks' arrays are not kept alive until the next call
         _running.release()
 
 
 def _run_on_blas_threads(tasks):
-    results, errors = [None] * len(tasks), [None] * len(tasks)
-
-    def lane(index):  # index: the `args + i * stride` of gotoblas_pthread, with args 0, stride 1
-        i = index or 0  # (ctypes passes a null pointer as None)
-        _inside.active = True
-        try:
-            results[i] = tasks[i]()
-        except BaseException as e:  # noqa: B036 (re-raised below, on the caller's thread)
-            errors[i] = e
-        finally:
-            _inside.active = False
-
+    _batch.update(tasks=tasks, results=[None] * len(tasks), errors=[None] * len(tasks))
     blas = _openblas()
-    function = _LANE_FUNCTION(lane)  # referenced until the call returns
     threads = blas.threads()
     blas.set_threads(1)  # BLAS called inside a lane stays on that lane's thread
     try:
-        blas.pthread(len(tasks), function, None, 1)
+        blas.pthread(len(tasks), _lane_function, None, 1)
     finally:
         blas.set_threads(threads)
-    for e in errors:
+    for e in _batch["errors"]:
         if e is not None:
             raise e
-    return results
+    return _batch["results"]
 
 
-# Below this many elements an elementwise op stays on one lane: a second costs tens of
-# microseconds to start (decoding one token with the KV cache is all small ops).
-MIN_ELEMENTS_TO_SPLIT = 1 << 16
+_gil_state_ensure = ctypes.pythonapi.PyGILState_Ensure
+_gil_state_ensure.argtypes, _gil_state_ensure.restype = [], ctypes.c_int
+
+
+def _lane(index):
+    """The task of lane `index` (gotoblas_pthread's `args + i * stride`, with args 0 and
+    stride 1; ctypes passes 0 as None), run on the thread OpenBLAS gives that lane."""
+    i = index or 0
+    if i > 0 and not getattr(_inside, "kept", False):
+        # An OpenBLAS worker is a thread Python did not start: ctypes makes it a Python thread
+        # state on entry and deletes it on return, ~40 us a call. One extra PyGILState_Ensure,
+        # never released, keeps the count above zero, so the state is made once per worker.
+        _gil_state_ensure()
+        _inside.kept = True
+    _inside.active = True
+    try:
+        _batch["results"][i] = _batch["tasks"][i]()
+    except BaseException as e:  # noqa: B036 (re-raised by _run_on_blas_threads, on the caller's thread)
+        _batch["errors"][i] = e
+    finally:
+        _inside.active = False
+
+
+_lane_function = _LANE_FUNCTION(_lane)  # made once: a ctypes callback costs ~19 us to make
+
+
+# Below this many elements an elementwise op stays on one lane: a second costs 10-30 us to
+# start, as much as layer norm takes for ~50,000 elements (measured: tiny's (768, 128) layer
+# norm, 98,304 elements, 76 us forward on one lane, 96 on two; its GELU, 393,216, 286 on one,
+# 224 on two). Decoding one token with the KV cache is all small ops.
+MIN_ELEMENTS_TO_SPLIT = 1 << 17
 
 
 def over_rows(fn, n_rows, n_elements):
@@ -138,9 +159,8 @@ def over_rows(fn, n_rows, n_elements):
 
 
 def row_slices(B, n):
-    """Split rows 0..B-1 into n contiguous, near-equal slices."""
-    bounds = np.linspace(0, B, n + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    """Split rows 0..B-1 into n contiguous slices whose sizes differ by at most one."""
+    return [slice(B * i // n, B * (i + 1) // n) for i in range(n)]
 
 
 class LanesCache(NamedTuple):
