@@ -2,6 +2,8 @@
 The timings themselves are not asserted (performance claims live in benchmarks); what is
 asserted is what must hold whatever the machine's speed."""
 import json
+import os
+import platform
 import time
 
 import numpy as np
@@ -38,6 +40,8 @@ def test_vintage_bench_json_contract(capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out)
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
     assert result["lanes"] == 1  # one BLAS thread, one lane
+    on = platform.libc_ver()[0] == "glibc" and os.environ.get("VINTAGELM_REUSE_MEMORY", "1") != "0"
+    assert result["reuse_freed_memory"] is on
     tiny = result["tiny"]
     for impl in ("vintagelm", "torch"):
         assert tiny[impl]["tokens_per_s"] > 0 and tiny[impl]["peak_rss_mb"] > 0

@@ -291,11 +291,13 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         import torch  # noqa: F401
 
         set_threads(threads)
+    from vintagelm.heap import reuse_freed_memory
     from vintagelm.nn.kernels import get_kernels
     from vintagelm.nn.lanes import lane_count
 
+    # (set by making the first model anyway; process-wide, so the torch runs have it too)
     result = {"blas_kernel": blas_kernel(), "threads": threads, "elementwise_kernels": get_kernels("auto", np.float32).name,
-              "lanes": lane_count()}
+              "lanes": lane_count(), "reuse_freed_memory": reuse_freed_memory()}
     for name in config_names:
         config, batch_size = make_config(name)
         batches = make_batches(config, batch_size, 8)
@@ -331,7 +333,8 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
 def format_report(result, config_names):
     lines = [
         f"BLAS: {result['blas_kernel']}, {result['threads']} threads; "
-        f"elementwise kernels: {result['elementwise_kernels']}; lanes (nn/lanes.py): {result['lanes']}",
+        f"elementwise kernels: {result['elementwise_kernels']}; lanes (nn/lanes.py): {result['lanes']}; "
+        f"freed memory kept for reuse (heap.py, both implementations): {'yes' if result['reuse_freed_memory'] else 'no'}",
         "",
         f"{'config':<6} {'impl':<10} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11}",
     ]
