@@ -55,15 +55,24 @@ def test_vintage_bench_json_contract(capsys, monkeypatch):
     assert tiny["matmul_gflops"] == result["matmul_gflops"] > 0
 
 
-def test_gemm_probe_cycles_through_the_shapes(monkeypatch):
+def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step(monkeypatch):
     monkeypatch.setattr(bench, "GEMM_SHAPES", [(64, 32, 16), (8, 8, 8)])
-    probe = bench.GemmProbe()
-    for _ in range(5):
-        probe.step(None, None)
-    assert [len(t) for t in probe.seconds] == [3, 2]
+    probe = bench.GemmProbe(steps_per_turn=2)
+    samples = bench.time_alternating({"gemm": probe}, [(None, None)], rounds=3, steps_per_round=2)
+    assert probe.calls == 9 and len(samples["gemm"]) == 3
+    assert [[len(t) for t in turn] for turn in probe.rounds] == [[2, 2]] * 3  # 2 timed steps, both shapes
     a, b, out = probe.operands[0]
     np.testing.assert_allclose(out, a @ b, rtol=1e-5)  # it really multiplied
-    assert probe.gflops() > 0
+    rates = probe.gflops_per_round()
+    assert len(rates) == 3 and all(r > 0 for r in rates)
+
+
+def test_paired_mfu_divides_round_by_round():
+    # 1 GFLOP steps; round 2 ran at half speed on both sides, so every round is 50%
+    assert bench.paired_mfu(1e9, [0.5, 1.0, 0.5], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
+    # rounds at 50%, 50%, 25%: the median is 50%, where the ratio of the medians
+    # (1 GFLOP / 1.0 s / 4 GFLOP/s) would be 25%
+    assert bench.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
 
 
 def test_breakdown_categories_add_up_and_patches_are_undone():

@@ -10,7 +10,7 @@ two medians is reported beside it. Memory: each implementation trains in a
 child process of its own and reports its peak RSS (a process-wide high-water mark cannot be
 split between two implementations sharing a process). MFU: model FLOPs per second divided by
 the float32 matmul FLOP/s NumPy reaches here, sampled by the same command in the same rounds
-(GemmProbe). The per-op
+(GemmProbe), per round, median over rounds (paired_mfu). The per-op
 breakdown times one instrumented training step of vintagelm.
 
 The torch reference lives in the repository's tests/torch_gpt.py (torch is a test-only
@@ -111,31 +111,49 @@ def blas_kernel():
 
 class GemmProbe:
     """NumPy's float32 GEMM rate on GEMM_SHAPES, sampled as one more participant in the
-    alternating rounds (one multiply per step, cycling through the shapes), so the rate that
-    MFU divides by is measured over the same minutes as the training steps it is compared with."""
+    alternating rounds, so the rate that MFU divides by is measured over the same minutes,
+    round by round, as the training steps it is compared with. Each step multiplies every
+    shape once, each timed; the first step of a turn is time_alternating's untimed one (cold
+    caches), so its times are dropped here too: `steps_per_turn` is that function's
+    steps_per_round."""
 
-    def __init__(self):
+    def __init__(self, steps_per_turn):
         rng = np.random.default_rng(0)
         self.operands = [
             (rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32),
              np.empty((M, N), dtype=np.float32))
             for M, K, N in GEMM_SHAPES
         ]
-        self.seconds = [[] for _ in GEMM_SHAPES]  # per shape, every multiply timed
+        self.steps_per_turn = steps_per_turn
+        self.rounds = []  # per turn: per shape, the seconds of each timed multiply
         self.calls = 0
 
     def step(self, x, y):
-        k = self.calls % len(GEMM_SHAPES)
+        first_of_turn = self.calls % (self.steps_per_turn + 1) == 0
         self.calls += 1
-        a, b, out = self.operands[k]
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        self.seconds[k].append(time.perf_counter() - t0)
+        seconds = []
+        for a, b, out in self.operands:
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            seconds.append(time.perf_counter() - t0)
+        if first_of_turn:
+            self.rounds.append([[] for _ in GEMM_SHAPES])
+        else:
+            for per_shape, t in zip(self.rounds[-1], seconds):
+                per_shape.append(t)
 
-    def gflops(self):
-        """Median over the shapes of each shape's median rate."""
-        rates = [2 * M * K * N / np.median(t) / 1e9 for (M, K, N), t in zip(GEMM_SHAPES, self.seconds) if t]
-        return float(np.median(rates))
+    def gflops_per_round(self):
+        """Per round, the median over the shapes of each shape's rate in that round."""
+        return [
+            float(np.median([2 * M * K * N / np.mean(t) / 1e9 for (M, K, N), t in zip(GEMM_SHAPES, turn)]))
+            for turn in self.rounds
+        ]
+
+
+def paired_mfu(flops_per_step, step_seconds, gflops_per_round):
+    """Median over rounds of that round's model FLOP/s over that round's GEMM rate: paired,
+    like the speed ratio, so drift between rounds cancels."""
+    return float(np.median([flops_per_step / s / (g * 1e9) for s, g in zip(step_seconds, gflops_per_round, strict=True)]))
 
 
 def time_alternating(trainers, batches, rounds, steps_per_round):
@@ -306,17 +324,17 @@ def run_bench(config_names, threads=2, rounds=7, steps_per_round=None, with_torc
         if use_torch:
             trainers["torch"] = TorchTrainer(config, trainers["vintagelm"].model.params)
         steps = steps_per_round or (10 if tokens * config.n_embd < 2e6 else 2)
-        probe = GemmProbe()
+        probe = GemmProbe(steps)
         samples = time_alternating({**trainers, "gemm": probe}, batches, rounds, steps)
         del samples["gemm"]
-        entry = {"matmul_gflops": probe.gflops()}
+        gemm_rates = probe.gflops_per_round()
+        entry = {"matmul_gflops": float(np.median(gemm_rates))}
         for impl, times in samples.items():
             s = float(np.median(times))
             entry[impl] = {"tokens_per_s": tokens / s, "ms_per_step": 1000 * s}
             if with_memory:
                 entry[impl]["peak_rss_mb"] = peak_rss_mb(impl, name, threads)
-        flops = trainers["vintagelm"].model.flops_per_token() * entry["vintagelm"]["tokens_per_s"]
-        entry["mfu"] = flops / (entry["matmul_gflops"] * 1e9)
+        entry["mfu"] = paired_mfu(trainers["vintagelm"].model.flops_per_token() * tokens, samples["vintagelm"], gemm_rates)
         if use_torch:
             # paired: the two runs of one round saw the same machine state, so their ratio
             # cancels the drift that the medians of each series keep (see the module docstring)
