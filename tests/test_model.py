@@ -151,6 +151,22 @@ def test_accumulated_backward_equals_sum_of_micro_batches():
         np.testing.assert_allclose(total[k], first[k] + second[k], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("variant", [{}, {"norm": "post", "tie_weights": False}, {"norm": "none", "bias": False, "pos": "sinusoidal"}])
+def test_backward_leaves_nothing_of_the_previous_backward(variant):
+    # some slots are overwritten by backward and others summed into: after a backward on
+    # batch A, a backward on batch B must give exactly what a fresh model gives on B
+    cfg = GPTConfig(**{**SMALL, **variant})
+    rng = np.random.default_rng(5)
+    a, b = [(rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))) for _ in range(2)]
+    model, fresh = GPT(cfg, dtype=np.float64), GPT(cfg, dtype=np.float64)
+    model.forward(*a)
+    model.backward()
+    model.forward(*b)
+    fresh.forward(*b)
+    np.testing.assert_array_equal(model.backward()["wte.weight"], fresh.backward()["wte.weight"])
+    np.testing.assert_array_equal(model.flat_grads, fresh.flat_grads)
+
+
 def test_tiny_model_memorises_a_repeated_sequence():
     text = "to be or not to be, "  # period 20; every window starts at a multiple of it
     chars = sorted(set(text))

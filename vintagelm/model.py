@@ -120,6 +120,11 @@ def param_shapes(config):
     return shapes
 
 
+# the layers whose backward writes its weight and bias gradients into their slots outright
+# (GPT._linear_backward); every other gradient is added into its slot, which starts at zero
+LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
 def flat_views(flat, shapes):
     """Carve a flat 1-D buffer into named views with the given shapes (no copies)."""
     views, offset = {}, 0
@@ -149,6 +154,9 @@ class GPT:
         self.flat_grads = np.zeros(n, dtype=dtype)
         self.params = flat_views(self.flat_params, self.shapes)
         self.grads = flat_views(self.flat_grads, self.shapes)
+        # zeroed before each backward: the slots nothing overwrites (5% of the parameters in
+        # `baby`; zeroing all of them was 4 ms a step)
+        self._summed_grads = [g for k, g in self.grads.items() if not k.rsplit(".", 1)[0].endswith(LINEAR_LAYERS)]
         self.pos_table = (
             sinusoidal_table(config.block_size, config.n_embd, dtype) if config.pos == "sinusoidal" else None
         )
@@ -341,7 +349,8 @@ class GPT:
         self._cache = None  # free the activations as soon as we are done with them
         self._accumulate = accumulate
         if not accumulate:
-            self.flat_grads.fill(0.0)
+            for g in self._summed_grads:
+                g.fill(0.0)
         dlogits = cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
         # forward: logits = x @ Wᵀ with W (V, C)
         W = self.head_weight()
