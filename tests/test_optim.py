@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vintagelm.optim import SGD, AdamW, clip_grad_norm, lr_at
+from vintagelm.optim import SGD, AdamW, clip_factor, clip_grad_norm, grad_norm, lr_at
 
 ATOL = 1e-6
 STEPS = 20
@@ -179,6 +179,39 @@ def test_state_dict_resume_is_exact(parity, make):
     for name in sorted(straight):
         parity.check(name, resumed[name], straight[name])
     parity.assert_ok()
+
+
+@pytest.mark.parametrize(
+    "make,dtype,rtol",
+    [
+        (lambda p: AdamW(p, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, kernels="numpy"), np.float64, 0.0),
+        (lambda p: AdamW(p, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, kernels="numba"), np.float32, 1e-6),
+        (lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), np.float64, 0.0),
+    ],
+    ids=["adamw-numpy", "adamw-numba", "sgd"],
+)
+def test_grad_scale_equals_clipping_the_gradients_first(make, dtype, rtol):
+    # the training loop's clipping (clip_factor as grad_scale) against clip_grad_norm's
+    # in-place scaling, over steps that clip (norms 12-13 > 2) and steps that do not (1.1-1.3)
+    params = {k: p.astype(dtype) for k, p in initial_params().items()}
+    clipped, scaled = {k: p.copy() for k, p in params.items()}, {k: p.copy() for k, p in params.items()}
+    opt_clipped, opt_scaled = make(clipped), make(scaled)
+    for i, grads in enumerate(gradient_sequence(steps=6)):
+        grads = {k: (g if i % 2 else 0.1 * g).astype(dtype) for k, g in grads.items()}
+        ours = {k: g.copy() for k, g in grads.items()}
+        clip_grad_norm(grads, 2.0)
+        opt_clipped.step(grads)
+        opt_scaled.step(ours, grad_scale=clip_factor(grad_norm(ours), 2.0))
+    for k in params:
+        np.testing.assert_allclose(scaled[k], clipped[k], rtol=rtol, atol=0)
+        assert np.max(np.abs(scaled[k] - params[k])) > 1e-3  # and they moved
+
+
+def test_clip_factor():
+    assert clip_factor(4.0, 2.0) == pytest.approx(0.5, rel=1e-6)
+    assert clip_factor(1.0, 2.0) == 1.0
+    assert clip_factor(math.inf, 2.0) == clip_factor(math.nan, 2.0) == 1.0  # the step is skipped anyway
+    assert clip_factor(3.0, math.inf) == 1.0  # no clipping
 
 
 @pytest.mark.parametrize("ratio", [0.3, 1.0 - 1e-3, 2.0, None], ids=["clips", "just-clips", "no-clip", "zero-grads"])

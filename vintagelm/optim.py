@@ -61,7 +61,9 @@ class AdamW(Optimizer):
         dtypes = {p.dtype for p in params.values()}
         self.fused = get_kernels(kernels, dtypes.pop() if len(dtypes) == 1 else np.float64).name == "numba"
 
-    def step(self, grads, lr=None):
+    def step(self, grads, lr=None, grad_scale=1.0):
+        """One update with the gradients `grads` times grad_scale (the factor of gradient
+        clipping, see clip_factor: applied as each gradient is read, not in a pass of its own)."""
         lr = self.lr if lr is None else lr
         b1, b2 = self.betas
         self.t += 1
@@ -70,10 +72,12 @@ class AdamW(Optimizer):
         update = self._update_fused if self.fused else self._update
         for k, p in self.params.items():
             decay = 1 - lr * self.weight_decay if decays(p) else 1.0
-            update(p, grads[k], self.state["m"][k], self.state["v"][k], decay, step_size, rsqrt_bc2)
+            update(p, grads[k], self.state["m"][k], self.state["v"][k], decay, step_size, rsqrt_bc2, grad_scale)
 
-    def _update(self, p, g, m, v, decay, step_size, rsqrt_bc2):
+    def _update(self, p, g, m, v, decay, step_size, rsqrt_bc2, grad_scale):
         b1, b2 = self.betas
+        if grad_scale != 1.0:
+            g = g * g.dtype.type(grad_scale)
         if decay != 1.0:
             p *= decay
         m *= b1
@@ -85,12 +89,12 @@ class AdamW(Optimizer):
         denom += self.eps
         p -= step_size * (m / denom)
 
-    def _update_fused(self, p, g, m, v, decay, step_size, rsqrt_bc2):
+    def _update_fused(self, p, g, m, v, decay, step_size, rsqrt_bc2, grad_scale):
         from vintagelm.nn.fused import adamw_update
 
         f = np.float32
         adamw_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(decay), f(self.betas[0]),
-                     f(self.betas[1]), f(step_size), f(rsqrt_bc2), f(self.eps))
+                     f(self.betas[1]), f(step_size), f(rsqrt_bc2), f(self.eps), f(grad_scale))
 
 
 class SGD(Optimizer):
@@ -108,11 +112,12 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
 
-    def step(self, grads, lr=None):
+    def step(self, grads, lr=None, grad_scale=1.0):
+        """One update with the gradients `grads` times grad_scale (see AdamW.step)."""
         lr = self.lr if lr is None else lr
         self.t += 1
         for k, p in self.params.items():
-            g = grads[k]
+            g = grads[k] if grad_scale == 1.0 else grads[k] * grads[k].dtype.type(grad_scale)
             if self.weight_decay and decays(p):
                 g = g + self.weight_decay * p
             if self.momentum:
@@ -126,17 +131,29 @@ class SGD(Optimizer):
             p -= lr * g
 
 
+def grad_norm(grads):
+    """The global L2 norm of all gradients (float; inf or nan when one is not finite)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+
+
+def clip_factor(norm, max_norm):
+    """What gradient clipping multiplies every gradient by: max_norm / norm when the global
+    norm is above max_norm, else 1 (torch's clip_grad_norm_, which adds 1e-6 to the norm)."""
+    return min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else 1.0
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm.
 
     Returns the norm before clipping (float; inf or nan when a gradient is not finite, in
-    which case nothing is scaled and the caller should skip the step)."""
-    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
-    if math.isfinite(total):
-        coef = max_norm / (total + 1e-6)
-        if coef < 1.0:
-            for g in grads.values():
-                g *= coef
+    which case nothing is scaled and the caller should skip the step). The training loop
+    instead hands clip_factor(...) to the optimizer's step as grad_scale, which saves this
+    pass over every gradient."""
+    total = grad_norm(grads)
+    coef = clip_factor(total, max_norm)
+    if coef < 1.0:
+        for g in grads.values():
+            g *= coef
     return total
 
 

@@ -39,7 +39,7 @@ from vintagelm.common import UserError, atomic_path, cache_root, write_json_atom
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch, load_dataset, sequential_batches
 from vintagelm.model import GPT
-from vintagelm.optim import AdamW, clip_grad_norm, lr_at
+from vintagelm.optim import AdamW, clip_factor, grad_norm, lr_at
 
 
 # ---------------------------------------------------------------- data
@@ -240,11 +240,12 @@ class Trainer:
         loss = accumulate_gradients(model, micro)
         if self.step == 0:
             self.check_initial_loss(loss)
-        norm = clip_grad_norm(model.grads, cfg.grad_clip or math.inf)  # pre-clip norm; nan/inf: untouched
+        norm = grad_norm(model.grads)  # before clipping; nan/inf: the step is skipped
         self.step += 1
         row = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
         if math.isfinite(loss) and math.isfinite(norm):
-            self.optimizer.step(model.grads, lr=lr)
+            # clipping: the optimizer reads the gradients times this factor
+            self.optimizer.step(model.grads, lr=lr, grad_scale=clip_factor(norm, cfg.grad_clip or math.inf))
             self.bad_steps = 0
             return row
         self.bad_steps += 1
