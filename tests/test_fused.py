@@ -76,6 +76,11 @@ def test_layernorm(shape, has_bias):
         else:
             assert got.shape == ref.shape and got.dtype == ref.dtype
             close(got, ref, 1e-5)
+    # a residual's gradient added in the same pass: dx + skip, the rest unchanged
+    skip = rand(rng, *shape)
+    dx_ref = norm.layernorm_backward(dy, c_ref, has_bias)[0]
+    close(norm.layernorm_backward(dy, c_ref, has_bias, skip=skip)[0], dx_ref + skip, 1e-7)
+    close(fused.layernorm_backward(dy, c, has_bias, skip=skip)[0], dx_ref + skip, 1e-5)
 
 
 def test_layernorm_rows_are_independent_of_the_batch():

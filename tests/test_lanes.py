@@ -200,7 +200,7 @@ def test_elementwise_kernels_split_over_lanes_equal_one_lane(blas_threads, monke
     def everything():
         y_ln, c_ln = fused.layernorm_forward(x, w, b)
         y_gelu, c_gelu = fused.gelu_forward(x.copy(), b)
-        return (y_ln, *fused.layernorm_backward(dy, c_ln), y_gelu, c_gelu.x, fused.gelu_backward(dy, c_gelu))
+        return (y_ln, *fused.layernorm_backward(dy, c_ln, skip=x), y_gelu, c_gelu.x, fused.gelu_backward(dy, c_gelu))
 
     monkeypatch.setattr(lanes, "MIN_ELEMENTS_TO_SPLIT", 1)
     split = everything()

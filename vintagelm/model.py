@@ -385,15 +385,15 @@ class GPT:
         post: out = ln(x + f(x))  ->  dz = ln_back(dout); dx = dz + f_back(dz)
         none: out = x + f(x)      ->  dx = dout + f_back(dout)"""
         norm, bias = self.config.norm, self.config.bias
-        if norm == "pre":
-            dx, dw, db = self.kernels.layernorm_backward(sublayer_backward(dout), ln_cache, bias)
+        if norm == "pre":  # the skip path's dout is added in the norm's own pass
+            dx, dw, db = self.kernels.layernorm_backward(sublayer_backward(dout), ln_cache, bias, skip=dout)
             self._add_grad(ln_name, dw, db)
-        else:
-            if norm == "post":
-                dout, dw, db = self.kernels.layernorm_backward(dout, ln_cache, bias)
-                self._add_grad(ln_name, dw, db)
-            dx = sublayer_backward(dout)
-        dx += dout  # dx is fresh (a matmul's or the norm's output): add the skip path into it
+            return dx
+        if norm == "post":
+            dout, dw, db = self.kernels.layernorm_backward(dout, ln_cache, bias)
+            self._add_grad(ln_name, dw, db)
+        dx = sublayer_backward(dout)
+        dx += dout  # dx is fresh (a matmul's output): add the skip path into it
         return dx
 
     def _linear_backward(self, dy, cache, name):

@@ -217,8 +217,9 @@ def _layernorm_forward(x, w, b, eps, y, xhat, rstd):
 
 
 @kernel
-def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
-    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * w."""
+def _layernorm_backward_dx(dy, xhat, rstd, w, skip, dx):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ skip) per row, g = dy * w.
+    (skip None compiles a version without the add.)"""
     N, C = dy.shape
     for n in range(N):
         sg, sgx = 0.0, 0.0
@@ -227,8 +228,12 @@ def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
             sg += g
             sgx += g * np.float64(xhat[n, c])
         mg, mgx, r = f32(sg / C), f32(sgx / C), f32(rstd[n])
-        for c in range(C):
-            dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
+        if skip is None:
+            for c in range(C):
+                dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
+        else:
+            for c in range(C):
+                dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx) + skip[n, c]
 
 
 @kernel
@@ -253,15 +258,16 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
 
 
-def layernorm_backward(dy, cache, has_bias=True):
-    """Same contract as norm.layernorm_backward."""
+def layernorm_backward(dy, cache, has_bias=True, skip=None):
+    """Same contract as norm.layernorm_backward (skip added in the same pass as dx)."""
     xhat, rstd, w = cache
     C = xhat.shape[-1]
     dy2, xhat2 = np.ascontiguousarray(dy).reshape(-1, C), xhat.reshape(-1, C)
+    skip2 = None if skip is None else np.ascontiguousarray(skip).reshape(-1, C)
     dx, rstd = np.empty_like(dy2), rstd.reshape(-1)
 
     def rows_backward(n):  # -> this slice's share of dw, db
-        _layernorm_backward_dx(dy2[n], xhat2[n], rstd[n], w, dx[n])
+        _layernorm_backward_dx(dy2[n], xhat2[n], rstd[n], w, None if skip2 is None else skip2[n], dx[n])
         dw, db = np.zeros(C), np.zeros(C)
         _layernorm_backward_params(dy2[n], xhat2[n], dw, db)
         return dw, db

@@ -24,8 +24,9 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     return y, LayerNormCache(xhat, rstd, w)
 
 
-def layernorm_backward(dy, cache, has_bias=True):
-    """dy (..., C) -> dx (..., C), dw (C,), db (C,) or None.
+def layernorm_backward(dy, cache, has_bias=True, skip=None):
+    """dy (..., C) -> dx (..., C), dw (C,), db (C,) or None; skip (..., C), when given, is
+    added to dx (the gradient of a residual path that went around the norm).
 
     Forward was y = xhat * w + b with xhat = (x - mean) * rstd. With g = dy * w (the gradient
     reaching xhat), differentiating through mean and rstd gives
@@ -45,4 +46,6 @@ def layernorm_backward(dy, cache, has_bias=True):
     dx = xhat * mean_gx
     np.subtract(g, dx, out=dx)
     dx *= rstd
+    if skip is not None:
+        dx += skip
     return dx, dw, db
