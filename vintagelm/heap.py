@@ -3,7 +3,7 @@
 A training step allocates the same activations every step (in `baby` ~200 MB in arrays of
 1-13 MB each), holds them through the forward pass and frees them in the backward pass.
 glibc's malloc hands free memory at the top of its heap back to the OS once there is more
-than a threshold of it (twice the largest block freed so far, ~26 MB here), and blocks over
+than a threshold of it (twice the largest block freed so far, ~25 MB here), and blocks over
 its mmap threshold are mapped fresh and unmapped on free; so every step the kernel gives
 out ~50,000 new zeroed pages again, one page fault each. On this machine kind a fault costs
 ~4 us: ~250 ms of a 1.4 s step went to page faults (measured, baby: 50,502 faults per step;
@@ -18,7 +18,6 @@ PyTorch included). Elsewhere (macOS, musl) there is no mallopt and nothing chang
 Set VINTAGELM_REUSE_MEMORY=0 to leave malloc as it is.
 """
 import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -40,10 +39,9 @@ def reuse_freed_memory():
 
 
 def _set_thresholds():
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or one without mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the symbols the process already has: its C library's
+    except (OSError, AttributeError):  # a C library without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; the mmap threshold first, so that setting it fixes it
