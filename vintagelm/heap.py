@@ -18,24 +18,19 @@ PyTorch included). Elsewhere (macOS, musl) there is no mallopt and nothing chang
 Set VINTAGELM_REUSE_MEMORY=0 to leave malloc as it is.
 """
 import ctypes
+import functools
 import os
-import threading
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's <malloc.h>
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: HEAP_MAX_SIZE / 2 on 64-bit
 TRIM_THRESHOLD = 1 << 30  # more than a step of the models we train frees at once
 
-_lock = threading.Lock()
-_done = []  # [True or False] once tried: whether the thresholds were set
 
-
+@functools.cache
 def reuse_freed_memory():
     """Set malloc's thresholds once per process (see the module docstring). Returns whether
     they are set: False without glibc or with VINTAGELM_REUSE_MEMORY=0."""
-    with _lock:
-        if not _done:
-            _done.append(os.environ.get("VINTAGELM_REUSE_MEMORY", "1") != "0" and _set_thresholds())
-        return _done[0]
+    return os.environ.get("VINTAGELM_REUSE_MEMORY", "1") != "0" and _set_thresholds()
 
 
 def _set_thresholds():

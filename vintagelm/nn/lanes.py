@@ -18,6 +18,7 @@ OpenBLAS built with OpenMP) there is one lane and everything runs as one call, a
 Set VINTAGELM_LANES=1 to turn lanes off.
 """
 import ctypes
+import functools
 import os
 import threading
 from typing import NamedTuple
@@ -26,8 +27,6 @@ import numpy as np
 
 from vintagelm.nn import attention
 
-_lock = threading.Lock()
-_state = {}  # "blas": the OpenBLAS controls, or None
 _LANE_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void f(void *arg)
 
 
@@ -56,21 +55,18 @@ class _OpenBLAS:
         self.pthread.restype = ctypes.c_int
 
 
+@functools.cache
 def _openblas():
     """NumPy's OpenBLAS, when it can run our lanes on its threads; else None. Looked up once."""
-    with _lock:
-        if "blas" not in _state:
-            _state["blas"] = None
-            try:
-                import threadpoolctl
+    try:
+        import threadpoolctl
 
-                for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
-                    if c.internal_api == "openblas" and c.threading_layer == "pthreads":
-                        _state["blas"] = _OpenBLAS(c)
-                        break
-            except (ImportError, OSError, AttributeError, StopIteration):  # no threadpoolctl / library / symbol
-                pass
-        return _state["blas"]
+        for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+            if c.internal_api == "openblas" and c.threading_layer == "pthreads":
+                return _OpenBLAS(c)
+    except (ImportError, OSError, AttributeError, StopIteration):  # no threadpoolctl / library / symbol
+        pass
+    return None
 
 
 def lane_count():
