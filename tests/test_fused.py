@@ -47,7 +47,7 @@ def test_gelu_with_bias():
     close(fused.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
 
 
-@pytest.mark.parametrize("Tq,Tk,offset", [(8, 8, 0), (4, 12, 8), (1, 30, 29), (5, 5, 0)])
+@pytest.mark.parametrize("Tq,Tk,offset", [(8, 8, 0), (4, 12, 8), (1, 30, 29), (5, 5, 0), (64, 256, 192)])
 def test_causal_softmax_and_backward(Tq, Tk, offset):
     rng = np.random.default_rng(2)
     s = rand(rng, 2, 3, Tq, Tk, scale=4)

@@ -11,7 +11,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import vintagelm.train as train_mod
 from vintagelm import GPT, GPTConfig
 from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.common import UserError

@@ -111,6 +111,23 @@ E0, E1, E2, E3, E4, E5 = (f32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3
                                            4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 
 
+@njit(fastmath=True, inline="always", cache=True)
+def _row_max(row, n):
+    """max(row[:n]), n >= 1, over eight running maxima: the compiler does not vectorise a
+    max reduction, and one running max waits on the previous comparison at every entry
+    (measured: a (24, 64, 256) max pass 0.18 ms with one, 0.08 ms with eight)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = row[0]
+    j = 0
+    while j + 8 <= n:
+        a0, a1, a2, a3 = max(a0, row[j]), max(a1, row[j + 1]), max(a2, row[j + 2]), max(a3, row[j + 3])
+        a4, a5, a6, a7 = max(a4, row[j + 4]), max(a5, row[j + 5]), max(a6, row[j + 6]), max(a7, row[j + 7])
+        j += 8
+    while j < n:
+        a0 = max(a0, row[j])
+        j += 1
+    return max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7)))
+
+
 # The two softmax kernels are called from inside attention's lanes (nn/lanes.py), one per
 # lane at the same time, on each lane's share of the batch.
 @kernel
@@ -124,9 +141,7 @@ def _causal_softmax_rows(s, offset, scale):
         pow2 = pow2_bits.view(np.float32)
         for i in range(Tq):
             last = min(offset + i + 1, Tk)
-            m = s[r, i, 0]
-            for j in range(1, last):
-                m = max(m, s[r, i, j])
+            m = _row_max(s[r, i], last)
             for j in range(last):
                 x = max((s[r, i, j] - m) * scale, f32(-87.0))  # below -87 exp underflows anyway
                 n = np.floor(x * LOG2E + f32(0.5))  # -126 <= n <= 0: 2^n is a normal float
