@@ -61,6 +61,19 @@ def test_causal_softmax_and_backward(Tq, Tk, offset):
     close(fused.softmax_backward(dp.copy(), p_ref, 0.125), scaled, 1e-5)
 
 
+def test_row_max_finds_the_maximum_wherever_it_is():
+    # softmax gives the same result for any subtracted constant (until exp overflows), so the
+    # softmax tests above cannot see a wrong row max; check it against NumPy directly, for
+    # lengths around the eight-way unrolling and the maximum at every position
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, 8, 9, 15, 16, 17, 40):
+        for at in range(n):
+            row = rand(rng, n + 5)
+            row[n:] = 100.0  # past n: never part of the maximum
+            row[at] = 10.0
+            assert fused._row_max(row, n) == np.float32(10.0) == row[:n].max()
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 5), (3, 7, 64), (2, 9, 384)])
 @pytest.mark.parametrize("has_bias", [True, False])
 def test_layernorm(shape, has_bias):
