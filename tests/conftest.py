@@ -127,3 +127,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for (_, func, kind), (case, row) in worst.items():
         write(f"{func:<46} {kind:<7} abs {row.err:.2e}  rel {row.rel:.2e}  ({row.tolerance()})"
               f"  worst: {case} {row.name}")
+
+
+@pytest.fixture(params=["reference", "fast"])
+def backend(request):
+    """Run a test on both backends (vintagelm/backend.py): they must give the same results."""
+    return request.param

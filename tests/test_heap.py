@@ -1,6 +1,7 @@
-"""heap.py: once a model exists, freeing and reallocating an activation-sized array reuses
-the freed pages instead of faulting in new ones. Counted in a fresh process each time, since
-the setting is process-wide and cannot be undone."""
+"""fast/heap.py: once a fast-backend model exists, freeing and reallocating an activation-sized
+array reuses the freed pages instead of faulting in new ones; a reference-backend model leaves
+malloc as it is. Counted in a fresh process each time, since the setting is process-wide and
+cannot be undone."""
 import json
 import os
 import platform
@@ -15,11 +16,10 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # `baby` activation is 1-13 MiB) made and written in full (the forward pass), then all freed
 # (the backward pass); page faults (ru_minflt) counted across the rounds after a first one
 COUNT_FAULTS = """
-import json, resource
+import json, resource, sys
 import numpy as np
 from vintagelm import GPT, GPTConfig
-GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-from vintagelm.heap import reuse_freed_memory
+GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), backend=sys.argv[1])
 
 def churn():
     arrays = [np.empty(3 << 18, dtype=np.float32) for _ in range(10)]
@@ -32,14 +32,16 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     churn()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"set": reuse_freed_memory(), "faults": faults}))
+heap = sys.modules.get("vintagelm.fast.heap")
+print(json.dumps({"set": heap is not None and heap.reuse_freed_memory(), "faults": faults}))
 """
 PAGES_PER_ARRAY = (3 << 20) // 4096
 
 
-def count_faults(reuse):
+def count_faults(reuse, backend="fast"):
     env = {**os.environ, "VINTAGELM_REUSE_MEMORY": "1" if reuse else "0"}
-    done = subprocess.run([sys.executable, "-c", COUNT_FAULTS], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", COUNT_FAULTS, backend], env=env, capture_output=True, text=True,
+                          check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -54,4 +56,10 @@ def test_without_it_every_round_faults_its_pages_in_again():
     # heap back to the OS, then faults it in again)
     result = count_faults(reuse=False)
     assert result["set"] is False
+    assert result["faults"] >= 20 * 10 * PAGES_PER_ARRAY // 2
+
+
+def test_the_reference_backend_leaves_malloc_as_it_is():
+    result = count_faults(reuse=True, backend="reference")
+    assert result["set"] is False  # fast/heap.py was never imported
     assert result["faults"] >= 20 * 10 * PAGES_PER_ARRAY // 2

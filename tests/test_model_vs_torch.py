@@ -79,8 +79,8 @@ def reference(config, params, idx, targets):
     return logits.detach().numpy(), loss.item(), ref.numpy_grads()
 
 
-def check_against_reference(parity, config, dtype=np.float32, B=3, T=11, seed=0, n_ignored=0):
-    model = vintagelm.GPT(config, seed=0, dtype=dtype)
+def check_against_reference(parity, config, dtype=np.float32, B=3, T=11, seed=0, n_ignored=0, backend="reference"):
+    model = vintagelm.GPT(config, seed=0, dtype=dtype, backend=backend)
     randomize(model.params, seed)
     idx, targets = make_batch(config.vocab_size, B, T, seed + 1, n_ignored)
 
@@ -104,21 +104,21 @@ def check_against_reference(parity, config, dtype=np.float32, B=3, T=11, seed=0,
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_parity_float32(parity, variant):
+def test_parity_float32(parity, backend, variant):
     norm, pos, tie, bias = variant
-    check_against_reference(parity, make_config(norm=norm, pos=pos, tie_weights=tie, bias=bias), np.float32)
+    check_against_reference(parity, make_config(norm=norm, pos=pos, tie_weights=tie, bias=bias), np.float32, backend=backend)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_parity_float64(parity, variant):
+def test_parity_float64(parity, backend, variant):
     norm, pos, tie, bias = variant
-    check_against_reference(parity, make_config(norm=norm, pos=pos, tie_weights=tie, bias=bias), np.float64)
+    check_against_reference(parity, make_config(norm=norm, pos=pos, tie_weights=tie, bias=bias), np.float64, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("norm", ["pre", "post", "none"])
-def test_parity_relu(parity, norm, dtype):
-    check_against_reference(parity, make_config(norm=norm, activation="relu"), dtype)
+def test_parity_relu(parity, backend, norm, dtype):
+    check_against_reference(parity, make_config(norm=norm, activation="relu"), dtype, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -127,15 +127,15 @@ def test_parity_relu(parity, norm, dtype):
     ids=["B1-T1", "B1-Tfull", "H1", "H4", "B4-T1-H1"],
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_parity_shapes(parity, B, T, n_head, dtype):
-    check_against_reference(parity, make_config(n_head=n_head, norm="post", pos="learned"), dtype, B=B, T=T)
+def test_parity_shapes(parity, backend, B, T, n_head, dtype):
+    check_against_reference(parity, make_config(n_head=n_head, norm="post", pos="learned"), dtype, B=B, T=T, backend=backend)
 
 
 @pytest.mark.parametrize("n_ignored", [5, 32], ids=["some", "all-but-one"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_parity_ignored_targets(parity, n_ignored, dtype):
+def test_parity_ignored_targets(parity, backend, n_ignored, dtype):
     # 3 x 11 = 33 targets; the loss is the mean over the ones that are not -1
-    check_against_reference(parity, make_config(tie_weights=False), dtype, n_ignored=n_ignored)
+    check_against_reference(parity, make_config(tie_weights=False), dtype, n_ignored=n_ignored, backend=backend)
 
 
 def test_ignored_targets_do_not_count(parity):
@@ -154,10 +154,10 @@ def test_ignored_targets_do_not_count(parity):
     parity.assert_ok()
 
 
-def test_backward_is_fresh_each_step(parity):
+def test_backward_is_fresh_each_step(parity, backend):
     """backward() returns the gradient of the LAST forward only (nothing left over from before)."""
     config = make_config(tie_weights=True, norm="pre")
-    model = vintagelm.GPT(config, seed=0, dtype=np.float64)
+    model = vintagelm.GPT(config, seed=0, dtype=np.float64, backend=backend)
     randomize(model.params, 5)
     for seed in (6, 7):  # a throwaway step on another batch first
         idx, targets = make_batch(config.vocab_size, 3, 11, seed)
@@ -181,9 +181,9 @@ def test_backward_needs_forward_with_targets():
         model.backward()  # forward without targets: there is no loss to differentiate
 
 
-def test_forward_without_targets_matches(parity):
+def test_forward_without_targets_matches(parity, backend):
     config = make_config(norm="post", pos="sinusoidal")
-    model = vintagelm.GPT(config, seed=0, dtype=np.float64)
+    model = vintagelm.GPT(config, seed=0, dtype=np.float64, backend=backend)
     randomize(model.params, 8)
     idx, targets = make_batch(config.vocab_size, 2, 16, seed=9)
     logits, loss = model.forward(idx)

@@ -34,3 +34,14 @@ def resolve_backend(name="auto"):
     if name == "fast" and not fast_available():
         raise ValueError("backend 'fast' needs numba: pip install 'vintagelm[fast]' (or use backend='reference')")
     return name
+
+
+def load_ops(name, dtype):
+    """The op table a model of `dtype` calls for backend `name` (see nn/ops.py)."""
+    if resolve_backend(name) == "fast":
+        from vintagelm.fast.ops import FastOps
+
+        return FastOps(dtype)
+    from vintagelm.nn.ops import ReferenceOps
+
+    return ReferenceOps()

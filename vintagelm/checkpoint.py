@@ -4,7 +4,7 @@
         model.safetensors      parameters by name (metadata: format vintagelm-model, version 1)
         optimizer.safetensors  optimizer state ("m.<name>", "v.<name>", "t")
         tokenizer.json         a copy, so the directory alone can be sampled
-        state.json             format, version, step, dtype, model_config, rng states, and
+        state.json             format, version, step, dtype, architecture, model_config, rng states, and
                                whatever the trainer adds (train_config, data position, ...)
 
 A checkpoint is written into a hidden temporary directory beside its final name and renamed
@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from vintagelm.common import UserError, atomic_path, read_json
-from vintagelm.model import GPT, GPTConfig
+from vintagelm.models import model_class
 
 FORMAT = "vintagelm-checkpoint"  # state.json
 VERSION = 1
@@ -39,7 +39,7 @@ REQUIRED = ("model.safetensors", "optimizer.safetensors", "state.json")
 class Checkpoint:
     path: Path  # the step_NNNNNN directory
     step: int  # optimizer steps completed
-    model: GPT  # parameters and dropout RNG state restored
+    model: object  # a models.LanguageModel, parameters and dropout RNG state restored
     tokenizer: object  # vintagelm tokenizer, or None when the checkpoint has none
     optimizer_state: dict  # name -> array for optimizer.load_state_dict (None if not loaded)
     state: dict  # state.json as read
@@ -59,6 +59,7 @@ def save_checkpoint(run_dir, step, model, optimizer, train_state, tokenizer=None
         "version": VERSION,
         "step": int(step),
         "dtype": np.dtype(model.dtype).name,
+        "architecture": model.architecture,
         "model_config": model.config.to_dict(),
         **train_state,
         "rng": {"dropout": model.dropout_rng.bit_generator.state, **train_state.get("rng", {})},
@@ -127,19 +128,21 @@ def resolve_checkpoint(path):
     raise UserError(f"{path} is neither a run directory nor a checkpoint directory (no state.json)")
 
 
-def load_checkpoint(path, dtype=None, with_optimizer=True):
+def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
     """Load a checkpoint directory, or a run directory's latest checkpoint -> Checkpoint.
 
     dtype: None keeps the saved precision; "float32"/"float64" converts.
+    backend: which implementation runs the model (backend.py); it does not change the weights.
     with_optimizer=False skips optimizer.safetensors (sampling and evaluation need no moments)."""
     ckpt = resolve_checkpoint(path)
     state_file = ckpt / "state.json"
     state = read_state(state_file)
     try:
-        config = GPTConfig.from_dict(state["model_config"])
+        cls = model_class(state.get("architecture", "gpt"))  # (checkpoints before the field: GPT)
+        config = cls.config_class.from_dict(state["model_config"])
     except (TypeError, ValueError) as e:
-        raise UserError(f"{state_file} has an invalid model_config ({e})") from None
-    model = GPT(config, dtype=np.dtype(dtype or state["dtype"]))
+        raise UserError(f"{state_file} has an invalid architecture or model_config ({e})") from None
+    model = cls(config, dtype=np.dtype(dtype or state["dtype"]), backend=backend)
 
     model_file = ckpt / "model.safetensors"
     tensors = read_tensors(model_file, MODEL_FORMAT)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from vintagelm.common import UserError, atomic_path
-from vintagelm.model import LN_EPS, GPTConfig
+from vintagelm.model import GPTConfig
+from vintagelm.nn.norm import LN_EPS
 
 # HF activation names -> ours. "gelu" in HF is the exact erf form, which we do not implement.
 HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu"}
@@ -42,7 +43,7 @@ def config_from_hf(hf):
         raise UserError(f"config.json does not describe a valid GPT-2: {e}") from None
 
 
-def load_hf(cls, path, dtype=np.float32):
+def load_hf(cls, path, dtype=np.float32, backend="auto"):
     """Build a `cls` (GPT) from a HF GPT-2 directory with config.json and model.safetensors."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -68,7 +69,7 @@ def load_hf(cls, path, dtype=np.float32):
     }
     if config.tie_weights:
         tensors.pop("lm_head.weight", None)  # a tied head is the embedding; HF may store a copy
-    model = cls(config, dtype=dtype)
+    model = cls(config, dtype=dtype, backend=backend)
     missing = sorted(set(model.params) - set(tensors))
     unexpected = sorted(set(tensors) - set(model.params))
     if missing or unexpected:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from vintagelm.nn.kernels import get_kernels
+from vintagelm.backend import resolve_backend
 
 
 def decays(param):
@@ -54,12 +54,12 @@ class AdamW(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, kernels="auto"):
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="auto"):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
-        # a float32 model with kernels "auto"/"numba" updates each tensor in one compiled pass
-        dtypes = {p.dtype for p in params.values()}
-        self.fused = get_kernels(kernels, dtypes.pop() if len(dtypes) == 1 else np.float64).name == "numba"
+        # backend "fast" updates each float32 tensor in one compiled pass (fast/kernels.py)
+        self.backend = resolve_backend(backend)
+        self.fused = self.backend == "fast" and all(p.dtype == np.float32 for p in params.values())
 
     def step(self, grads, lr=None, grad_scale=1.0):
         """One update with the gradients `grads` times grad_scale (the factor of gradient
@@ -90,7 +90,8 @@ class AdamW(Optimizer):
         p -= step_size * (m / denom)
 
     def _update_fused(self, p, g, m, v, decay, step_size, rsqrt_bc2, grad_scale):
-        from vintagelm.nn.fused import adamw_update
+        """_update in one pass over each tensor (fast/kernels.py), float32."""
+        from vintagelm.fast.kernels import adamw_update
 
         f = np.float32
         adamw_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(decay), f(self.betas[0]),

@@ -90,15 +90,13 @@ def softmax_backward(dp, p, scale=1.0):
     return dp
 
 
-def query_chunks(T, chunk):
-    """Split query rows 0..T-1 into [(i0, i1), ...] of at most `chunk` rows (None: one chunk)."""
-    chunk = chunk or T
-    return [(i0, min(i0 + chunk, T)) for i0 in range(0, T, chunk)]
+def row_blocks(n, size):
+    """Split rows 0..n-1 into [(i0, i1), ...] blocks of at most `size` rows."""
+    return [(i0, min(i0 + size, n)) for i0 in range(0, n, size)]
 
 
-def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=causal_softmax, out=None):
+def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None):
     """qkv (B, T, 3C) -> y (B, T, C): causal self-attention over H heads of size D = C / H.
-    y is written into `out` (a C-contiguous (B, T, C) array) when given.
 
     With chunk=None this is the textbook form: the full (T, T) score matrix, half of it
     masked. With a chunk size the query rows are processed in blocks [i0, i1) that only
@@ -107,60 +105,46 @@ def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=
     """
     B, T, _ = qkv.shape
     q, k, v = qkv_heads(qkv, n_head)  # (B, H, T, D) views
-    H, D = n_head, q.shape[-1]
-    scale = 1.0 / np.sqrt(D)
-    # each head's output is written straight into its columns of the (B, T, C) result, so
-    # merging the heads back costs no copy (y_heads is the (B, H, T, D) view of it)
-    y = np.empty((B, T, H, D), dtype=q.dtype) if out is None else out.reshape(B, T, H, D)
-    y_heads = y.transpose(0, 2, 1, 3)
-    chunks, atts, drops = query_chunks(T, chunk), [], []
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    y = np.empty(q.shape, dtype=q.dtype)  # (B, H, T, D)
+    chunks, atts, drops = row_blocks(T, chunk or T), [], []
     for i0, i1 in chunks:
         att = q[:, :, i0:i1] @ k[:, :, :i1].transpose(0, 1, 3, 2)  # (B, H, Tc, i1) scores q kᵀ
-        softmax(att, offset=i0, scale=scale)  # softmax(q kᵀ / sqrt(D)), causal
+        causal_softmax(att, offset=i0, scale=scale)  # softmax(q kᵀ / sqrt(D)), causal
         att_dropped, drop = dropout_forward(att, dropout_p, rng)
-        np.matmul(att_dropped, v[:, :, :i1], out=y_heads[:, :, i0:i1])
+        y[:, :, i0:i1] = att_dropped @ v[:, :, :i1]  # (B, H, Tc, D)
         atts.append(att)
         drops.append(drop)
-    return y.reshape(B, T, H * D), AttentionCache(q, k, v, atts, drops, chunks)
+    return merge_heads(y), AttentionCache(q, k, v, atts, drops, chunks)
 
 
-def attention_backward(dy, cache, softmax_grad=softmax_backward, out=None):
-    """dy (B, T, C) -> dqkv (B, T, 3C), written into `out` (C-contiguous) when given.
+def attention_backward(dy, cache):
+    """dy (B, T, C) -> dqkv (B, T, 3C).
 
     Forward, per query chunk: S = s q kᵀ (s = 1/sqrt(D)), P = softmax(S) (causal),
     P' = dropout(P), Y = P' v. Then
       dv += P'ᵀ dY,   dP' = dY vᵀ,   dP = dropout_backward(dP'),
-      dS = P * (dP - rowsum(dP * P))   (the softmax Jacobian; masked entries have P = 0),
-      dq = s dS k,   dk += s dSᵀ q
+      dS = s P * (dP - rowsum(dP * P))   (the softmax Jacobian; masked entries have P = 0),
+      dq = dS k,   dk += dSᵀ q
     where += gathers the contributions of every query chunk to the keys and values it saw.
     """
     q, k, v, atts, drops, chunks = cache
     B, H, T, D = q.shape
-    scale = q.dtype.type(1.0 / np.sqrt(D))
+    scale = 1.0 / np.sqrt(D)
     dY = split_heads(dy, H)  # (B, H, T, D)
-    # dq, dk, dv go straight into their slots of dqkv, laid out (B, T, 3, H, D)
-    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype) if out is None else out.reshape(B, T, 3, H, D)
-    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, H, T, D), views
-    # last chunk first: it saw every key, so its products are written into dk and dv (no
-    # zeroing); the earlier chunks, which saw keys 0..i1-1 only, add theirs
-    for (i0, i1), att, drop in reversed(list(zip(chunks, atts, drops))):
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)  # (B, H, T, D) each
+    for (i0, i1), att, drop in zip(chunks, atts, drops):
         dYc = dY[:, :, i0:i1]  # (B, H, Tc, D)
         att_dropped = att if drop.mask is None else att * drop.mask
+        dv[:, :, :i1] += att_dropped.transpose(0, 1, 3, 2) @ dYc
         dP = dropout_backward(dYc @ v[:, :, :i1].transpose(0, 1, 3, 2), drop)  # (B, H, Tc, i1)
-        # in place: s P * (dP - rowsum(dP * P)); the s = 1/sqrt(D) of S = s q kᵀ is applied
-        # once here, in the same pass, instead of to dq and dk
-        dS = softmax_grad(dP, att, scale)
-        np.matmul(dS, k[:, :, :i1], out=dq[:, :, i0:i1])
-        if i1 == T:
-            np.matmul(dS.transpose(0, 1, 3, 2), q[:, :, i0:i1], out=dk)
-            np.matmul(att_dropped.transpose(0, 1, 3, 2), dYc, out=dv)
-        else:
-            dk[:, :, :i1] += dS.transpose(0, 1, 3, 2) @ q[:, :, i0:i1]
-            dv[:, :, :i1] += att_dropped.transpose(0, 1, 3, 2) @ dYc
-    return dqkv.reshape(B, T, 3 * H * D)
+        dS = softmax_backward(dP, att, scale)
+        dq[:, :, i0:i1] = dS @ k[:, :, :i1]
+        dk[:, :, :i1] += dS.transpose(0, 1, 3, 2) @ q[:, :, i0:i1]
+    return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
 
 
-def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos, softmax=causal_softmax):
+def attention_decode(qkv, n_head, k_cache, v_cache, pos):
     """Attention for Tn new tokens at positions pos .. pos+Tn-1, reusing cached keys/values.
 
     qkv (B, Tn, 3C); k_cache, v_cache (B, H, T_max, D) hold the keys and values of positions
@@ -172,5 +156,5 @@ def attention_forward_cached(qkv, n_head, k_cache, v_cache, pos, softmax=causal_
     k_cache[:, :, pos : pos + Tn] = k
     v_cache[:, :, pos : pos + Tn] = v
     keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
-    att = softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos, scale=1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
+    att = causal_softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos, scale=1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
     return merge_heads(att @ values)

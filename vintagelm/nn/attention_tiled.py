@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.nn.attention import causal_mask, merge_heads, split_heads, split_qkv
+from vintagelm.nn.attention import causal_mask, merge_heads, row_blocks, split_heads, split_qkv
 
 TILE = 128  # rows per query tile and per key tile
 
@@ -30,10 +30,6 @@ class TiledAttentionCache(NamedTuple):
     dropout_p: float
     seed: int | None  # dropout seed of this call (None: no dropout)
     tile: int
-
-
-def _tiles(T, tile):
-    return [(i0, min(i0 + tile, T)) for i0 in range(0, T, tile)]
 
 
 def _scores(q, k, i0, i1, j0, j1):
@@ -59,11 +55,11 @@ def tiled_attention_forward(qkv, n_head, dropout_p=0.0, rng=None, tile=TILE):
     seed = int(rng.integers(2**63)) if (rng is not None and dropout_p > 0) else None
     o = np.empty_like(q)
     lse = np.empty(q.shape[:3] + (1,), dtype=dtype)  # (B, H, T, 1)
-    for i0, i1 in _tiles(T, tile):
+    for i0, i1 in row_blocks(T, tile):
         m = np.full((B, n_head, i1 - i0, 1), -np.inf, dtype=dtype)  # running row max
         l = np.zeros_like(m)  # running row sum of exp(s - m)
         acc = np.zeros((B, n_head, i1 - i0, D), dtype=dtype)  # running sum of P V
-        for j0, j1 in _tiles(i1, tile):  # causal: key tiles that start before the query tile ends
+        for j0, j1 in row_blocks(i1, tile):  # causal: key tiles that start before the query tile ends
             s = _scores(q, k, i0, i1, j0, j1)
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
             s -= m_new
@@ -96,9 +92,9 @@ def tiled_attention_backward(dy, cache):
     dqkv = np.zeros((B, T, 3, H, D), dtype=q.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, H, T, D), views into dqkv
     scale = q.dtype.type(1.0 / np.sqrt(D))
-    for i0, i1 in _tiles(T, tile):
+    for i0, i1 in row_blocks(T, tile):
         dOi = dO[:, :, i0:i1]
-        for j0, j1 in _tiles(i1, tile):
+        for j0, j1 in row_blocks(i1, tile):
             s = _scores(q, k, i0, i1, j0, j1)
             s -= lse[:, :, i0:i1]
             p = np.exp(s, out=s)  # (B, H, Tq, Tk) the exact softmax probabilities

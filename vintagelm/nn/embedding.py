@@ -1,42 +1,35 @@
-"""Token embeddings and the two kinds of position encoding (learned, sinusoidal)."""
+"""The embedding layer: token embeddings plus position encodings (learned or sinusoidal)."""
+from typing import NamedTuple
+
 import numpy as np
 
 
-def embedding_forward(idx, wte):
-    """idx (B, T) integer ids, wte (V, C) -> x (B, T, C): row lookup."""
-    return wte[idx]
+class EmbeddingCache(NamedTuple):
+    idx: np.ndarray  # (B, T) the token ids
+    start: int  # the position of idx[:, 0]
 
 
-def embedding_backward(dx, idx, vocab_size):
-    """dx (B, T, C) -> dwte (V, C).
+def embedding_forward(idx, wte, wpe, start=0):
+    """idx (B, T) ids, wte (V, C), wpe (block_size, C) -> x (B, T, C) = wte[idx] + wpe[start:start+T].
 
-    Forward copied row idx[b, t] of wte to position (b, t), so each row's gradient is the sum
-    of dx over every position where that id appeared. Ids repeat, so this is a scatter-add;
-    sorting positions by id turns it into contiguous segment sums (np.add.reduceat), much
-    faster than the element-by-element np.add.at.
-    """
+    wpe is the learned position table or the fixed sinusoidal one; `start` is the position
+    of the first token (0 in training, the KV cache's length when decoding)."""
+    T = idx.shape[1]
+    return wte[idx] + wpe[start : start + T], EmbeddingCache(idx, start)
+
+
+def embedding_backward(dx, cache, dwte, dwpe=None):
+    """dx (B, T, C): ADDS into dwte (V, C) and, for a learned table, into dwpe (block_size, C).
+
+    Forward copied row idx[b, t] of wte to position (b, t), so a row's gradient is the sum of
+    dx over every position where that id appears; ids repeat, so this is a scatter-add
+    (np.add.at adds repeated indices one by one instead of keeping the last write). Position
+    start + t was added at every batch row, so its gradient is dx summed over the batch."""
+    idx, start = cache
     C = dx.shape[-1]
-    ids = idx.reshape(-1)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each id
-    dwte = np.zeros((vocab_size, C), dtype=dx.dtype)
-    dwte[sorted_ids[starts]] = np.add.reduceat(dx.reshape(-1, C)[order], starts, axis=0)
-    return dwte
-
-
-def learned_position_forward(x, wpe):
-    """x (B, T, C), wpe (block_size, C) -> x + wpe[:T] broadcast over the batch."""
-    T = x.shape[1]
-    return x + wpe[:T]
-
-
-def learned_position_backward(dy, block_size):
-    """dy (B, T, C) -> dwpe (block_size, C); rows past T got no gradient."""
-    B, T, C = dy.shape
-    dwpe = np.zeros((block_size, C), dtype=dy.dtype)
-    dwpe[:T] = dy.sum(axis=0)
-    return dwpe
+    np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))
+    if dwpe is not None:
+        dwpe[start : start + idx.shape[1]] += dx.sum(axis=0)
 
 
 def sinusoidal_table(block_size, n_embd, dtype=np.float32):

@@ -3,6 +3,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+LN_EPS = 1e-5  # GPT-2's epsilon
+
 
 class LayerNormCache(NamedTuple):
     xhat: np.ndarray  # (..., C) the normalised input (x - mean) * rstd
@@ -10,12 +12,10 @@ class LayerNormCache(NamedTuple):
     w: np.ndarray  # (C,) the gain, needed for dxhat
 
 
-def layernorm_forward(x, w, b=None, eps=1e-5):
+def layernorm_forward(x, w, b=None, eps=LN_EPS):
     """x (..., C), w (C,), b (C,) or None -> y (..., C) = (x - mean) / sqrt(var + eps) * w + b."""
-    C = x.shape[-1]
     xhat = x - x.mean(axis=-1, keepdims=True)  # (..., C) centred
-    # the variance as a row-wise dot product: no (..., C) temporary for the squares
-    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C  # (..., 1)
+    var = (xhat * xhat).mean(axis=-1, keepdims=True)  # (..., 1) biased variance
     rstd = 1.0 / np.sqrt(var + eps)
     xhat *= rstd
     y = xhat * w
@@ -24,9 +24,9 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     return y, LayerNormCache(xhat, rstd, w)
 
 
-def layernorm_backward(dy, cache, has_bias=True, skip=None):
-    """dy (..., C) -> dx (..., C), dw (C,), db (C,) or None; skip (..., C), when given, is
-    added to dx (the gradient of a residual path that went around the norm).
+def layernorm_backward(dy, cache, dw, db=None):
+    """dy (..., C) -> dx (..., C); ADDS the gain's gradient into dw (C,) and the bias's into
+    db (C,) when there is one.
 
     Forward was y = xhat * w + b with xhat = (x - mean) * rstd. With g = dy * w (the gradient
     reaching xhat), differentiating through mean and rstd gives
@@ -36,16 +36,10 @@ def layernorm_backward(dy, cache, has_bias=True, skip=None):
     """
     xhat, rstd, w = cache
     C = xhat.shape[-1]
-    dy2, xhat2 = dy.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
-    dw = np.einsum("nc,nc->c", dy2, xhat2)
-    db = dy2.sum(axis=0) if has_bias else None
-    g = dy * w
+    dw += (dy * xhat).reshape(-1, C).sum(axis=0)
+    if db is not None:
+        db += dy.reshape(-1, C).sum(axis=0)
+    g = dy * w  # (..., C)
     mean_g = g.mean(axis=-1, keepdims=True)  # (..., 1)
-    mean_gx = np.einsum("...c,...c->...", g, xhat)[..., None] / C  # (..., 1)
-    g -= mean_g
-    dx = xhat * mean_gx
-    np.subtract(g, dx, out=dx)
-    dx *= rstd
-    if skip is not None:
-        dx += skip
-    return dx, dw, db
+    mean_gx = (g * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
+    return rstd * (g - mean_g - xhat * mean_gx)

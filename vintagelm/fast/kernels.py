@@ -1,14 +1,13 @@
-"""Optional compiled kernels (numba) for the elementwise work of a training step.
+"""Compiled kernels (numba) for the elementwise work of a training step: the fast backend's
+replacements for nn/ ops, float32 only.
 
 NumPy runs each ufunc as its own pass over memory, single-threaded; a GELU is nine passes.
-Here each op is one or two passes per row, compiled by numba, for float32 arrays. These are
-the SAME mathematics as the readable NumPy versions beside them (activation.py, norm.py,
-attention.py, optim.py), which stay the reference: tests check both agree within float32
-rounding. Nothing here is imported unless numba is installed and the model
-asks for it (GPT(..., kernels="numba" or "auto")).
+Here each op is one or two passes per row, compiled by numba. These are the SAME mathematics
+as the readable NumPy versions (nn/activation.py, nn/norm.py, nn/attention.py, optim.py),
+which stay the reference: tests/test_fast.py checks both agree within float32 rounding.
 
 Every kernel is a plain loop that releases the GIL (nogil): the wrappers split big arrays
-by rows over the lanes of nn/lanes.py, threads that run at the same time without a thread
+by rows over the lanes of lanes.py, threads that run at the same time without a thread
 pool of numba's own (numba's OpenMP threads busy-wait after each loop, on the core the next
 matmul needs). error_model="numpy" lets a division by zero give inf instead of raising,
 which is what lets the compiler vectorise loops that divide (measured: GELU 6x faster).
@@ -20,9 +19,9 @@ float: pure arithmetic, which the compiler vectorises, accurate to a few float32
 import numpy as np
 from numba import njit
 
-from vintagelm.nn import lanes
+from vintagelm.fast import lanes
 from vintagelm.nn.activation import GELU_C, GELU_K, ActivationCache
-from vintagelm.nn.norm import LayerNormCache
+from vintagelm.nn.norm import LN_EPS, LayerNormCache
 
 kernel = njit(fastmath=True, nogil=True, error_model="numpy", cache=True)
 
@@ -58,17 +57,6 @@ def _gelu_forward(x, y):
 
 
 @kernel
-def _bias_gelu_forward(x, b, y):
-    """In place x <- x + b (the pre-activation, kept for backward), and y = gelu(x), per row."""
-    N, F = x.shape
-    for n in range(N):
-        for f in range(F):
-            v = x[n, f] + b[f]
-            x[n, f] = v
-            y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
-
-
-@kernel
 def _gelu_backward(x, dy, dx):
     for i in range(x.size):
         v = x[i]
@@ -77,16 +65,12 @@ def _gelu_backward(x, dy, dx):
         dx[i] = dy[i] * f32(0.5) * (f32(1.0) + t + v * (f32(1.0) - t * t) * (K + KC3 * v * v))
 
 
-def gelu_forward(x, b=None):
-    """Same contract as activation.gelu_forward. With a bias, x must be a fresh array the
-    caller hands over (a matmul's output): it becomes x + b in place."""
-    x = np.ascontiguousarray(x)  # (a view when it is already: the in-place update must land in x)
+def gelu_forward(x):
+    """Same contract as activation.gelu_forward."""
+    x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])  # (N, F) rows
-    if b is None:
-        lanes.over_rows(lambda rows: _gelu_forward(x2[rows].reshape(-1), y2[rows].reshape(-1)), len(x2), x.size)
-    else:
-        lanes.over_rows(lambda rows: _bias_gelu_forward(x2[rows], b, y2[rows]), len(x2), x.size)
+    lanes.over_rows(lambda rows: _gelu_forward(x2[rows].reshape(-1), y2[rows].reshape(-1)), len(x2), x.size)
     return y, ActivationCache(x)
 
 
@@ -128,7 +112,7 @@ def _row_max(row, n):
     return max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7)))
 
 
-# The two softmax kernels are called from inside attention's lanes (nn/lanes.py), one per
+# The two softmax kernels are called from inside attention's lanes (lanes.py), one per
 # lane at the same time, on each lane's share of the batch.
 @kernel
 def _causal_softmax_rows(s, offset, scale):
@@ -232,9 +216,8 @@ def _layernorm_forward(x, w, b, eps, y, xhat, rstd):
 
 
 @kernel
-def _layernorm_backward_dx(dy, xhat, rstd, w, skip, dx):
-    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ skip) per row, g = dy * w.
-    (skip None compiles a version without the add.)"""
+def _layernorm_backward_dx(dy, xhat, rstd, w, dx):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * w."""
     N, C = dy.shape
     for n in range(N):
         sg, sgx = 0.0, 0.0
@@ -243,12 +226,8 @@ def _layernorm_backward_dx(dy, xhat, rstd, w, skip, dx):
             sg += g
             sgx += g * np.float64(xhat[n, c])
         mg, mgx, r = f32(sg / C), f32(sgx / C), f32(rstd[n])
-        if skip is None:
-            for c in range(C):
-                dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
-        else:
-            for c in range(C):
-                dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx) + skip[n, c]
+        for c in range(C):
+            dx[n, c] = r * (dy[n, c] * w[c] - mg - xhat[n, c] * mgx)
 
 
 @kernel
@@ -261,7 +240,7 @@ def _layernorm_backward_params(dy, xhat, dw, db):
             db[c] += dy[n, c]
 
 
-def layernorm_forward(x, w, b=None, eps=1e-5):
+def layernorm_forward(x, w, b=None, eps=LN_EPS):
     """Same contract as norm.layernorm_forward."""
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)
@@ -273,20 +252,21 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
 
 
-def layernorm_backward(dy, cache, has_bias=True, skip=None):
-    """Same contract as norm.layernorm_backward (skip added in the same pass as dx)."""
+def layernorm_backward(dy, cache, dw, db=None):
+    """Same contract as norm.layernorm_backward: -> dx; adds into dw and db."""
     xhat, rstd, w = cache
     C = xhat.shape[-1]
     dy2, xhat2 = np.ascontiguousarray(dy).reshape(-1, C), xhat.reshape(-1, C)
-    skip2 = None if skip is None else np.ascontiguousarray(skip).reshape(-1, C)
     dx, rstd = np.empty_like(dy2), rstd.reshape(-1)
 
     def rows_backward(n):  # -> this slice's share of dw, db
-        _layernorm_backward_dx(dy2[n], xhat2[n], rstd[n], w, None if skip2 is None else skip2[n], dx[n])
-        dw, db = np.zeros(C), np.zeros(C)
-        _layernorm_backward_params(dy2[n], xhat2[n], dw, db)
-        return dw, db
+        _layernorm_backward_dx(dy2[n], xhat2[n], rstd[n], w, dx[n])
+        share_w, share_b = np.zeros(C), np.zeros(C)
+        _layernorm_backward_params(dy2[n], xhat2[n], share_w, share_b)
+        return share_w, share_b
 
     shares = lanes.over_rows(rows_backward, len(dy2), dy2.size)
-    dw, db = sum(share[0] for share in shares), sum(share[1] for share in shares)
-    return dx.reshape(xhat.shape), dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None
+    dw += sum(share[0] for share in shares).astype(dw.dtype)
+    if db is not None:
+        db += sum(share[1] for share in shares).astype(db.dtype)
+    return dx.reshape(xhat.shape)

@@ -3,7 +3,7 @@
 Attention multiplies one small matrix pair per (batch row, head): in `baby` that is 48
 products of 64 x 64 x 256 per layer and pass. OpenBLAS cannot split products that small over
 its threads usefully (measured on 2 cores: 46-49 GFLOP/s on one thread or two, where the
-linear layers' big products reach ~150), and the elementwise kernels (fused.py) run on one
+linear layers' big products reach ~150), and the elementwise kernels (kernels.py) run on one
 thread, so the second core idles. Here the work is split instead: lane i runs the whole
 attention on batch rows [b_i, b_i+1) with one BLAS thread (or an elementwise kernel on its
 share of the rows), all lanes at once. Rows are independent, so each lane computes exactly
@@ -15,17 +15,12 @@ Those workers busy-wait for ~0.1 s after each matrix product, so they start at o
 second pool of threads competes with them for the cores (a Python thread pool did: the
 spinning OpenBLAS worker took its core). Where the routine is missing (another BLAS, or
 OpenBLAS built with OpenMP) there is one lane and everything runs as one call, as before.
-Set VINTAGELM_LANES=1 to turn lanes off.
+Set VINTAGELM_LANES=1 to turn lanes off (an escape hatch; backend="reference" never uses them).
 """
 import ctypes
 import functools
 import os
 import threading
-from typing import NamedTuple
-
-import numpy as np
-
-from vintagelm.nn import attention
 
 _LANE_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void f(void *arg)
 
@@ -157,41 +152,3 @@ def over_rows(fn, n_rows, n_elements):
 def row_slices(B, n):
     """Split rows 0..B-1 into n contiguous slices whose sizes differ by at most one."""
     return [slice(B * i // n, B * (i + 1) // n) for i in range(n)]
-
-
-class LanesCache(NamedTuple):
-    slices: list  # the batch rows of each lane
-    caches: list  # the AttentionCache of each lane
-
-
-def attention_forward(qkv, n_head, dropout_p=0.0, rng=None, chunk=None, softmax=attention.causal_softmax):
-    """attention.attention_forward (same arguments, qkv (B, T, 3C) -> y (B, T, C)), its batch
-    split over lane_count() lanes. With dropout, each lane draws its masks from its own
-    generator, seeded from `rng` (so a seed still fixes every mask)."""
-    B = qkv.shape[0]
-    n = min(lane_count(), B)
-    if n <= 1:
-        return attention.attention_forward(qkv, n_head, dropout_p, rng, chunk, softmax)
-    slices = row_slices(B, n)
-    if dropout_p > 0.0 and rng is not None:
-        rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=n)]
-    else:
-        rngs = [rng] * n
-    y = np.empty(qkv.shape[:2] + (qkv.shape[2] // 3,), dtype=qkv.dtype)  # (B, T, C), each lane its rows
-    results = run_lanes(
-        [lambda s=s, r=r: attention.attention_forward(qkv[s], n_head, dropout_p, r, chunk, softmax, out=y[s])
-         for s, r in zip(slices, rngs)]
-    )
-    return y, LanesCache(slices, [cache for _, cache in results])
-
-
-def attention_backward(dy, cache, softmax_grad=attention.softmax_backward):
-    """attention.attention_backward for a cache from either forward: dy (B, T, C) -> dqkv (B, T, 3C)."""
-    if not isinstance(cache, LanesCache):
-        return attention.attention_backward(dy, cache, softmax_grad)
-    dqkv = np.empty(dy.shape[:2] + (3 * dy.shape[2],), dtype=dy.dtype)  # (B, T, 3C), each lane its rows
-    run_lanes(
-        [lambda s=s, c=c: attention.attention_backward(dy[s], c, softmax_grad, out=dqkv[s])
-         for s, c in zip(cache.slices, cache.caches)]
-    )
-    return dqkv

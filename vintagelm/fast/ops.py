@@ -1,0 +1,121 @@
+"""The fast backend's op table: nn/ops.py's ReferenceOps with entries replaced by faster
+versions of the same mathematics (tests/test_fast.py holds each equal to the one it replaces).
+
+What is replaced, and why:
+  * layer norm, GELU, the attention softmax (float32): compiled kernels (kernels.py), one or
+    two passes per row instead of a NumPy pass per sub-expression, split over the lanes;
+  * attention: its batch split over the BLAS threads (attention.py, lanes.py);
+  * gradient slots: the reference zeroes every slot and then adds into it. Here the zeroing
+    is lazy: a slot not yet written in this backward IS zero, so the first gradient that
+    reaches it is written, not added; a linear layer's weight gradient is then computed by
+    BLAS straight into the slot (no temporary, no extra pass over it), and zeroing the
+    10.7M gradients of `baby` (4 ms a step) is skipped. A slot nothing wrote is zeroed at the
+    end of the block, so the rule the model states still holds exactly;
+  * token embeddings' backward: a sort and segment sums instead of np.add.at;
+  * memory: making the op table keeps freed memory in the process (heap.py).
+"""
+from contextlib import contextmanager
+from functools import partial
+
+import numpy as np
+
+from vintagelm.fast import attention, heap
+from vintagelm.nn import attention as reference_attention
+from vintagelm.nn import norm
+from vintagelm.nn.ops import ATTENTION_BLOCK, ReferenceOps
+
+
+class FastOps(ReferenceOps):
+    name = "fast"
+
+    def __init__(self, dtype):
+        super().__init__()
+        heap.reuse_freed_memory()  # every step frees and reallocates the same arrays (heap.py)
+        self._unwritten = set()  # _address of the slots that are zero but not yet written
+        kernels = reference_attention  # causal_softmax, softmax_backward
+        self._layernorm_forward, self._layernorm_backward = norm.layernorm_forward, norm.layernorm_backward
+        if np.dtype(dtype) == np.float32:  # the compiled kernels are float32 only
+            from vintagelm.fast import kernels
+
+            self.activations["gelu"] = (kernels.gelu_forward, kernels.gelu_backward)
+            self._layernorm_forward, self._layernorm_backward = kernels.layernorm_forward, kernels.layernorm_backward
+        forward, backward = partial(attention.attention_forward, kernels=kernels), partial(
+            attention.attention_backward, kernels=kernels)
+        self.attention = {
+            **self.attention,
+            "naive": (forward, backward),
+            "blocked": (partial(forward, chunk=ATTENTION_BLOCK), backward),
+        }
+
+    # ---------------------------------------------------------------- gradient slots
+    @contextmanager
+    def gradients(self, grads, zero):
+        if zero:
+            self._unwritten = {_address(g) for g in grads.values()}
+        try:
+            yield
+        finally:
+            for g in grads.values():
+                if _address(g) in self._unwritten:
+                    g.fill(0.0)
+            self._unwritten = set()
+
+    def _first_write(self, slot):
+        """Whether `slot` is still unwritten (so, zero) in this backward; it counts as written
+        from now on."""
+        address = _address(slot)
+        if address in self._unwritten:
+            self._unwritten.discard(address)
+            return True
+        return False
+
+    def _zero_if_unwritten(self, slot):
+        if slot is not None and self._first_write(slot):
+            slot.fill(0.0)
+
+    # ---------------------------------------------------------------- ops
+    def linear_backward(self, dy, cache, dw, db=None):
+        x, w = cache
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (N, IN), (N, OUT)
+        if not self._first_write(dw):
+            dw += x2.T @ dy2
+        elif dw.flags.c_contiguous:
+            np.matmul(x2.T, dy2, out=dw)
+        else:  # the output head's (C, V) view of wte (V, C): write the transposed product into wte
+            np.matmul(dy2.T, x2, out=dw.T)
+        if db is not None:
+            # the column sums as a matrix-vector product: BLAS streams dy once, on every thread
+            ones = np.ones(dy2.shape[0], dtype=dy2.dtype)
+            if self._first_write(db):
+                np.matmul(ones, dy2, out=db)
+            else:
+                db += ones @ dy2
+        return (dy2 @ w.T).reshape(x.shape)
+
+    def layernorm_forward(self, x, w, b=None, eps=norm.LN_EPS):
+        return self._layernorm_forward(x, w, b, eps)
+
+    def layernorm_backward(self, dy, cache, dw, db=None):
+        self._zero_if_unwritten(dw)
+        self._zero_if_unwritten(db)
+        return self._layernorm_backward(dy, cache, dw, db)
+
+    def embedding_backward(self, dx, cache, dwte, dwpe=None):
+        """Same sums as nn.embedding.embedding_backward. Sorting the positions by id turns the
+        scatter-add into contiguous segment sums (np.add.reduceat), one per distinct id."""
+        idx, start = cache
+        C = dx.shape[-1]
+        ids = idx.reshape(-1)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each id
+        self._zero_if_unwritten(dwte)
+        dwte[sorted_ids[starts]] += np.add.reduceat(dx.reshape(-1, C)[order], starts, axis=0)
+        if dwpe is not None:
+            self._zero_if_unwritten(dwpe)
+            dwpe[start : start + idx.shape[1]] += dx.sum(axis=0)
+
+
+def _address(a):
+    """(first byte, size) of an array: the same for a slot and its transposed view."""
+    return a.__array_interface__["data"][0], a.size
