@@ -35,6 +35,17 @@ def test_gelu(shape):
     close(kernels.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
 
 
+def test_gelu_with_the_bias_before_it():
+    # the fast MLP hands c_fc's bias to the GELU kernel: u = x + b, kept for backward, y = gelu(u)
+    rng = np.random.default_rng(1)
+    x, b, dy = rand(rng, 2, 9, 48, scale=3), rand(rng, 48), rand(rng, 2, 9, 48)
+    y_ref, c_ref = activation.gelu_forward(x + b)
+    y, c = kernels.bias_gelu_forward(x.copy(), b)
+    close(c.x, x + b, 1e-7)
+    close(y, y_ref, 1e-6)
+    close(kernels.gelu_backward(dy, c), activation.gelu_backward(dy, c_ref), 1e-5)
+
+
 @pytest.mark.parametrize("Tq,Tk,offset", [(8, 8, 0), (4, 12, 8), (1, 30, 29), (5, 5, 0), (64, 256, 192)])
 def test_causal_softmax_and_backward(Tq, Tk, offset):
     rng = np.random.default_rng(2)

@@ -17,6 +17,7 @@ from vintagelm.nn.embedding import (
 )
 from vintagelm.nn.linear import linear_backward, linear_forward
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
+from vintagelm.nn.mlp import mlp_backward, mlp_forward
 from vintagelm.nn.norm import layernorm_backward, layernorm_forward
 
 TOL = 1e-6
@@ -95,6 +96,35 @@ def test_relu(B, T, C):
     assert np.array_equal(y, np.where(x > 0, x, 0))
     dx = relu_backward(dy, cache)
     assert relative_error(dx, numerical_gradient(lambda v: relu_forward(v)[0], x, dy)) < TOL
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_mlp(activation, bias):
+    rng = np.random.default_rng(12)
+    C = 6
+    x, dy = rand(rng, 2, 3, C), rand(rng, 2, 3, C)
+    w_fc, w_proj = rand(rng, C, 4 * C), rand(rng, 4 * C, C)
+    b_fc, b_proj = (rand(rng, 4 * C), rand(rng, C)) if bias else (None, None)
+    weights = [w_fc, b_fc, w_proj, b_proj]
+
+    def f(i):  # the output as a function of input i (0: x, 1..4: the weights)
+        def g(v):
+            args = [x, *weights]
+            args[i] = v
+            return mlp_forward(*args, activation)[0]
+        return g
+
+    y, cache = mlp_forward(x, *weights, activation)
+    act = {"gelu": gelu_forward, "relu": relu_forward}[activation]
+    ref = act(x @ w_fc + (b_fc if bias else 0))[0] @ w_proj + (b_proj if bias else 0)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    slots = [np.ones_like(w) if w is not None else None for w in weights]
+    dx = mlp_backward(dy, cache, *slots)
+    assert relative_error(dx, numerical_gradient(f(0), x, dy)) < TOL
+    for i, (w, slot) in enumerate(zip(weights, slots), start=1):
+        if w is not None:
+            assert relative_error(slot - 1, numerical_gradient(f(i), w, dy)) < TOL
 
 
 @pytest.mark.parametrize("B,T,C", SHAPES)

@@ -147,7 +147,6 @@ class GPT:
         self.ops = load_ops(self.backend, dtype)
         # the one place the attention variant is chosen, for both directions
         self.attention_forward, self.attention_backward = self.ops.attention[config.attention]
-        self.activation_forward, self.activation_backward = self.ops.activations[config.activation]
         self.shapes = param_shapes(config)
         n = sum(math.prod(s) for s in self.shapes.values())
         self.flat_params = np.zeros(n, dtype=dtype)
@@ -287,9 +286,8 @@ class GPT:
         h = x
         if cfg.norm == "pre":
             h, c["ln_2"] = ops.layernorm_forward(x, *self.layer(p + "ln_2"))
-        f, c["c_fc"] = ops.linear_forward(h, *self.layer(p + "mlp.c_fc"))  # (B, T, 4C)
-        g, c["act"] = self.activation_forward(f)
-        m, c["mlp_proj"] = ops.linear_forward(g, *self.layer(p + "mlp.c_proj"))  # (B, T, C)
+        # linear to 4C, activation, linear back to C (nn/mlp.py)
+        m, c["mlp"] = ops.mlp_forward(h, *self.layer(p + "mlp.c_fc"), *self.layer(p + "mlp.c_proj"), cfg.activation)
         m, c["mlp_drop"] = ops.dropout_forward(m, cfg.dropout, rng)
         x = x + m
         if cfg.norm == "post":
@@ -326,9 +324,7 @@ class GPT:
         if cfg.norm == "post":
             dx = ops.layernorm_backward(dx, c["ln_2"], *self.layer_grads(p + "ln_2"))
         dm = ops.dropout_backward(dx, c["mlp_drop"])
-        dg = ops.linear_backward(dm, c["mlp_proj"], *self.layer_grads(p + "mlp.c_proj"))  # (B, T, 4C)
-        df = self.activation_backward(dg, c["act"])
-        dh = ops.linear_backward(df, c["c_fc"], *self.layer_grads(p + "mlp.c_fc"))  # (B, T, C)
+        dh = ops.mlp_backward(dm, c["mlp"], *self.layer_grads(p + "mlp.c_fc"), *self.layer_grads(p + "mlp.c_proj"))
         if cfg.norm == "pre":
             dh = ops.layernorm_backward(dh, c["ln_2"], *self.layer_grads(p + "ln_2"))
         dx = dx + dh

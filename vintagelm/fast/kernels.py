@@ -57,6 +57,17 @@ def _gelu_forward(x, y):
 
 
 @kernel
+def _bias_gelu_forward(x, b, y):
+    """In place x <- x + b (the pre-activation, kept for backward), and y = gelu(x), per row."""
+    N, F = x.shape
+    for n in range(N):
+        for f in range(F):
+            v = x[n, f] + b[f]
+            x[n, f] = v
+            y[n, f] = f32(0.5) * v * (f32(1.0) + tanh32(tanh_arg(v)))
+
+
+@kernel
 def _gelu_backward(x, dy, dx):
     for i in range(x.size):
         v = x[i]
@@ -71,6 +82,16 @@ def gelu_forward(x):
     y = np.empty_like(x)
     x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])  # (N, F) rows
     lanes.over_rows(lambda rows: _gelu_forward(x2[rows].reshape(-1), y2[rows].reshape(-1)), len(x2), x.size)
+    return y, ActivationCache(x)
+
+
+def bias_gelu_forward(x, b):
+    """gelu_forward(x + b), with the bias of the linear layer before added in the same pass.
+    x must be a fresh C-contiguous array the caller hands over (a matmul's output): it
+    becomes x + b in place, the cache's pre-activation."""
+    y = np.empty_like(x)
+    x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])  # (N, F) rows
+    lanes.over_rows(lambda rows: _bias_gelu_forward(x2[rows], b, y2[rows]), len(x2), x.size)
     return y, ActivationCache(x)
 
 

@@ -3,7 +3,8 @@ versions of the same mathematics (tests/test_fast.py holds each equal to the one
 
 What is replaced, and why:
   * layer norm, GELU, the attention softmax (float32): compiled kernels (kernels.py), one or
-    two passes per row instead of a NumPy pass per sub-expression, split over the lanes;
+    two passes per row instead of a NumPy pass per sub-expression, split over the lanes; the
+    MLP's first bias is added by the GELU kernel, in the same pass;
   * attention: its batch split over the BLAS threads (attention.py, lanes.py);
   * gradient slots: the reference zeroes every slot and then adds into it. Here the zeroing
     is lazy: a slot not yet written in this backward IS zero, so the first gradient that
@@ -22,6 +23,8 @@ import numpy as np
 from vintagelm.fast import attention, heap
 from vintagelm.nn import attention as reference_attention
 from vintagelm.nn import norm
+from vintagelm.nn.activation import ACTIVATIONS
+from vintagelm.nn.mlp import MLPCache
 from vintagelm.nn.ops import ATTENTION_BLOCK, ReferenceOps
 
 
@@ -32,12 +35,16 @@ class FastOps(ReferenceOps):
         super().__init__()
         heap.reuse_freed_memory()  # every step frees and reallocates the same arrays (heap.py)
         self._unwritten = set()  # _address of the slots that are zero but not yet written
+        self._slots = None  # (the grads dict, {_address: slot}) of the model
         kernels = reference_attention  # causal_softmax, softmax_backward
         self._layernorm_forward, self._layernorm_backward = norm.layernorm_forward, norm.layernorm_backward
+        self._activations = dict(ACTIVATIONS)  # name -> (forward, backward)
+        self._bias_gelu = None  # the compiled GELU that adds the bias before it, in float32
         if np.dtype(dtype) == np.float32:  # the compiled kernels are float32 only
             from vintagelm.fast import kernels
 
-            self.activations["gelu"] = (kernels.gelu_forward, kernels.gelu_backward)
+            self._activations["gelu"] = (kernels.gelu_forward, kernels.gelu_backward)
+            self._bias_gelu = kernels.bias_gelu_forward
             self._layernorm_forward, self._layernorm_backward = kernels.layernorm_forward, kernels.layernorm_backward
         forward, backward = partial(attention.attention_forward, kernels=kernels), partial(
             attention.attention_backward, kernels=kernels)
@@ -51,13 +58,14 @@ class FastOps(ReferenceOps):
     @contextmanager
     def gradients(self, grads, zero):
         if zero:
-            self._unwritten = {_address(g) for g in grads.values()}
+            if self._slots is None or self._slots[0] is not grads:
+                self._slots = (grads, {_address(g): g for g in grads.values()})  # made once per model
+            self._unwritten = set(self._slots[1])
         try:
             yield
         finally:
-            for g in grads.values():
-                if _address(g) in self._unwritten:
-                    g.fill(0.0)
+            for address in self._unwritten:
+                self._slots[1][address].fill(0.0)
             self._unwritten = set()
 
     def _first_write(self, slot):
@@ -99,6 +107,22 @@ class FastOps(ReferenceOps):
         self._zero_if_unwritten(dw)
         self._zero_if_unwritten(db)
         return self._layernorm_backward(dy, cache, dw, db)
+
+    def mlp_forward(self, x, w_fc, b_fc, w_proj, b_proj, activation="gelu"):
+        """nn.mlp.mlp_forward; with the compiled GELU, c_fc's bias is added by the GELU kernel
+        in its own pass over the (B, T, 4C) array instead of a pass of its own."""
+        fuse = self._bias_gelu is not None and activation == "gelu" and b_fc is not None
+        h, fc = self.linear_forward(x, w_fc, None if fuse else b_fc)  # (..., 4C)
+        g, act = self._bias_gelu(h, b_fc) if fuse else self._activations[activation][0](h)
+        y, proj = self.linear_forward(g, w_proj, b_proj)  # (..., C)
+        return y, MLPCache(fc, act, proj, activation)
+
+    def mlp_backward(self, dy, cache, dw_fc, db_fc, dw_proj, db_proj):
+        """nn.mlp.mlp_backward through this table's linear_backward (c_fc's bias gradient is the
+        sum of dh whether its bias was added by the linear layer or by the GELU kernel)."""
+        dg = self.linear_backward(dy, cache.proj, dw_proj, db_proj)  # (..., 4C)
+        dh = self._activations[cache.activation][1](dg, cache.act)
+        return self.linear_backward(dh, cache.fc, dw_fc, db_fc)  # (..., C)
 
     def embedding_backward(self, dx, cache, dwte, dwpe=None):
         """Same sums as nn.embedding.embedding_backward. Sorting the positions by id turns the

@@ -13,7 +13,7 @@ output head) then needs no special case.
 from contextlib import contextmanager
 from functools import partial
 
-from vintagelm.nn import activation, attention, attention_tiled, dropout, embedding, linear, loss, norm
+from vintagelm.nn import attention, attention_tiled, dropout, embedding, linear, loss, mlp, norm
 
 ATTENTION_BLOCK = 64  # query rows per block of "blocked" attention: big enough to keep BLAS efficient
 
@@ -27,6 +27,8 @@ class ReferenceOps:
     linear_backward = staticmethod(linear.linear_backward)
     layernorm_forward = staticmethod(norm.layernorm_forward)
     layernorm_backward = staticmethod(norm.layernorm_backward)
+    mlp_forward = staticmethod(mlp.mlp_forward)
+    mlp_backward = staticmethod(mlp.mlp_backward)
     dropout_forward = staticmethod(dropout.dropout_forward)
     dropout_backward = staticmethod(dropout.dropout_backward)
     cross_entropy_forward = staticmethod(loss.cross_entropy_forward)
@@ -34,7 +36,6 @@ class ReferenceOps:
     attention_decode = staticmethod(attention.attention_decode)
 
     def __init__(self):
-        self.activations = dict(activation.ACTIVATIONS)  # name -> (forward, backward)
         # GPTConfig.attention -> (forward(qkv, n_head, dropout_p, rng), backward(dy, cache))
         self.attention = {
             "naive": (attention.attention_forward, attention.attention_backward),
