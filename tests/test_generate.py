@@ -12,7 +12,8 @@ import pytest
 
 from vintagelm import GPT, GPTConfig
 from vintagelm.common import UserError
-from vintagelm.generate import ContextWindow, KVCache, TextStream, encode_prompt, generate, sample_next_token
+from vintagelm.generate import ContextWindow, TextStream, encode_prompt, generate, sample_next_token
+from vintagelm.kv_cache import KVCache
 from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
 BLOCK = 8  # small block so that a few dozen tokens cross several window restarts

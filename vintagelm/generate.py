@@ -1,7 +1,8 @@
 """Text generation: the KV cache, the token sampler, and the streaming `generate` loop.
 
 Three separate pieces, each usable on its own:
-    KVCache            preallocated keys and values of every layer, filled as tokens arrive
+    KVCache            preallocated keys and values of every layer (kv_cache.py; any model's
+                       own incremental-decoding state comes from model.new_kv_cache())
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
     generate           a generator yielding one new token id at a time (batch 1)
 plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
@@ -37,45 +38,6 @@ import numbers
 import numpy as np
 
 from vintagelm.common import UserError
-
-
-class KVCache:
-    """Keys and values of every layer for up to max_len positions, allocated once.
-
-    k, v: (L, B, H, T_max, D). The model's cached forward writes the new tokens' keys and
-    values into `layer(i)` at [:, :, pos:pos+Tn] and then calls `advance(Tn)` once; positions
-    >= pos hold stale data that is never read.
-    """
-
-    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype=np.float32):
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = np.zeros(shape, dtype=dtype)  # (L, B, H, T_max, D)
-        self.v = np.zeros(shape, dtype=dtype)  # (L, B, H, T_max, D)
-        self.pos = 0  # number of positions filled (the absolute position of the next token)
-
-    @classmethod
-    def for_model(cls, model, batch_size=1):
-        """A cache that fits `model`: block_size positions, the model's dtype."""
-        cfg = model.config
-        return cls(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, model.dtype)
-
-    @property
-    def max_len(self):
-        return self.k.shape[3]
-
-    def layer(self, i):
-        """(k, v) views of layer i, each (B, H, T_max, D); writes go straight into the cache."""
-        return self.k[i], self.v[i]
-
-    def advance(self, n):
-        """Mark n more positions as filled (called by the model after every layer wrote them)."""
-        if self.pos + n > self.max_len:
-            raise ValueError(f"KV cache overflow: {self.pos} + {n} positions exceed max_len {self.max_len}")
-        self.pos += n
-
-    def reset(self):
-        """Forget everything; the buffers are reused, not reallocated."""
-        self.pos = 0
 
 
 def check_sampling_params(temperature=1.0, top_k=None, top_p=None):
@@ -158,7 +120,7 @@ class ContextWindow:
         if not self.ids:
             raise ValueError("the prompt must hold at least one token id")
         self.start = 0 if len(self.ids) <= self.block_size else window_restart(len(self.ids), self.block_size)
-        self.cache = KVCache.for_model(model) if use_kv_cache else None
+        self.cache = model.new_kv_cache() if use_kv_cache else None
         self._logits = None  # (V,) logits after the last token, once computed
 
     @property
