@@ -279,7 +279,7 @@ class GPT:
             a = ops.attention_decode(qkv, cfg.n_head, *kv)  # (B, T, C)
         a, c["attn_proj"] = ops.linear_forward(a, *self.layer(p + "attn.c_proj"))
         a, c["attn_drop"] = ops.dropout_forward(a, cfg.dropout, rng)
-        x = x + a
+        x = ops.residual_add(x, a)
         if cfg.norm == "post":
             x, c["ln_1"] = ops.layernorm_forward(x, *self.layer(p + "ln_1"))
         # MLP sublayer
@@ -289,7 +289,7 @@ class GPT:
         # linear to 4C, activation, linear back to C (nn/mlp.py)
         m, c["mlp"] = ops.mlp_forward(h, *self.layer(p + "mlp.c_fc"), *self.layer(p + "mlp.c_proj"), cfg.activation)
         m, c["mlp_drop"] = ops.dropout_forward(m, cfg.dropout, rng)
-        x = x + m
+        x = ops.residual_add(x, m)
         if cfg.norm == "post":
             x, c["ln_2"] = ops.layernorm_forward(x, *self.layer(p + "ln_2"))
         return x, c
@@ -327,7 +327,7 @@ class GPT:
         dh = ops.mlp_backward(dm, c["mlp"], *self.layer_grads(p + "mlp.c_fc"), *self.layer_grads(p + "mlp.c_proj"))
         if cfg.norm == "pre":
             dh = ops.layernorm_backward(dh, c["ln_2"], *self.layer_grads(p + "ln_2"))
-        dx = dx + dh
+        dx = ops.residual_add(dx, dh)
         # attention sublayer
         if cfg.norm == "post":
             dx = ops.layernorm_backward(dx, c["ln_1"], *self.layer_grads(p + "ln_1"))
@@ -337,7 +337,7 @@ class GPT:
         dh = ops.linear_backward(dqkv, c["c_attn"], *self.layer_grads(p + "attn.c_attn"))  # (B, T, C)
         if cfg.norm == "pre":
             dh = ops.layernorm_backward(dh, c["ln_1"], *self.layer_grads(p + "ln_1"))
-        return dx + dh
+        return ops.residual_add(dx, dh)
 
     # ---------------------------------------------------------------- Hugging Face
     @classmethod

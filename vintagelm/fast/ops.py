@@ -12,6 +12,7 @@ What is replaced, and why:
     BLAS straight into the slot (no temporary, no extra pass over it), and zeroing the
     10.7M gradients of `baby` (4 ms a step) is skipped. A slot nothing wrote is zeroed at the
     end of the block, so the rule the model states still holds exactly;
+  * residual adds: into the sublayer's fresh output, in place;
   * token embeddings' backward: a sort and segment sums instead of np.add.at;
   * memory: making the op table keeps freed memory in the process (heap.py).
 """
@@ -99,6 +100,13 @@ class FastOps(ReferenceOps):
             else:
                 db += ones @ dy2
         return (dy2 @ w.T).reshape(x.shape)
+
+    @staticmethod
+    def residual_add(x, f):
+        """x + f written into f, which the sublayer just wrote (still in cache), instead of a
+        fresh array (cProfile of `baby`: ~7 ms a step more out of place)."""
+        f += x
+        return f
 
     def layernorm_forward(self, x, w, b=None, eps=norm.LN_EPS):
         return self._layernorm_forward(x, w, b, eps)

@@ -43,6 +43,13 @@ class ReferenceOps:
             "tiled": (attention_tiled.tiled_attention_forward, attention_tiled.tiled_attention_backward),
         }
 
+    @staticmethod
+    def residual_add(x, f):
+        """x + f: a residual connection, where the sublayer's output f joins its input x (and,
+        in backward, the two gradient paths of a residual join again). f must be a fresh array
+        that nothing else holds: the fast backend adds x into it in place."""
+        return x + f
+
     @contextmanager
     def gradients(self, grads, zero):
         """The backward pass adds into `grads` (name -> array) inside this block; zero=True
