@@ -1,13 +1,18 @@
-"""Training config: presets, TOML, --set, CLI flags, type checks, round trip, resume conflicts.
+"""Training config: presets, TOML, --set, CLI flags, type checks, round trip, resume conflicts,
+the backend field.
 
     pytest tests/test_config.py -q
 """
+import json
 from dataclasses import replace
 
 import pytest
 
+from vintagelm import backend
+from vintagelm.backend import default_backend
+from vintagelm.cli import main
 from vintagelm.common import UserError
-from vintagelm.config import PRESETS, TrainConfig, format_config, resolve_config, resume_conflicts
+from vintagelm.config import PRESETS, RESUMABLE, TrainConfig, format_config, resolve_config, resume_conflicts
 
 
 def write_toml(tmp_path, text):
@@ -150,3 +155,41 @@ def test_resume_conflicts_ignore_length_and_logging_but_not_the_model():
 def test_format_config_lists_every_field():
     text = format_config(resolve_config())
     assert "model.n_layer" in text and "max_bad_steps" in text
+
+
+# ---------------------------------------------------------------- backend
+def test_the_default_backend_is_resolved_and_saved():
+    cfg = resolve_config()
+    assert cfg.backend == default_backend() in ("reference", "fast")
+    assert cfg.to_dict()["backend"] == cfg.backend
+    assert resolve_config(overrides=["backend=auto"]).backend == default_backend()  # never saved as "auto"
+
+
+def test_set_backend_reference_is_saved_in_config_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "verse.txt"
+    text.write_text("Shall I compare thee to a summer's day?\n" * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(text), "--out", str(run), "--set", "backend=reference",
+                 "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=8",
+                 "--set", "sample_tokens=0", "--set", "eval_iters=1", "--max-iters", "1", "--batch-size", "2",
+                 "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["backend"] == "reference"
+
+
+def test_an_unknown_backend_names_the_valid_ones():
+    with pytest.raises(UserError, match="auto, reference, fast; got 'gpu'"):
+        resolve_config(overrides=["backend=gpu"])
+
+
+def test_backend_fast_without_numba_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(backend, "fast_available", lambda: False)
+    with pytest.raises(UserError, match=r"pip install 'vintagelm\[fast\]'"):
+        resolve_config(overrides=["backend=fast"])
+    assert resolve_config().backend == "reference"
+
+
+def test_resume_may_change_the_backend():
+    saved = resolve_config(overrides=["backend=reference"])
+    assert "backend" in RESUMABLE
+    assert resume_conflicts(saved, replace(saved, backend="fast")) == []

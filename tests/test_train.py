@@ -1,5 +1,6 @@
-"""The training loop: gradient accumulation, exact resume (after a stop and after Ctrl-C),
-the non-finite guard, the initial-loss check, run-directory errors and dataset caching.
+"""The training loop: gradient accumulation, the training step, exact resume (after a stop
+and after Ctrl-C), the non-finite guard, the initial-loss check, run-directory errors and
+dataset caching.
 Everything runs on a one-layer model over a small text prepared in a temporary folder.
 
     pytest tests/test_train.py -q
@@ -16,7 +17,10 @@ from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.common import UserError
 from vintagelm.config import resolve_config
 from vintagelm.data.prepare import prepare_dataset
-from vintagelm.train import Trainer, accumulate_gradients, evaluate_split, resolve_dataset, train
+from vintagelm.data.resolve import resolve_dataset
+from vintagelm.evaluate import evaluate_split
+from vintagelm.optim import AdamW, clip_grad_norm
+from vintagelm.train import Trainer, accumulate_gradients, train, training_step
 
 WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
 
@@ -73,6 +77,30 @@ def test_k_micro_batches_give_the_gradient_of_one_full_batch(k):
     assert loss == pytest.approx(full_loss, rel=1e-13)
     np.testing.assert_allclose(model.flat_grads, full, rtol=1e-10, atol=1e-15)
 
+
+
+def test_training_step_is_accumulate_clip_and_adamw():
+    config = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8)
+    x, y = np.random.default_rng(0).integers(0, 11, (2, 4, 6))  # B = 4
+    micro = list(zip(np.split(x, 2), np.split(y, 2)))  # 2 x (2, 6)
+    stepped, by_hand = (GPT(config, seed=3, dtype=np.float64, backend="reference") for _ in range(2))
+    opt = AdamW(stepped.params, 1e-2, weight_decay=0.1, backend="reference")
+    loss, norm, ok = training_step(stepped, opt, micro, lr=1e-2, grad_clip=0.5)
+    assert ok and norm > 0.5  # the clip is active
+    assert loss == accumulate_gradients(by_hand, micro)
+    assert clip_grad_norm(by_hand.grads, 0.5) == norm
+    AdamW(by_hand.params, 1e-2, weight_decay=0.1, backend="reference").step(by_hand.grads, lr=1e-2)
+    np.testing.assert_allclose(stepped.flat_params, by_hand.flat_params, rtol=1e-12, atol=1e-15)
+
+
+def test_training_step_skips_a_non_finite_loss():
+    model = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8), seed=3, backend="reference")
+    model.params["wte.weight"][0, 0] = np.nan  # token 0's embedding: every forward below reads it
+    before = model.flat_params.copy()
+    x, y = np.zeros((2, 2, 6), dtype=np.int64)
+    loss, norm, ok = training_step(model, AdamW(model.params, 1e-2, backend="reference"), [(x, y)], 1e-2, 1.0)
+    assert not ok and not np.isfinite(loss)
+    np.testing.assert_array_equal(model.flat_params, before)  # no update (nan equals nan here)
 
 def test_training_with_accumulation_follows_the_same_trajectory(tmp_path, dataset_dir):
     runs = {}

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError
 from vintagelm.model import GPTConfig
 
@@ -55,6 +56,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     seed: int = 1337  # drives init, data order, dropout and the closing sample
     dtype: str = "float32"  # "float32" or "float64"
+    backend: str = field(default_factory=default_backend)  # "reference" (nn/), "fast" (fast/, numba) or "auto"
     sample_tokens: int = 300  # tokens sampled at the end of training (0: none)
     max_bad_steps: int = 3  # consecutive non-finite steps before restoring the last checkpoint
 
@@ -87,10 +89,11 @@ PRESETS = {
     },
 }
 
-# fields a --resume may change: how long to train and how to report, never what is trained
+# fields a --resume may change: how long to train, how to report and which implementation
+# computes it (the backends do the same mathematics), never what is trained
 RESUMABLE = (
     "max_iters", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
-    "keep_checkpoints", "sample_tokens", "max_bad_steps",
+    "keep_checkpoints", "sample_tokens", "max_bad_steps", "backend",
 )
 
 
@@ -230,8 +233,18 @@ def resolve_config(preset=None, config_file=None, overrides=(), base=None, **cli
         raise TypeError(f"resolve_config got unknown flags {unknown}")
     updates.append({"model": {}, "train": flags})
     cfg = build(base or TrainConfig(), *updates)
+    cfg = replace(cfg, backend=concrete_backend(cfg.backend))
     validate(cfg)
     return cfg
+
+
+def concrete_backend(name):
+    """"auto" / "reference" / "fast" -> "reference" or "fast", the name a run saves; a UserError
+    for another name, or for "fast" where numba is not installed."""
+    try:
+        return resolve_backend(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def validate(cfg):

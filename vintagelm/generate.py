@@ -228,3 +228,17 @@ class TextStream:
     def finish(self):
         """Flush the end of the stream: an incomplete trailing character becomes U+FFFD."""
         return self._utf8.decode(b"", final=True)
+
+
+def sample_text(model, tokenizer, n_tokens, seed, write):
+    """Sample n_tokens from an empty prompt (a fresh document), passing each piece of text to
+    `write` as it arrives; returns the whole text."""
+    stream, pieces = TextStream(tokenizer), []
+    rng = np.random.default_rng([seed, 4])
+    # temperature 0.8, as `vintage sample`: a little sharper than the model, fewer misspellings
+    for token in generate(model, encode_prompt(tokenizer, ""), n_tokens, rng, temperature=0.8):
+        pieces.append(stream.push(token))
+        write(pieces[-1])
+    pieces.append(stream.finish())
+    write(pieces[-1])
+    return "".join(pieces)

@@ -2,11 +2,13 @@
 metrics, checkpoints, exact resume and a guard against non-finite steps.
 
 One step (`Trainer.train_step`): draw a batch of B windows from the train split, cut it into
-`grad_accum` micro-batches, accumulate their gradients (scaled so the result is the gradient
-of the whole batch's mean loss), clip to the global norm, and let AdamW update the weights
-at the warm-up + cosine learning rate. A step whose loss or gradient is not finite is skipped;
-after `max_bad_steps` in a row the last checkpoint (or the seed's initial state) is restored
-and the learning rate is halved, for the rest of the run and across resumes.
+`grad_accum` micro-batches, then `training_step`: accumulate their gradients (scaled so the
+result is the gradient of the whole batch's mean loss), clip to the global norm, and let AdamW
+update the weights at the warm-up + cosine learning rate. `training_step` knows nothing of
+runs or datasets, so a benchmark times the very same step. A step whose loss or gradient is
+not finite is skipped; after `max_bad_steps` in a row the last checkpoint (or the seed's
+initial state) is restored and the learning rate is halved, for the rest of the run and
+across resumes.
 
 Numbering: `step` counts completed optimizer steps. The metrics line for step s holds the
 training loss of the batch that step s used (measured before its update) and, on evaluation
@@ -19,9 +21,10 @@ estimate uses the same batches and evaluating never moves the training data).
 A checkpoint stores the dropout and batch generators' states, so a resumed run continues
 bit for bit as if it had never stopped.
 
-This file does not parse arguments (commands/train.py) or define the model (model.py).
+This file does not parse arguments (commands/train.py), define the model (model.py), measure
+the loss on held-out text (evaluate.py) or find and prepare the data (data/resolve.py).
+The config's `backend` chooses the implementation of model and optimizer (backend.py).
 """
-import hashlib
 import json
 import math
 import signal
@@ -30,44 +33,22 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
-from vintagelm.common import UserError, atomic_path, cache_root, write_json_atomic
+from vintagelm.common import UserError, atomic_path, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
-from vintagelm.data.loader import get_batch, load_dataset, sequential_batches
+from vintagelm.data.loader import get_batch
+from vintagelm.data.resolve import resolve_dataset
+from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.model import GPT
 from vintagelm.optim import AdamW, clip_factor, grad_norm, lr_at
 
 
-# ---------------------------------------------------------------- data
-def resolve_dataset(data, tokenizer="char", vocab_size=0, progress=True, log=print):
-    """A prepared dataset folder, or a source spec prepared once into the cache, keyed by
-    (source, tokenizer, vocab size), and reused by later runs -> PreparedDataset."""
-    from vintagelm.data.prepare import prepare_dataset
-
-    if (Path(data) / "meta.json").is_file():
-        return load_dataset(data)
-    # a local path is keyed by its absolute form, so the same relative name elsewhere differs
-    source = str(Path(data).resolve()) if Path(data).exists() else data
-    tok_key = tokenizer
-    if tokenizer not in ("char", "bpe"):
-        from vintagelm.tokenizers import load_tokenizer
-
-        tok_key = load_tokenizer(tokenizer).fingerprint()
-    key = json.dumps([source, tok_key, vocab_size])
-    folder = cache_root() / "datasets" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (folder / "meta.json").is_file():
-        log(f"data: {data} (cached in {folder}; delete that folder to prepare it again)")
-    else:
-        log(f"data: preparing {data} with the {tokenizer} tokenizer into {folder}")
-        prepare_dataset([data], tokenizer, folder, vocab_size=vocab_size or None, progress=progress)
-    return load_dataset(folder)
-
-
-# ---------------------------------------------------------------- gradients and evaluation
+# ---------------------------------------------------------------- one step
 def accumulate_gradients(model, micro_batches):
     """Forward and backward every (x, y) micro-batch, all of equal shape (B/k, T), leaving in
     model.grads the gradient of the mean loss over all of them; returns that mean loss.
@@ -85,61 +66,23 @@ def accumulate_gradients(model, micro_batches):
     return total / k
 
 
-def token_byte_lengths(tokenizer):
-    """(V,) UTF-8 length of every token id; 0 for special tokens, which stand for no text."""
-    special = set(tokenizer.special_tokens.values())
-    return np.array([0 if i in special else len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)])
+class StepResult(NamedTuple):
+    loss: float  # mean loss of the micro-batches, measured before the update
+    norm: float  # global gradient norm, before clipping
+    stepped: bool  # False: the loss or the norm was not finite and the weights are unchanged
 
 
-def evaluate_batches(model, batches, byte_lengths):
-    """Loss over (x, y) batches with dropout off -> dict(loss, perplexity, bits_per_byte,
-    tokens, bytes). loss is the mean over every target token; bits per byte counts the text
-    only: nats of the ordinary targets / (their UTF-8 bytes * ln 2), special tokens excluded."""
-    was_training = model.training
-    model.eval()
-    nats = text_nats = 0.0
-    n_tokens = n_bytes = 0
-    try:
-        for x, y in batches:
-            logits, _ = model.forward(x)  # (b, T, V)
-            z = logits.astype(np.float64)
-            zmax = z.max(axis=-1, keepdims=True)  # subtract the max for a stable log-sum-exp
-            lse = np.log(np.exp(z - zmax).sum(axis=-1)) + zmax[..., 0]  # (b, T)
-            nll = lse - np.take_along_axis(z, y[..., None], axis=-1)[..., 0]  # (b, T) nats
-            nbytes = byte_lengths[y]  # (b, T)
-            nats += nll.sum()
-            text_nats += nll[nbytes > 0].sum()
-            n_tokens += y.size
-            n_bytes += int(nbytes.sum())
-    finally:
-        model.train(was_training)
-    if n_tokens == 0:
-        raise UserError("nothing to evaluate: no complete window of block_size + 1 tokens")
-    loss = nats / n_tokens
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_byte": text_nats / (n_bytes * math.log(2)) if n_bytes else float("nan"),
-        "tokens": n_tokens,
-        "bytes": n_bytes,
-    }
-
-
-def estimate_val(model, val, batch_size, n_batches, seed, byte_lengths):
-    """Validation estimate over n_batches random windows, the same windows every time."""
-    rng = np.random.default_rng([seed, 3])
-    T = model.config.block_size
-    return evaluate_batches(model, (get_batch(val, batch_size, T, rng) for _ in range(n_batches)), byte_lengths)
-
-
-def evaluate_split(model, tokens, tokenizer, batch_size=16, max_batches=None, progress=False):
-    """Every token of `tokens` once, in consecutive windows of block_size (see
-    loader.sequential_batches) -> evaluate_batches' dict."""
-    T = model.config.block_size
-    total = -(-((len(tokens) - 1) // T) // batch_size)  # ceil(windows / batch_size)
-    batches = tqdm(sequential_batches(tokens, batch_size, T, max_batches), total=min(total, max_batches or total),
-                   desc="eval", unit="batch", disable=None if progress else True, leave=False)
-    return evaluate_batches(model, batches, token_byte_lengths(tokenizer))
+def training_step(model, optimizer, micro_batches, lr, grad_clip):
+    """One optimizer step on the gradient of the micro-batches' mean loss (accumulate_gradients),
+    clipped to global norm `grad_clip` (0 or None: no clipping), at learning rate lr -> StepResult.
+    A non-finite loss or gradient skips the update."""
+    loss = accumulate_gradients(model, micro_batches)
+    norm = grad_norm(model.grads)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        return StepResult(loss, norm, False)
+    # clipping: the optimizer reads the gradients times this factor (no pass of its own)
+    optimizer.step(model.grads, lr=lr, grad_scale=clip_factor(norm, grad_clip or math.inf))
+    return StepResult(loss, norm, True)
 
 
 # ---------------------------------------------------------------- Ctrl-C
@@ -193,9 +136,10 @@ class Trainer:
         """Take model, optimizer, generators and counters from a Checkpoint, or make them
         fresh from the seed when ckpt is None (the state at step 0)."""
         cfg = self.cfg
-        self.model = ckpt.model if ckpt else GPT(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+        self.model = ckpt.model if ckpt else GPT(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype),
+                                                 backend=cfg.backend)
         self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, backend=cfg.backend)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
         self.step, self.lr_scale, self.bad_steps = 0, 1.0, 0
         if ckpt is None:
@@ -233,19 +177,16 @@ class Trainer:
 
     def train_step(self):
         """One optimizer step (or a skipped one) -> its metrics row."""
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         lr = self.lr(self.step)
         x, y = get_batch(self.data.train, cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
         micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/k, T)
-        loss = accumulate_gradients(model, micro)
+        loss, norm, stepped = training_step(self.model, self.optimizer, micro, lr, cfg.grad_clip)
         if self.step == 0:
             self.check_initial_loss(loss)
-        norm = grad_norm(model.grads)  # before clipping; nan/inf: the step is skipped
         self.step += 1
         row = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
-        if math.isfinite(loss) and math.isfinite(norm):
-            # clipping: the optimizer reads the gradients times this factor
-            self.optimizer.step(model.grads, lr=lr, grad_scale=clip_factor(norm, cfg.grad_clip or math.inf))
+        if stepped:
             self.bad_steps = 0
             return row
         self.bad_steps += 1
@@ -268,7 +209,7 @@ class Trainer:
         """Too many non-finite steps in a row: back to the last checkpoint, half the lr."""
         latest = find_latest(self.run_dir)
         bad, scale = self.bad_steps, self.lr_scale / 2
-        self.load(load_checkpoint(latest, dtype=self.cfg.dtype) if latest else None)
+        self.load(load_checkpoint(latest, dtype=self.cfg.dtype, backend=self.cfg.backend) if latest else None)
         self.lr_scale = scale
         row.update(restored_step=self.step, lr_scale=scale)
         where = f"checkpoint {latest}" if latest else "the initial weights (no checkpoint yet)"
@@ -349,9 +290,9 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
         conflicts = resume_conflicts(saved_config(run_dir), cfg)
         if conflicts:
             raise UserError(f"--resume: these settings differ from the run in {run_dir} ({'; '.join(conflicts)}); "
-                            "only max_iters and the logging/checkpoint settings may change on resume; "
+                            "only max_iters, the backend and the logging/checkpoint settings may change on resume; "
                             "drop the other flags or train into a new --out")
-        ckpt = load_checkpoint(find_latest(run_dir), dtype=cfg.dtype)
+        ckpt = load_checkpoint(find_latest(run_dir), dtype=cfg.dtype, backend=cfg.backend)
     elif list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run (latest {find_latest(run_dir).name}); pass --resume to "
                         "continue it, or choose a new --out")
@@ -376,18 +317,3 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
     return TrainResult(run_dir, trainer.step, interrupted, val, trainer.model, dataset.tokenizer,
                        time.perf_counter() - t0)
 
-
-def sample_text(model, tokenizer, n_tokens, seed, write):
-    """Sample n_tokens from an empty prompt (a fresh document), passing each piece of text to
-    `write` as it arrives; returns the whole text."""
-    from vintagelm.generate import TextStream, encode_prompt, generate
-
-    stream, pieces = TextStream(tokenizer), []
-    rng = np.random.default_rng([seed, 4])
-    # temperature 0.8, as `vintage sample`: a little sharper than the model, fewer misspellings
-    for token in generate(model, encode_prompt(tokenizer, ""), n_tokens, rng, temperature=0.8):
-        pieces.append(stream.push(token))
-        write(pieces[-1])
-    pieces.append(stream.finish())
-    write(pieces[-1])
-    return "".join(pieces)

@@ -23,7 +23,8 @@ def run(args):
 
     from vintagelm.checkpoint import load_checkpoint
     from vintagelm.common import UserError
-    from vintagelm.train import evaluate_split, resolve_dataset
+    from vintagelm.data.resolve import resolve_dataset
+    from vintagelm.evaluate import evaluate_split
 
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UserError("--batch-size and --max-batches must be at least 1")

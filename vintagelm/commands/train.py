@@ -28,7 +28,8 @@ def add_arguments(p):
 
 def run(args):
     from vintagelm.config import resolve_config
-    from vintagelm.train import sample_text, saved_config, train
+    from vintagelm.generate import sample_text
+    from vintagelm.train import saved_config, train
 
     out = args.out or f"runs/{args.preset or 'tiny'}"
     base = saved_config(out) if args.resume and args.preset is None else None
