@@ -1,7 +1,8 @@
 """Central finite differences: the independent truth for every hand-written backward.
 
 `numerical_gradient` checks one op (CS231n style: contract with an upstream gradient dy);
-`check_model` checks every parameter tensor of a whole GPT. Use float64: in float32 the
+`check_model` checks every parameter tensor of a whole GPT. Both take their derivatives from
+`central_differences`, the one finite-difference loop. Use float64: in float32 the
 rounding error of a finite difference is as large as the quantity it measures.
 """
 from dataclasses import dataclass
@@ -15,20 +16,29 @@ TOLERANCE = 1e-6  # max relative error accepted by `vintage gradcheck`
 WEIGHT_STD = 0.3  # scale of the random weights a model is checked at (see check_model)
 
 
+def central_differences(f, flat, which, h=STEP):
+    """(len(which),) float64: df/dflat[i] for every index i in `which`, as (f(+h) - f(-h)) / 2h.
+
+    `flat` is a 1-D view into what the scalar function f() reads; each flat[i] is moved by +h
+    and by -h in place, one at a time, and put back."""
+    grad = np.empty(len(which))
+    for j, i in enumerate(which):
+        old = flat[i]
+        flat[i] = old + h
+        plus = f()
+        flat[i] = old - h
+        minus = f()
+        flat[i] = old
+        grad[j] = (plus - minus) / (2 * h)
+    return grad
+
+
 def numerical_gradient(f, x, dy, h=STEP):
     """d/dx of sum(f(x) * dy) by central differences, perturbing x in place one element at a
     time (x is restored). f returns an array shaped like dy (or a scalar when dy is a scalar)."""
-    grad = np.zeros_like(x, dtype=np.float64)
-    flat_x, flat_g = x.reshape(-1), grad.reshape(-1)  # views: writes reach x and grad
-    for i in range(flat_x.size):
-        old = flat_x[i]
-        flat_x[i] = old + h
-        plus = np.sum(f(x) * dy)
-        flat_x[i] = old - h
-        minus = np.sum(f(x) * dy)
-        flat_x[i] = old
-        flat_g[i] = (plus - minus) / (2 * h)
-    return grad
+    flat_x = x.reshape(-1)  # a view: the perturbations reach x
+    grad = central_differences(lambda: np.sum(f(x) * dy), flat_x, range(flat_x.size), h)
+    return grad.reshape(x.shape)
 
 
 def relative_error(analytic, numeric):
@@ -80,15 +90,7 @@ def check_model(config, batch_size=2, seq_len=None, seed=0, samples=None):
         which = np.arange(flat.size)
         if samples is not None and samples < flat.size:
             which = np.sort(rng.choice(flat.size, samples, replace=False))
-        numeric = np.empty(which.size)
-        for j, i in enumerate(which):
-            old = flat[i]
-            flat[i] = old + STEP
-            plus = loss()
-            flat[i] = old - STEP
-            minus = loss()
-            flat[i] = old
-            numeric[j] = (plus - minus) / (2 * STEP)
+        numeric = central_differences(loss, flat, which)
         analytic = grads[name].reshape(-1)[which]
         results.append(GroupResult(name, which.size, float(np.abs(analytic).max()), relative_error(analytic, numeric)))
     return results
