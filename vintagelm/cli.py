@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from vintagelm.common import UserError
+from vintagelm.common import UserError, set_blas_threads
 
 # subcommand name -> module under vintagelm.commands (in the order `--help` lists them)
 COMMANDS = {
@@ -51,9 +51,7 @@ def main(argv=None):
         if args.threads < 1:
             print("vintage: error: --threads must be at least 1", file=sys.stderr)
             return 2
-        import threadpoolctl
-
-        threadpoolctl.threadpool_limits(args.threads, user_api="blas")
+        set_blas_threads(args.threads)
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -1,4 +1,5 @@
-"""Small shared helpers: the user-error type, atomic file writes, rank-aware printing.
+"""Small shared helpers: the user-error type, atomic file writes, rank-aware printing, the
+BLAS thread count.
 
 Nothing here knows about models, text or training; every layer may import it.
 """
@@ -23,6 +24,17 @@ def cache_root():
     ~/.cache/vintagelm."""
     root = os.environ.get("VINTAGELM_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "vintagelm"
+
+
+def set_blas_threads(n):
+    """Let NumPy's BLAS use n threads for every matmul from now on, process-wide.
+
+    threadpoolctl limits only the libraries already loaded, so NumPy (which loads its BLAS) is
+    imported first; both are imported here so that importing this module stays cheap."""
+    import numpy  # noqa: F401
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
 def print0(*args, **kwargs):
