@@ -94,17 +94,17 @@ VARIANTS = list(itertools.product(["pre", "post", "none"], ["learned", "sinusoid
 
 
 @pytest.mark.parametrize("norm,pos,tie,bias", VARIANTS)
-def test_model_gradients_match_finite_differences(norm, pos, tie, bias):
+def test_model_gradients_match_finite_differences(norm, pos, tie, bias, backend):
     cfg = GPTConfig(**SMALL, norm=norm, pos=pos, tie_weights=tie, bias=bias, dropout=0.1)
-    results = check_model(cfg, batch_size=2, seq_len=5, samples=12)
+    results = check_model(cfg, batch_size=2, seq_len=5, samples=12, backend=backend)
     bad = [(r.name, r.rel_error) for r in results if not r.ok]
     assert not bad, bad
 
 
 @pytest.mark.parametrize("B,T,H", [(1, 1, 1), (1, 4, 1), (3, 1, 2)])
-def test_model_gradients_edge_shapes(B, T, H):
+def test_model_gradients_edge_shapes(B, T, H, backend):
     cfg = GPTConfig(**{**SMALL, "n_head": H}, activation="relu")
-    results = check_model(cfg, batch_size=B, seq_len=T, samples=10)
+    results = check_model(cfg, batch_size=B, seq_len=T, samples=10, backend=backend)
     assert all(r.ok for r in results), [(r.name, r.rel_error) for r in results]
 
 
@@ -133,7 +133,9 @@ def test_gradcheck_detects_a_wrong_gradient(monkeypatch):
 def test_gradcheck_cli(capsys):
     assert main(["gradcheck", "--samples", "6", "--norm", "post", "--untied"]) == 0
     out = capsys.readouterr().out
-    assert "lm_head.weight" in out and "PASS: all" in out
+    assert "lm_head.weight" in out and "PASS: all" in out and "reference backend" in out
+    assert main(["gradcheck", "--samples", "4", "--backend", "fast"]) == 0
+    assert "fast backend" in capsys.readouterr().out
     assert main(["gradcheck", "--embd", "10", "--heads", "3"]) == 2
     assert "n_embd" in capsys.readouterr().err
 

@@ -19,7 +19,6 @@ COMMANDS = {
     "eval": "eval",
     "plot": "plot",
     "sample": "sample",
-    "bench": "bench",
 }
 
 

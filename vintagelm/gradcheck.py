@@ -61,13 +61,14 @@ class GroupResult:
         return self.rel_error < TOLERANCE
 
 
-def check_model(config, batch_size=2, seq_len=None, seed=0, samples=None):
-    """Compare GPT.backward with central differences of the loss for every parameter tensor.
+def check_model(config, batch_size=2, seq_len=None, seed=0, samples=None, backend="reference"):
+    """Compare GPT.backward with central differences of the loss for every parameter tensor,
+    on the given backend (backend.py; the fast one in float64 runs its lanes and slot logic).
 
     `samples` limits how many entries per tensor are perturbed (random, seeded); None checks
     all. Dropout is supported: its generator is rewound before every forward, so each
     evaluation of the loss uses the same masks and the loss is a smooth function."""
-    model = GPT(config, seed=seed, dtype=np.float64)
+    model = GPT(config, seed=seed, dtype=np.float64, backend=backend)
     rng = np.random.default_rng(seed)
     # Redraw every parameter from N(0, WEIGHT_STD): at GPT-2's init (std 0.02) attention is
     # nearly uniform and GELU nearly linear, so a wrong second-order term could hide, and

@@ -17,6 +17,8 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=2, help="batch size B (default 2)")
     p.add_argument("--samples", type=int, default=None, help="entries checked per tensor (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="reference", choices=["reference", "fast"],
+                   help="which implementation to check (default reference; fast needs numba)")
 
 
 def run(args):
@@ -34,8 +36,11 @@ def run(args):
         raise UserError(str(e)) from None
     if args.batch_size < 1 or (args.samples is not None and args.samples < 1):
         raise UserError("--batch-size and --samples must be at least 1")
-    print(f"gradcheck: {config}")
-    results = check_model(config, args.batch_size, args.seq_len, args.seed, args.samples)
+    print(f"gradcheck ({args.backend} backend): {config}")
+    try:
+        results = check_model(config, args.batch_size, args.seq_len, args.seed, args.samples, args.backend)
+    except ValueError as e:  # the fast backend without numba
+        raise UserError(str(e)) from None
     print(format_table(results))
     failed = [r.name for r in results if not r.ok]
     worst = max(r.rel_error for r in results)
