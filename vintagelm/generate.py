@@ -1,10 +1,11 @@
-"""Text generation: the KV cache, the token sampler, and the streaming `generate` loop.
+"""Text generation: the token sampler and the streaming `generate` loop, over a model's KV
+cache (kv_cache.py; a model hands out its own decoding state with model.new_kv_cache()).
 
-Three separate pieces, each usable on its own:
-    KVCache            preallocated keys and values of every layer (kv_cache.py; any model's
-                       own incremental-decoding state comes from model.new_kv_cache())
+Separate pieces, each usable on its own:
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
     generate           a generator yielding one new token id at a time (batch 1)
+    sample_text        generate from an empty prompt, text streamed to a callback (the
+                       sample `vintage train` prints at the end)
 plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
 hands out next-token logits (generate, the tests and the benchmark all drive it),
 `encode_prompt` (text -> ids, with the empty-prompt rule), and `TextStream`, which turns ids
