@@ -1,5 +1,6 @@
 """Attention cost by sequence length: naive vs blocked vs tiled (online softmax), forward +
-backward of the attention op alone, float32, batch 1, 6 heads of 64 (the `baby` width).
+backward of the attention op alone as the reference backend has it (vintagelm/nn/), float32,
+batch 1, by default the heads of the `baby` model (common.py: 6 heads of 64).
 
 Peak memory is what NumPy allocates during the call (tracemalloc sees NumPy's buffers),
 beyond the inputs; time is the median of a few runs, measured without tracing.
@@ -12,9 +13,10 @@ import tracemalloc
 
 import numpy as np
 
-from vintagelm.model import ATTENTION_BLOCK
+from common import BENCH_MODELS, set_threads
 from vintagelm.nn.attention import attention_backward, attention_forward
 from vintagelm.nn.attention_tiled import tiled_attention_backward, tiled_attention_forward
+from vintagelm.nn.ops import ATTENTION_BLOCK
 
 KINDS = {
     "naive": lambda qkv, dy, H: attention_backward(dy, attention_forward(qkv, H)[1]),
@@ -43,14 +45,13 @@ def measure(kind, T, H, D, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--head-size", type=int, default=64)
+    baby = BENCH_MODELS["baby"].config
+    p.add_argument("--heads", type=int, default=baby.n_head)
+    p.add_argument("--head-size", type=int, default=baby.n_embd // baby.n_head)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    import threadpoolctl
-
-    threadpoolctl.threadpool_limits(args.threads, user_api="blas")
+    set_threads(args.threads)
     print(f"attention forward+backward, B=1, H={args.heads}, D={args.head_size}, float32, {args.threads} threads")
     header = f"{'T':>5} " + " ".join(f"{k + ' ms':>11}" for k in KINDS) + " " + " ".join(f"{k + ' MB':>11}" for k in KINDS)
     print(header + f" {'tiled/naive mem':>16}")

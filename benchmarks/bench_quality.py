@@ -2,10 +2,13 @@
 reference GPT, one after the other in this one process.
 
 Recipe (nanoGPT README, "I only have a macbook"): character level, first 90% train / last 10%
-validation, 4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iterations, lr 1e-3 with 100
-warm-up steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1 (matrices
-and embeddings), clip 1.0, dropout 0, no biases (nanoGPT's train.py default). Both
-implementations start from the same weights and see the same batches. Wall time covers the
+validation, the benchmarks' `tiny` model and batch (common.py: 4 layers, 4 heads, 128 wide,
+block 64, batch 12) without biases (nanoGPT's train.py default), 2000 iterations, lr 1e-3 with
+100 warm-up steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1
+(matrices and embeddings), clip 1.0, dropout 0. Both implementations start from the same
+weights and see the same batches. vintagelm trains with vintagelm.train.training_step, the
+step `vintage train` runs (the clip factor folded into AdamW's pass); the torch reference
+(tests/torch_gpt.py) clips, then steps (common.torch_training_step). Wall time covers the
 training steps only; the final validation loss is the mean over every non-overlapping block of
 the validation split (deterministic, no sampling noise).
 
@@ -19,16 +22,20 @@ its iteration count is that budget divided by vintagelm's measured time per iter
 import argparse
 import math
 import os
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from vintagelm import GPT, GPTConfig
-from vintagelm.optim import AdamW, clip_grad_norm, lr_at
+from common import BENCH_MODELS, blas_kernel, load_torch_reference, set_threads, torch_adamw, torch_training_step
+from vintagelm import GPT
+from vintagelm.optim import AdamW, lr_at
+from vintagelm.train import training_step
 
 HERE = Path(__file__).resolve().parent
+TINY = BENCH_MODELS["tiny"]
+BETAS, WEIGHT_DECAY, GRAD_CLIP = (0.9, 0.99), 0.1, 1.0
 
 
 def load_chars(path):
@@ -66,40 +73,23 @@ def schedule(step, args, iters=None):
 def train_vintagelm(config, init_params, data, args):
     model = GPT(config, seed=args.seed)
     model.flat_params[:] = init_params
-    opt = AdamW(model.params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.1)
+    opt = AdamW(model.params, lr=args.lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(data):
-        model.forward(x, y)
-        clip_grad_norm(model.backward(), 1.0)
-        opt.step(model.grads, lr=schedule(step, args, len(data)))
+        training_step(model, opt, [(x, y)], schedule(step, args, len(data)), GRAD_CLIP)
     wall = time.perf_counter() - t0
     model.eval()
     losses = [model.forward(x, y)[1] * x.size for x, y in args.val]
     return sum(losses) / sum(x.size for x, _ in args.val), wall
 
 
-def train_torch(config, init_params, data, args):
-    import torch
-
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from torch_gpt import TorchGPT
-
-    model = TorchGPT.from_numpy(config, init_params, dtype=torch.float32)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.99),
-    )
+def train_torch(torch_gpt, config, init_params, data, args):
+    torch = torch_gpt.torch
+    model = torch_gpt.TorchGPT.from_numpy(config, init_params, dtype=torch.float32)
+    opt, _ = torch_adamw(model, args.lr, BETAS, WEIGHT_DECAY)
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(data):
-        for g in opt.param_groups:
-            g["lr"] = schedule(step, args)
-        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        torch_training_step(model, opt, x, y, schedule(step, args), GRAD_CLIP)
     wall = time.perf_counter() - t0
     with torch.no_grad():
         losses = [model(torch.from_numpy(x), torch.from_numpy(y))[1].item() * x.size for x, y in args.val]
@@ -117,29 +107,26 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-torch", action="store_true")
     args = p.parse_args()
-    import threadpoolctl
-
-    threadpoolctl.threadpool_limits(args.threads, user_api="blas")
+    # loaded first: a checkout without tests/ or torch fails here, not after vintagelm's run
+    torch_gpt = None if args.skip_torch else load_torch_reference()
+    set_threads(args.threads)  # (after importing torch, so that its threads are set too)
     train, val, vocab = load_chars(args.data)
-    config = GPTConfig(vocab_size=vocab, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+    config = replace(TINY.config, vocab_size=vocab, bias=False)
     init = GPT(config, seed=args.seed)
     args.val = val_blocks(val, config.block_size, 64)
-    data = list(batches(train, args.iters, 12, config.block_size, args.seed))
-    from vintagelm.bench import blas_kernel
+    data = list(batches(train, args.iters, TINY.batch_size, config.block_size, args.seed))
 
     print(f"tiny shakespeare, char level: {len(train):,} train / {len(val):,} val chars, vocab {vocab}")
-    print(f"model 4L/4H/128, block 64, batch 12, {args.iters} iterations; {args.threads} threads; "
+    print(f"model {config.n_layer}L/{config.n_head}H/{config.n_embd}, block {config.block_size}, "
+          f"batch {TINY.batch_size}, {args.iters} iterations; {args.threads} threads; "
           f"BLAS {blas_kernel()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     rows = [("vintagelm", args.iters, *train_vintagelm(config, init.flat_params.copy(), data, args))]
-    if not args.skip_torch:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        rows.append((f"torch {torch.__version__} eager", args.iters,
-                     *train_torch(config, dict(init.params), data, args)))
+    if torch_gpt is not None:
+        rows.append((f"torch {torch_gpt.torch.__version__} eager", args.iters,
+                     *train_torch(torch_gpt, config, dict(init.params), data, args)))
         budget = rows[1][3]
         iters = int(0.95 * budget / (rows[0][3] / args.iters))
-        matched = list(batches(train, iters, 12, config.block_size, args.seed))
+        matched = list(batches(train, iters, TINY.batch_size, config.block_size, args.seed))
         rows.append(("vintagelm, torch's time", iters, *train_vintagelm(config, init.flat_params.copy(), matched, args)))
     print(f"\n{'implementation':<24} {'iters':>6} {'val loss':>9} {'wall s':>8} {'ms/iter':>8}")
     for name, iters, loss, wall in rows:

@@ -4,7 +4,7 @@ for vintagelm (NumPy) and the team's PyTorch reference GPT, side by side.
     python benchmarks/bench_sampling.py                       # baby config, prompts 16 .. 256
     python benchmarks/bench_sampling.py --new-tokens 64 --rounds 5
 
-Model: the `baby` config (6 layers, 6 heads, 384 channels, block 256, vocab 65), float32,
+Model: the `baby` config (common.py: 6 layers, 6 heads, 384 channels, block 256, vocab 65), float32,
 random weights (speed does not depend on training); the torch model holds a copy of ours.
 For each prompt length P = 16, 32, ... block_size, each implementation greedily generates
 --new-tokens tokens twice: once with a KV cache (prefill the prompt, then one forward per
@@ -31,15 +31,13 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from vintagelm import GPT, GPTConfig
+from common import BENCH_MODELS, load_torch_reference, require_torch, set_threads
+from vintagelm import GPT
 from vintagelm.generate import ContextWindow, sample_next_token
 
-sys.path.insert(0, "tests")
-from torch_gpt import TorchGPT  # noqa: E402
-
-BABY = dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
+torch = require_torch()  # (a missing torch or tests/ ends the script here, with one line saying why)
+TorchGPT = load_torch_reference().TorchGPT
 
 
 class TorchWindow(ContextWindow):
@@ -128,12 +126,9 @@ def main():
     if args.new_tokens < 2 or args.rounds < 1:
         sys.exit("--new-tokens must be at least 2 and --rounds at least 1")
     if args.threads is not None:
-        from threadpoolctl import threadpool_limits
+        set_threads(args.threads)
 
-        threadpool_limits(args.threads)  # NumPy's BLAS (and any OpenMP pool) for the rest of the run
-        torch.set_num_threads(args.threads)
-
-    config = GPTConfig(**BABY)
+    config = BENCH_MODELS["baby"].config
     model = GPT(config, seed=args.seed).eval()
     ref = TorchGPT.from_numpy(config, model.params, dtype=torch.float32).eval()
     block = config.block_size
@@ -145,9 +140,10 @@ def main():
         ("torch", True): lambda p: TorchWindow(model, ref, p, use_kv_cache=True),
         ("torch", False): lambda p: TorchWindow(model, ref, p, use_kv_cache=False),
     }
-    print(f"baby config {BABY}, float32, {model.num_params() / 1e6:.2f} M params; {args.new_tokens} new tokens "
-          f"per run, {args.rounds} rounds; torch {torch.__version__} threads {torch.get_num_threads()}, "
-          f"numpy {np.__version__}", flush=True)
+    print(f"baby config ({config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
+          f"block {config.block_size}, vocab {config.vocab_size}), float32, {model.num_params() / 1e6:.2f} M params; "
+          f"{args.new_tokens} new tokens per run, {args.rounds} rounds; "
+          f"torch {torch.__version__} threads {torch.get_num_threads()}, numpy {np.__version__}", flush=True)
 
     for make_window in paths.values():  # warm-up, untimed: first-call allocations, torch's lazy init
         time_generation(make_window, prompts[lengths[0]], 2)

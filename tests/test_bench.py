@@ -1,16 +1,21 @@
-"""`vintage bench`: the alternating timer, the JSON contract of issue 5, and the breakdown.
-The timings themselves are not asserted (performance claims live in benchmarks); what is
-asserted is what must hold whatever the machine's speed."""
+"""The benchmarks' shared machinery (benchmarks/common.py) and bench_training.py's contract:
+the alternating timer, the GEMM probe, paired MFU, the per-op breakdown, the JSON output, the
+memory children and the nanoGPT-style torch model. Timings themselves are not asserted
+(performance claims live in the benchmarks' output); what is asserted is what must hold
+whatever the machine's speed. Everything runs the tiny model for a round or two."""
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vintagelm import bench
-from vintagelm.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # not a package: scripts
+import bench_training  # noqa: E402
+import common  # noqa: E402
 
 
 class SleepyTrainer:
@@ -22,10 +27,15 @@ class SleepyTrainer:
         time.sleep(self.seconds)
 
 
+def tiny_batches(n):
+    bench = common.BENCH_MODELS["tiny"]
+    return bench.config, bench_training.make_batches(bench.config, bench.batch_size, n)
+
+
 def test_time_alternating_takes_turns_in_flipping_order():
     log = []
     trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.030, log)}
-    samples = bench.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
+    samples = common.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
     rounds = [log[6 * r : 6 * (r + 1)] for r in range(4)]  # per turn: one untimed step, two timed
     assert rounds == [["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3] * 2 and len(log) == 24
     assert len(samples["a"]) == len(samples["b"]) == 4
@@ -33,32 +43,54 @@ def test_time_alternating_takes_turns_in_flipping_order():
     assert 0.030 <= np.median(samples["b"])
 
 
-def test_vintage_bench_json_contract(capsys, monkeypatch):
-    assert bench.torch_available()  # torch is in the [test] extra: the reference must run here
-    monkeypatch.setattr(bench, "GEMM_SHAPES", [(512, 384, 512), (256, 256, 256)])  # quick ones here
-    assert main(["bench", "--json", "--config", "tiny", "--rounds", "1", "--threads", "1"]) == 0
+def test_bench_training_json_contract(capsys, monkeypatch):
+    assert common.torch_reference_missing() is None  # torch is in the [test] extra: the references must run here
+    monkeypatch.setattr(bench_training, "GEMM_SHAPES", [(512, 384, 512), (256, 256, 256)])  # quick ones here
+    argv = ["--json", "--config", "tiny", "--rounds", "1", "--steps-per-round", "2", "--threads", "1",
+            "--backend", "both", "--no-compile", "--no-memory"]
+    assert bench_training.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
-    assert result["lanes"] == 1  # one BLAS thread, one lane
+    assert result["backends"] == ["fast", "reference"]
+    assert result["fast_backend"]["lanes"] == 1  # one BLAS thread, one lane
     on = platform.libc_ver()[0] == "glibc" and os.environ.get("VINTAGELM_REUSE_MEMORY", "1") != "0"
-    assert result["reuse_freed_memory"] is on
+    assert result["fast_backend"]["reuse_freed_memory"] is on
     tiny = result["tiny"]
-    for impl in ("vintagelm", "torch"):
-        assert tiny[impl]["tokens_per_s"] > 0 and tiny[impl]["peak_rss_mb"] > 0
+    assert tiny["model"]["n_layer"] == 4 and tiny["model"]["batch_size"] == 12 and tiny["skipped"] == {}
+    rows = tiny["participants"]
+    assert list(rows) == ["vintagelm-fast", "vintagelm-reference", "torch_gpt", "torch-nanogpt"]
+    assert tiny["baseline"] == "vintagelm-fast" and set(tiny["ratios"]) == set(rows) - {"vintagelm-fast"}
     tokens = 12 * 64  # batch 12, block 64
-    assert tiny["vintagelm"]["tokens_per_s"] == pytest.approx(tokens / (tiny["vintagelm"]["ms_per_step"] / 1000))
-    # one round: the paired ratio and the ratio of medians are the same number
-    assert tiny["speed_ratio"] == pytest.approx(tiny["torch"]["ms_per_step"] / tiny["vintagelm"]["ms_per_step"])
-    assert tiny["speed_ratio_of_medians"] == pytest.approx(tiny["speed_ratio"])
-    assert tiny["memory_ratio"] == pytest.approx(tiny["vintagelm"]["peak_rss_mb"] / tiny["torch"]["peak_rss_mb"])
-    assert 0 < tiny["mfu"] < 2  # model FLOP/s over NumPy's GEMM FLOP/s: a fraction, give or take noise
+    for name, row in rows.items():
+        assert row["tokens_per_s"] == pytest.approx(tokens / (row["ms_per_step"] / 1000))
+        assert 0 < row["mfu"] < 2  # model FLOP/s over NumPy's GEMM FLOP/s: a fraction, give or take noise
+        assert "peak_rss_mb" not in row
+    for name, r in tiny["ratios"].items():
+        # one round: the paired ratio and the ratio of medians are the same number
+        assert r["speed"] == pytest.approx(rows[name]["ms_per_step"] / rows["vintagelm-fast"]["ms_per_step"])
+        assert r["speed_of_medians"] == pytest.approx(r["speed"]) and "memory" not in r
+    assert set(tiny["breakdown_ms"]) == {"vintagelm-fast", "vintagelm-reference"}
     assert tiny["matmul_gflops"] == result["matmul_gflops"] > 0
 
 
-def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step(monkeypatch):
-    monkeypatch.setattr(bench, "GEMM_SHAPES", [(64, 32, 16), (8, 8, 8)])
-    probe = bench.GemmProbe(steps_per_turn=2)
-    samples = bench.time_alternating({"gemm": probe}, [(None, None)], rounds=3, steps_per_round=2)
+def test_memory_child_trains_without_torch_and_reports_its_peak():
+    statement = ("from bench_training import child_main; child_main('vintagelm-fast', 'tiny', 1, steps=1); "
+                 "assert 'torch' not in sys.modules, 'vintagelm imported torch'")
+    assert 10 < common.child_peak_rss_mb(statement) < 4000
+    with pytest.raises(RuntimeError, match="memory child failed"):
+        common.child_peak_rss_mb("raise SystemExit(3)")
+
+
+def test_ratios_compare_every_row_with_the_baseline():
+    rows = {"a": {"ms_per_step": 10.0, "peak_rss_mb": 100.0}, "b": {"ms_per_step": 30.0, "peak_rss_mb": 400.0}}
+    samples = {"a": [1.0, 2.0, 1.0], "b": [2.0, 8.0, 2.0]}  # b took 2x, 4x, 2x as long: paired median 2
+    r = bench_training.ratios(rows, samples, "a", "b")
+    assert r == {"speed": 2.0, "speed_of_medians": 3.0, "memory": 0.25}
+
+
+def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step():
+    probe = common.GemmProbe([(64, 32, 16), (8, 8, 8)], steps_per_turn=2)
+    samples = common.time_alternating({"gemm": probe}, [(None, None)], rounds=3, steps_per_round=2)
     assert probe.calls == 9 and len(samples["gemm"]) == 3
     assert [[len(t) for t in turn] for turn in probe.rounds] == [[2, 2]] * 3  # 2 timed steps, both shapes
     a, b, out = probe.operands[0]
@@ -69,28 +101,51 @@ def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step(monkeypa
 
 def test_paired_mfu_divides_round_by_round():
     # 1 GFLOP steps; round 2 ran at half speed on both sides, so every round is 50%
-    assert bench.paired_mfu(1e9, [0.5, 1.0, 0.5], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert common.paired_mfu(1e9, [0.5, 1.0, 0.5], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
     # rounds at 50%, 50%, 25%: the median is 50%, where the ratio of the medians
     # (1 GFLOP / 1.0 s / 4 GFLOP/s) would be 25%
-    assert bench.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert common.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
 
 
-def test_breakdown_categories_add_up_and_patches_are_undone():
-    config, batch_size = bench.make_config("tiny")
-    batches = bench.make_batches(config, batch_size, 3)
-    from vintagelm import model as model_module
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_breakdown_categories_add_up_and_patches_are_undone(backend):
+    config, batches = tiny_batches(3)
+    trainer = bench_training.VintageTrainer(config, backend)
+    owners = common.breakdown_owners(trainer.model, trainer.optimizer)
 
-    before = model_module.linear_forward
-    bd = bench.breakdown(config, batches, repeats=1)
-    assert model_module.linear_forward is before
-    other = bd.pop("other (residuals, reshapes, Python)")
+    def own_attributes():  # what each patched owner itself holds (None: it comes from the class)
+        return [vars(owners[o]).get(a) for o, attrs in common.BREAKDOWN_TARGETS.values() for a in attrs]
+
+    before = own_attributes()
+    bd = common.breakdown(trainer, batches, repeats=1)
+    # every patch undone: the same objects, and a class's method is not left shadowed
+    assert all(a is b for a, b in zip(own_attributes(), before, strict=True))
+    other = bd.pop(common.OTHER)
     total = bd.pop("total")
     # nested timed calls are not counted twice (that would drive "other" below zero), and the
     # named categories cover most of the step (an unpatched op would land in "other")
     assert -0.01 * total <= other < 0.25 * total
-    assert all(v > 0 for v in bd.values()) and len(bd) == len(bench.BREAKDOWN_TARGETS)
+    assert all(v > 0 for v in bd.values()) and list(bd) == list(common.BREAKDOWN_TARGETS)
 
 
-def test_bench_rejects_bad_numbers(capsys):
-    assert main(["bench", "--rounds", "0"]) == 2
-    assert "at least 1" in capsys.readouterr().err
+def test_bench_training_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_training.main(["--rounds", "0"])
+    assert exit_info.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_torch_rows_are_skipped_with_a_reason_without_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.setattr(common, "TORCH_REFERENCE", tmp_path / "tests" / "torch_gpt.py")
+    with pytest.raises(bench_training.Skipped, match="source checkout"):
+        bench_training.build("torch_gpt", common.BENCH_MODELS["tiny"].config, None)
+
+
+def test_nanogpt_style_model_starts_from_our_weights():
+    torch = common.require_torch()
+    config, batches = tiny_batches(1)
+    x, y = batches[0]
+    ours = bench_training.VintageTrainer(config, "reference").model
+    _, loss = ours.forward(x, y)
+    nano = common.load_nanogpt_style().from_numpy(config, ours.params)
+    _, torch_loss = nano(torch.from_numpy(x), torch.from_numpy(y))
+    assert torch_loss.item() == pytest.approx(loss, rel=1e-5)
