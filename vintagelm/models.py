@@ -57,3 +57,12 @@ def model_class(architecture):
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     module, name = ARCHITECTURES[architecture].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def model_for(config):
+    """The registered class whose config_class is type(config) -> a LanguageModel class."""
+    for architecture in ARCHITECTURES:
+        cls = model_class(architecture)
+        if type(config) is cls.config_class:
+            return cls
+    raise ValueError(f"no registered architecture takes a {type(config).__name__}")

@@ -15,7 +15,7 @@ training loss of the batch that step s used (measured before its update) and, on
 steps, the validation loss after it. Checkpoint step_000500 holds the state after 500 steps.
 
 Determinism: the seed makes four independent generators, never the global one:
-[seed, 0] initial weights and [seed, 1] dropout (both in model.GPT), [seed, 2] the order of
+[seed, 0] initial weights and [seed, 1] dropout (both made by the model), [seed, 2] the order of
 training batches, [seed, 3] the validation batches (re-made at every evaluation, so every
 estimate uses the same batches and evaluating never moves the training data).
 A checkpoint stores the dropout and batch generators' states, so a resumed run continues
@@ -44,7 +44,7 @@ from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
-from vintagelm.model import GPT
+from vintagelm.models import model_for
 from vintagelm.optim import AdamW, clip_factor, grad_norm, lr_at
 
 
@@ -118,7 +118,7 @@ class TrainResult:
     step: int  # steps completed
     interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
     val: dict  # the last evaluation (evaluate_batches' dict), or None
-    model: GPT
+    model: object  # a models.LanguageModel
     tokenizer: object
     seconds: float
 
@@ -136,8 +136,10 @@ class Trainer:
         """Take model, optimizer, generators and counters from a Checkpoint, or make them
         fresh from the seed when ckpt is None (the state at step 0)."""
         cfg = self.cfg
-        self.model = ckpt.model if ckpt else GPT(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype),
-                                                 backend=cfg.backend)
+        if ckpt is not None:
+            self.model = ckpt.model
+        else:
+            self.model = model_for(cfg.model)(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype), backend=cfg.backend)
         self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                weight_decay=cfg.weight_decay, backend=cfg.backend)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
