@@ -22,7 +22,7 @@ with contextlib.redirect_stdout(out):
         code = e.code
 print(json.dumps({"code": code, "help": out.getvalue(), "modules": sorted(sys.modules)}))
 """
-HEAVY = ("numpy", "vintagelm.model", "vintagelm.train", "vintagelm.nn", "vintagelm.fast", "vintagelm.bench")
+HEAVY = ("numpy", "vintagelm.model", "vintagelm.train", "vintagelm.nn", "vintagelm.fast")
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy():
