@@ -23,7 +23,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from vintagelm.common import UserError, atomic_path, read_json
+from vintagelm.common import UserError, atomic_dir, read_json
 from vintagelm.models import model_class
 
 FORMAT = "vintagelm-checkpoint"  # state.json
@@ -65,7 +65,7 @@ def save_checkpoint(run_dir, step, model, optimizer, train_state, tokenizer=None
         "rng": {"dropout": model.dropout_rng.bit_generator.state, **train_state.get("rng", {})},
     }
     final = root / f"step_{step:06d}"
-    with atomic_path(final) as tmp:
+    with atomic_dir(final, is_ours=lambda p: (p / "state.json").is_file()) as tmp:
         tmp.mkdir()
         save_file(dict(model.params), tmp / "model.safetensors",
                   metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})

@@ -3,6 +3,7 @@ BLAS thread count.
 
 Nothing here knows about models, text or training; every layer may import it.
 """
+import glob
 import json
 import os
 import shutil
@@ -44,32 +45,70 @@ def print0(*args, **kwargs):
 
 
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success rename it over `path`.
-
-    Works for files and directories alike. If the body raises (or the process dies),
-    `path` is untouched and the temporary is removed, so a reader never sees half a file.
-    """
+def atomic_file(path):
+    """Yield a temporary file path beside `path`; when the body succeeds it is renamed over
+    `path` (one rename: a reader, or a kill at any moment, sees the old file or the new one,
+    never half of one). When the body raises, the temporary is removed and `path` untouched.
+    Only this one file is written: the folder's other files are never touched."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name (for example {path / 'tokenizer.json'})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name  # the body writes here; the mkdtemp dir is only a private nest
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
+@contextmanager
+def atomic_dir(path, is_ours):
+    """Yield a temporary folder path beside `path` for the body to fill; when it succeeds the
+    folder is put in place of `path`.
+
+    A folder this program owns and recognises (`is_ours(path)`: a checkpoint, a prepared
+    dataset) or an empty one may be replaced; anything else already at `path` is refused with
+    a UserError, never removed. Replacing takes two renames (the old folder aside, the new one
+    in): a kill between them leaves the old folder in the hidden temporary, and the next
+    atomic_dir (or restore_interrupted) on `path` puts it back."""
+    path = Path(path)
+    restore_interrupted(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_ours(path):
+        raise UserError(f"{path} exists and holds files this program did not write; choose a new folder or empty it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nest = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = nest / path.name  # the body writes here; the nest is only a private place for it
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            # rename() cannot replace a non-empty directory: move the old one aside first
-            old = tmp / ".old"
-            os.replace(path, old)
-            os.replace(target, path)
-        else:
-            os.replace(target, path)
+        if path.exists():
+            os.replace(path, nest / ".old")  # rename() cannot replace a non-empty folder
+        os.replace(target, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(nest, ignore_errors=True)
+
+
+def restore_interrupted(path):
+    """If `path` is missing because a replacement by atomic_dir was killed between its two
+    renames, move the old folder back from the hidden temporary. Returns whether it did."""
+    path = Path(path)
+    if path.exists():
+        return False
+    for nest in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+        if (nest / ".old").is_dir():
+            os.replace(nest / ".old", path)
+            shutil.rmtree(nest, ignore_errors=True)
+            return True
+    return False
 
 
 def write_json_atomic(path, obj):
     """Write `obj` as indented JSON to `path` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.common import UserError, atomic_path
+from vintagelm.common import UserError, atomic_file
 from vintagelm.model import GPTConfig
 from vintagelm.nn.norm import LN_EPS
 
@@ -82,7 +82,8 @@ def load_hf(cls, path, dtype=np.float32, backend="auto"):
 
 
 def save_hf(model, path):
-    """Write `model` as a HF GPT-2 directory (config.json + model.safetensors), atomically."""
+    """Write `model` into the folder `path` as Hugging Face GPT-2 (config.json and
+    model.safetensors), as save_pretrained does: each file atomically, other files left alone."""
     from safetensors.numpy import save_file
 
     cfg = model.config
@@ -109,7 +110,10 @@ def save_hf(model, path):
     }
     tensors = {("lm_head.weight" if k == "lm_head.weight" else PREFIX + k): np.ascontiguousarray(v, np.float32)
                for k, v in model.params.items()}
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; save_hf writes a folder (config.json + model.safetensors)")
+    with atomic_file(path / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with atomic_file(path / "config.json") as tmp:
+        tmp.write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")

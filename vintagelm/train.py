@@ -27,6 +27,7 @@ The config's `backend` chooses the implementation of model and optimizer (backen
 """
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -39,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
-from vintagelm.common import UserError, atomic_path, write_json_atomic
+from vintagelm.common import UserError, atomic_file, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch
 from vintagelm.data.resolve import resolve_dataset
@@ -279,8 +280,55 @@ def trim_metrics(file, step):
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    with atomic_path(file) as tmp:
+    with atomic_file(file) as tmp:
         tmp.write_text("".join(kept), encoding="utf-8")
+
+
+LOCK_FILE = "train.lock"
+RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", LOCK_FILE)  # what a run dir holds
+
+
+def check_new_run_dir(run_dir):
+    """A fresh run may go into a new or empty folder, or one holding only what an earlier
+    `vintage train` there wrote before its first checkpoint; never into a folder of the user's
+    (its config.json or tokenizer.json would be overwritten)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
+    if foreign or (run_dir / "config.json").is_file() and not is_run_config(run_dir / "config.json"):
+        shown = ", ".join(foreign[:3]) or "config.json"
+        raise UserError(f"--out {run_dir} holds files that are not a vintagelm run ({shown}); choose a new folder")
+
+
+def is_run_config(file):
+    """Whether `file` is a config.json that `vintage train` wrote (a training config)."""
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("model"), dict) and "max_iters" in doc
+
+
+@contextmanager
+def run_lock(run_dir):
+    """Hold the run directory's lock while training: a second `vintage train` on the same
+    folder stops with a clear error instead of interleaving checkpoints and metrics. The lock
+    is the kernel's (flock), so it goes away with the process, even after kill -9."""
+    import fcntl
+
+    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(f"{run_dir} is in use by another vintage train (pid {holder}); wait for it to finish "
+                            "or train into another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def train(cfg, resume=False, progress=True, say=tqdm.write):
@@ -298,6 +346,8 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
     elif list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run (latest {find_latest(run_dir).name}); pass --resume to "
                         "continue it, or choose a new --out")
+    else:
+        check_new_run_dir(run_dir)
 
     dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
@@ -306,16 +356,19 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
         raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")
     say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    dataset.tokenizer.save(run_dir / "tokenizer.json")
-    trainer = Trainer(cfg, dataset, ckpt, say)
-    if resume:
-        trim_metrics(run_dir / "metrics.jsonl", trainer.step)
-        say(f"resuming {run_dir} at step {trainer.step} of {cfg.max_iters}")
-    say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: "
-        f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, vocab {cfg.model.vocab_size}")
-    t0 = time.perf_counter()
-    val, interrupted = trainer.run(progress)
+    with run_lock(run_dir):
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+        dataset.tokenizer.save(run_dir / "tokenizer.json")
+        trainer = Trainer(cfg, dataset, ckpt, say)
+        if resume:
+            trim_metrics(run_dir / "metrics.jsonl", trainer.step)
+            say(f"resuming {run_dir} at step {trainer.step} of {cfg.max_iters}")
+        else:  # a run that died before its first checkpoint left these rows: not this run's
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: "
+            f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, vocab {cfg.model.vocab_size}")
+        t0 = time.perf_counter()
+        val, interrupted = trainer.run(progress)
     return TrainResult(run_dir, trainer.step, interrupted, val, trainer.model, dataset.tokenizer,
                        time.perf_counter() - t0)
 

@@ -68,9 +68,9 @@ def train(args):
         tok = CharTokenizer.train(texts, args.vocab_size, specials, unknown=args.unknown)
     if tok.n_ordinary <= (256 if args.type == "bpe" else 0):
         raise UserError("the training text is empty (or too short to learn a single merge)")
-    tok.save(args.out)
+    out = tok.save(args.out)
     print(f"trained {describe(tok)}")
-    print(f"fingerprint {tok.fingerprint()}; saved to {args.out}")
+    print(f"fingerprint {tok.fingerprint()}; saved to {out}")
     return 0
 
 
@@ -130,8 +130,8 @@ def info(args):
 
 def export_hf(args):
     tok = load(args.tokenizer)
-    tok.export_hf(args.out)
-    print(f"wrote {args.out} (Hugging Face tokenizers; ids identical to {args.tokenizer})")
+    out = tok.export_hf(args.out)
+    print(f"wrote {out} (Hugging Face tokenizers; ids identical to {args.tokenizer})")
     return 0
 
 

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vintagelm.common import UserError, atomic_path, cache_root
+from vintagelm.common import UserError, atomic_file, cache_root
 
 DEFAULT_BASE_URL = "https://www.gutenberg.org"
 # tried in order; {id} is the book number
@@ -105,7 +105,7 @@ def download(book_id, *, cache=None, base_url=None, timeout=TIMEOUT_S):
         if data is None:
             tried.append(url)
             continue
-        with atomic_path(target) as tmp:
+        with atomic_file(target) as tmp:
             tmp.write_bytes(data)
         return target
     raise UserError(

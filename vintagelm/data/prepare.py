@@ -8,7 +8,7 @@ The pipeline, one document at a time so memory stays bounded by the largest docu
   3. encode each staged document, append its ids and the end-of-text id to train.bin or
      val.bin, and write meta.json.
 Everything is written inside a temporary folder beside `out_dir` that is renamed over it at
-the end (`common.atomic_path`), so an interrupted run leaves no half-written dataset and an
+the end (`common.atomic_dir`), so an interrupted run leaves no half-written dataset and an
 existing dataset is replaced only when the new one is complete. A folder that exists but is
 not a prepared dataset is never replaced.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.common import UserError, atomic_path, write_json_atomic
+from vintagelm.common import UserError, atomic_dir, write_json_atomic
 from vintagelm.data import clean
 from vintagelm.data.period import PeriodFilter, UNITS, load_terms
 from vintagelm.data.sources import iter_documents
@@ -83,7 +83,7 @@ def prepare_dataset(
     tok, tokenizer_type = _resolve_tokenizer(tokenizer, vocab_size)
     period = PeriodFilter(before, load_terms(terms_file), filter_unit) if before is not None else None
 
-    with atomic_path(out_dir) as tmp:
+    with atomic_dir(out_dir, is_ours=is_dataset) as tmp:
         tmp.mkdir()
         staging = tmp / STAGING
         docs, paragraphs_dropped, names, sizes = _stage_documents(
@@ -149,15 +149,17 @@ def _check_replaceable(out_dir):
         return
     if not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder for the dataset")
-    if not any(out_dir.iterdir()):
-        return
+    if any(out_dir.iterdir()) and not is_dataset(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a prepared dataset; choose a new folder or empty it")
+
+
+def is_dataset(folder):
+    """Whether `folder` holds a dataset this program prepared (its meta.json says so)."""
     try:
-        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
-        if isinstance(meta, dict) and meta.get("format") == FORMAT:
-            return
-    except (OSError, ValueError):
-        pass
-    raise UserError(f"--out {out_dir} exists and is not a prepared dataset; choose a new folder or empty it")
+        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _resolve_tokenizer(tokenizer, vocab_size):

@@ -14,9 +14,11 @@ It deliberately does not import Hugging Face `tokenizers`: the export is plain J
 """
 import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
-from vintagelm.common import UserError, atomic_path, read_json
+from vintagelm.common import UserError, atomic_file, read_json
 
 # The specials every tokenizer gets unless `special_tokens=` says otherwise. Their ids follow
 # the ordinary vocabulary in this order, so `<|endoftext|>` is always the first special id.
@@ -145,10 +147,14 @@ class Tokenizer:
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
 
     def save(self, path):
-        """Write the tokenizer as versioned JSON, atomically (a reader never sees half a file)."""
+        """Write the tokenizer as versioned JSON, atomically (a reader never sees half a file).
+        `path` is a file, or a folder (an existing one, or a name ending in "/") to write
+        tokenizer.json into; nothing else in the folder is touched. Returns the file's path."""
         doc = {"format": FORMAT, "version": VERSION, **self._content()}
-        with atomic_path(path) as tmp:
+        path = tokenizer_file(path)
+        with atomic_file(path) as tmp:
             tmp.write_text(dump_json_lines(doc), encoding="utf-8")
+        return path
 
     @classmethod
     def load(cls, path):
@@ -181,7 +187,9 @@ class Tokenizer:
         raise NotImplementedError
 
     def export_hf(self, path):
-        """Write a Hugging Face `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads.
+        """Write a Hugging Face `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, to
+        the file `path` or into the folder `path` (an existing one, or a name ending in "/"),
+        as HF's own tools do; other files there are left alone. Returns the file's path.
 
         The specials become HF "added tokens", which HF always splits out of the text, so HF's
         `encode(text)` matches our `encode(text, allowed_special="all")`.
@@ -193,8 +201,18 @@ class Tokenizer:
         ]
         doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
                "normalizer": None, "post_processor": None, **self._hf_parts()}
-        with atomic_path(path) as tmp:
+        path = tokenizer_file(path)
+        with atomic_file(path) as tmp:
             tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return path
+
+
+def tokenizer_file(path):
+    """A tokenizer's file for `path`: path/tokenizer.json when `path` is a folder (an existing
+    one, or a name ending in a slash), else `path` itself."""
+    text = str(path)
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() or text.endswith(("/", os.sep)) else path
 
 
 def hf_bpe_model(vocab, merges, unk_token=None):

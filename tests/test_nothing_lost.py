@@ -1,0 +1,144 @@
+"""Writers never remove what they did not write: every file a user had in a folder we write
+into is still there, byte for byte, afterwards (checked by hashing the folder before and after).
+"""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from vintagelm import GPT, GPTConfig, UserError
+from vintagelm.cli import main
+from vintagelm.common import atomic_dir, restore_interrupted
+from vintagelm.config import resolve_config
+from vintagelm.data.prepare import prepare_dataset
+from vintagelm.tokenizers import CharTokenizer
+from vintagelm.train import run_lock, train
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
+
+
+def hashes(folder):
+    """{relative path: sha256} of every file below `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def users_folder(tmp_path):
+    """A folder holding a user's own files, a subfolder included."""
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "README.md").write_text("my notes\n")
+    (folder / "sub" / "weights.bin").write_bytes(os.urandom(64))
+    return folder
+
+
+def test_save_hf_writes_its_two_files_and_leaves_the_rest(users_folder):
+    before = hashes(users_folder)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), backend="reference")
+    model.save_hf(users_folder)
+    after = hashes(users_folder)
+    assert {k: after[k] for k in before} == before
+    assert set(after) - set(before) == {"config.json", "model.safetensors"}
+    np.testing.assert_array_equal(GPT.from_hf(users_folder).flat_params, model.flat_params)
+    with pytest.raises(UserError, match="is a file"):
+        model.save_hf(users_folder / "README.md")
+
+
+def test_export_hf_and_save_into_a_folder_write_tokenizer_json_there(users_folder, tmp_path):
+    from tokenizers import Tokenizer
+
+    tok = CharTokenizer.train(TEXT)
+    before = hashes(users_folder)
+    assert tok.export_hf(users_folder) == users_folder / "tokenizer.json"
+    assert Tokenizer.from_file(str(users_folder / "tokenizer.json")).encode("To be").ids == tok.encode("To be")
+    assert {k: hashes(users_folder)[k] for k in before} == before
+    # a name ending in a slash is a folder, made when missing (the README's `tok.export_hf("hf/")`)
+    assert tok.export_hf(f"{tmp_path / 'hf'}/") == tmp_path / "hf" / "tokenizer.json"
+    assert tok.save(f"{tmp_path / 'ours'}/") == tmp_path / "ours" / "tokenizer.json"
+    assert CharTokenizer.load(tmp_path / "ours" / "tokenizer.json").encode("To be") == tok.encode("To be")
+
+
+def test_tokenizer_train_out_a_folder_keeps_its_files(users_folder, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    before = hashes(users_folder)
+    assert main(["tokenizer", "train", "--type", "char", "--input", str(corpus), "--out", str(users_folder)]) == 0
+    assert str(users_folder / "tokenizer.json") in capsys.readouterr().out
+    assert {k: hashes(users_folder)[k] for k in before} == before
+
+
+def test_a_folder_that_is_not_ours_is_never_replaced(users_folder):
+    before = hashes(users_folder)
+    with pytest.raises(UserError, match="holds files this program did not write"):
+        with atomic_dir(users_folder, is_ours=lambda p: False) as tmp:
+            tmp.mkdir()
+    assert hashes(users_folder) == before
+    with pytest.raises(UserError, match="is a file"):
+        with atomic_dir(users_folder / "README.md", is_ours=lambda p: True):
+            pass
+
+
+def test_a_replacement_killed_between_its_renames_is_undone(tmp_path):
+    ours = tmp_path / "ds"
+    ours.mkdir()
+    (ours / "meta.json").write_text("{}")
+    # what a kill after the first rename leaves: the old folder in the hidden temporary
+    nest = tmp_path / ".ds.abc123.tmp"
+    nest.mkdir()
+    os.replace(ours, nest / ".old")
+    assert not ours.exists()
+    assert restore_interrupted(ours)
+    assert (ours / "meta.json").read_text() == "{}" and not nest.exists()
+
+
+def test_prepare_refuses_a_folder_of_the_users(users_folder, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    before = hashes(users_folder)
+    with pytest.raises(UserError, match="is not a prepared dataset"):
+        prepare_dataset([str(corpus)], "char", users_folder, progress=False)
+    assert hashes(users_folder) == before
+
+
+def tiny_run(data, out, **overrides):
+    values = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, max_iters=2, batch_size=2, eval_iters=1,
+                  sample_tokens=0, **overrides)
+    return resolve_config(overrides=[f"{k}={v}" for k, v in values.items()], data=str(data), out=str(out))
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    prepare_dataset([str(corpus)], "char", tmp_path / "ds", progress=False)
+    return tmp_path / "ds"
+
+
+def test_train_refuses_a_folder_of_the_users(users_folder, dataset):
+    (users_folder / "config.json").write_text('{"model_type": "gpt2"}')  # a Hugging Face model's, say
+    before = hashes(users_folder)
+    with pytest.raises(UserError, match="not a vintagelm run"):
+        train(tiny_run(dataset, users_folder), progress=False, say=lambda s: None)
+    assert hashes(users_folder) == before
+
+
+def test_a_second_train_on_the_same_run_dir_refuses(dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):  # as a train running in another process holds it
+        with pytest.raises(UserError, match=r"in use by another vintage train \(pid \d+\)"):
+            train(tiny_run(dataset, run), progress=False, say=lambda s: None)
+    result = train(tiny_run(dataset, run), progress=False, say=lambda s: None)  # free again
+    assert result.step == 2
+
+
+def test_a_fresh_run_does_not_append_to_a_dead_runs_metrics(dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.9}\n' * 5)  # died before its first checkpoint
+    train(tiny_run(dataset, run), progress=False, say=lambda s: None)
+    steps = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and "9.9" not in "".join(steps)
