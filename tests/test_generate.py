@@ -402,3 +402,62 @@ def test_vintage_sample_user_errors_are_one_line(run_dir, monkeypatch, capsys, a
 def test_vintage_sample_missing_checkpoint(tmp_path, monkeypatch, capsys):
     code, _ = sample(monkeypatch, tmp_path / "nowhere")
     assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def rigged_model(tok, favourite, runner_up):
+    """An untied model whose next-token logits are the same at every position: 10 for
+    `favourite`, 5 for `runner_up`, 0 for every other id (final norm gain 0, its bias u, and
+    head rows that are multiples of u)."""
+    model = GPT(GPTConfig(**{**TINY, "vocab_size": tok.vocab_size}, tie_weights=False), seed=0)
+    u = np.ones(TINY["n_embd"]) / TINY["n_embd"]  # |u|^2 = 1 / C
+    model.params["ln_f.weight"][...] = 0.0
+    model.params["ln_f.bias"][...] = u
+    head = model.params["lm_head.weight"]
+    head[...] = 0.0
+    head[favourite] = 10.0 * TINY["n_embd"] * u
+    head[runner_up] = 5.0 * TINY["n_embd"] * u
+    return model
+
+
+def test_a_base_model_never_samples_role_tokens_and_stops_at_end_of_text():
+    from vintagelm.generate import special_token_rules
+
+    tok = CharTokenizer.train("abc")
+    user, eot, a = tok.special_tokens["<|user|>"], tok.eot_id, tok.encode("a")[0]
+    banned, stop = special_token_rules(tok)
+    assert eot not in banned and user in banned and stop == [eot]
+    rng = np.random.default_rng(0)
+    # the role token is the model's favourite: banned, so the runner-up (end of text) ends the sample
+    model = rigged_model(tok, favourite=user, runner_up=eot)
+    assert list(generate(model, [a], 5, rng, temperature=0, banned_ids=banned, stop_ids=stop)) == []
+    assert list(generate(model, [a], 3, rng, temperature=0)) == [user] * 3  # no rules: sampled as text
+    # sampled (not greedy): over many draws no banned id ever appears
+    model = rigged_model(tok, favourite=a, runner_up=user)
+    tokens = list(generate(model, [a], 200, rng, temperature=3.0, banned_ids=banned, stop_ids=stop))
+    assert tokens and not set(tokens) & set(banned) and eot not in tokens
+
+
+def test_vintage_sample_applies_the_rules_unless_asked(tmp_path, monkeypatch):
+    from vintagelm.checkpoint import save_checkpoint
+    from vintagelm.optim import AdamW
+
+    tok = CharTokenizer.train("abc")
+    model = rigged_model(tok, favourite=tok.special_tokens["<|assistant|>"], runner_up=tok.encode("b")[0])
+    save_checkpoint(tmp_path, 1, model, AdamW(model.params, lr=1e-3), {}, tokenizer=tok)
+    code, out = sample(monkeypatch, tmp_path, "--prompt", "a", "--max-new-tokens", 4, "--temperature", 0)
+    assert code == 0 and out.text() == "abbbb\n"
+    code, out = sample(monkeypatch, tmp_path, "--prompt", "a", "--max-new-tokens", 2, "--temperature", 0,
+                       "--allow-special")
+    assert code == 0 and out.text() == "a<|assistant|><|assistant|>\n"
+
+
+def test_vintage_sample_refuses_non_finite_weights(tmp_path, monkeypatch, capsys):
+    from vintagelm.checkpoint import save_checkpoint
+    from vintagelm.optim import AdamW
+
+    tok = CharTokenizer.train("abc")
+    model = GPT(GPTConfig(**{**TINY, "vocab_size": tok.vocab_size}), seed=0)
+    model.params["wte.weight"][0, 0] = np.nan
+    save_checkpoint(tmp_path, 1, model, AdamW(model.params, lr=1e-3), {}, tokenizer=tok)
+    code, _ = sample(monkeypatch, tmp_path, "--prompt", "a")
+    assert code == 2 and "non-finite weights" in capsys.readouterr().err

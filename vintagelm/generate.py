@@ -160,25 +160,45 @@ class ContextWindow:
         return logits[0, -1]
 
 
-def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_kv_cache=True):
-    """Yield max_new_tokens new token ids (ints), one at a time, continuing prompt_ids.
+def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_kv_cache=True,
+             banned_ids=(), stop_ids=()):
+    """Yield up to max_new_tokens new token ids (ints), one at a time, continuing prompt_ids.
 
     rng: np.random.Generator (same seed, same tokens, with or without the cache).
+    banned_ids are never sampled (their logits are set to -inf); sampling a token of
+    stop_ids ends the sample there, without yielding it (see special_token_rules).
     The arguments are checked now, not at the first next(), so mistakes surface at the call.
     """
     check_sampling_params(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     ctx = ContextWindow(model, prompt_ids, use_kv_cache)
-    return _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p)
+    return _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p, list(banned_ids), set(stop_ids))
 
 
-def _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p):
+def _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p, banned_ids, stop_ids):
     for step in range(max_new_tokens):
         if step:
             ctx.append(token)  # fed lazily, so no forward is spent after the last token
-        token = int(sample_next_token(ctx.logits()[None], rng, temperature, top_k, top_p)[0])
+        logits = ctx.logits()
+        if banned_ids:
+            logits = logits.copy()
+            logits[banned_ids] = -np.inf
+        token = int(sample_next_token(logits[None], rng, temperature, top_k, top_p)[0])
+        if token in stop_ids:
+            return
         yield token
+
+
+def special_token_rules(tokenizer, allow_special=False):
+    """-> (banned_ids, stop_ids) for sampling text from a base model: the end-of-text token
+    ends the sample, and the other special tokens (role markers and the like, which stand for
+    no text) are never sampled, unless allow_special, which samples them like any token."""
+    if allow_special:
+        return [], []
+    eot = tokenizer.eot_id
+    banned = sorted(i for i in tokenizer.special_tokens.values() if i != eot)
+    return banned, [] if eot is None else [eot]
 
 
 def encode_prompt(tokenizer, text):
@@ -236,8 +256,10 @@ def sample_text(model, tokenizer, n_tokens, seed, write):
     `write` as it arrives; returns the whole text."""
     stream, pieces = TextStream(tokenizer), []
     rng = np.random.default_rng([seed, 4])
+    banned, stop = special_token_rules(tokenizer)
     # temperature 0.8, as `vintage sample`: a little sharper than the model, fewer misspellings
-    for token in generate(model, encode_prompt(tokenizer, ""), n_tokens, rng, temperature=0.8):
+    for token in generate(model, encode_prompt(tokenizer, ""), n_tokens, rng, temperature=0.8,
+                          banned_ids=banned, stop_ids=stop):
         pieces.append(stream.push(token))
         write(pieces[-1])
     pieces.append(stream.finish())

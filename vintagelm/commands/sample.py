@@ -14,6 +14,9 @@ def add_arguments(p):
                    help="sample only among the most likely tokens whose probability adds up to P, e.g. 0.9 "
                         "(default: all); applied after --top-k")
     p.add_argument("--seed", type=int, default=1337, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--allow-special", action="store_true",
+                   help="sample special tokens (<|endoftext|>, role markers) like any other; by default "
+                        "<|endoftext|> ends the sample and the others are never sampled")
     p.add_argument("--no-kv-cache", action="store_true",
                    help="recompute the whole window for every token (slow; the reference to compare with)")
 
@@ -26,7 +29,7 @@ def run(args):
 
     from vintagelm.checkpoint import load_checkpoint
     from vintagelm.common import UserError
-    from vintagelm.generate import TextStream, encode_prompt, generate
+    from vintagelm.generate import TextStream, encode_prompt, generate, special_token_rules
 
     ckpt = load_checkpoint(args.ckpt, with_optimizer=False)
     if ckpt.tokenizer is None:
@@ -34,10 +37,15 @@ def run(args):
     if ckpt.tokenizer.vocab_size > ckpt.model.config.vocab_size:
         raise UserError(f"checkpoint {ckpt.path}: the tokenizer has {ckpt.tokenizer.vocab_size} ids but the model "
                         f"only {ckpt.model.config.vocab_size}")
+    if not np.isfinite(ckpt.model.flat_params).all():
+        raise UserError(f"checkpoint {ckpt.path} has non-finite weights (nan or inf): the run diverged; "
+                        "sample an earlier checkpoint or train again with a lower learning rate")
     prompt_ids = encode_prompt(ckpt.tokenizer, args.prompt)
+    banned, stop = special_token_rules(ckpt.tokenizer, args.allow_special)
     try:
         tokens = generate(ckpt.model, prompt_ids, args.max_new_tokens, np.random.default_rng(args.seed),
-                          args.temperature, args.top_k, args.top_p, use_kv_cache=not args.no_kv_cache)
+                          args.temperature, args.top_k, args.top_p, use_kv_cache=not args.no_kv_cache,
+                          banned_ids=banned, stop_ids=stop)
     except ValueError as e:
         raise UserError(str(e)) from None
     out, text = sys.stdout, TextStream(ckpt.tokenizer)
