@@ -54,9 +54,9 @@ def test_dataset_files_meta_and_round_trip(tmp_path):
     assert (len(ds.train), len(ds.val)) == (meta["tokens"]["train"], meta["tokens"]["val"])
     train, val = decoded_documents(ds, "train"), decoded_documents(ds, "val")
     # every document lands whole in exactly one split, in source order, and the rule is the seed's
-    # hash; when no hash falls under the fraction (0.75^12, ~3% of temp folder names), the
-    # document with the lowest hash goes to val, so val is never empty
-    scores = {path: prep.split_score(1337, path) for path in docs}
+    # hash of the document's text; when no hash falls under the fraction, the document with the
+    # lowest hash goes to val, so val is never empty
+    scores = {path: prep.split_score(1337, prep.content_key(text)) for path, text in docs.items()}
     val_paths = [path for path in docs if scores[path] < 0.25] or [min(scores, key=scores.get)]
     expected_val = [docs[path] for path in val_paths]
     assert val == expected_val
@@ -110,6 +110,16 @@ def test_bpe_dataset_and_reusing_a_tokenizer_file(tmp_path):
     assert (tmp_path / "again" / "train.bin").read_bytes() == (tmp_path / "bpe" / "train.bin").read_bytes()
     with pytest.raises(UserError, match="disagrees"):
         prep.prepare_dataset([str(tmp_path / "corpus")], str(tmp_path / "bpe" / "tokenizer.json"), tmp_path / "x", vocab_size=512)
+
+
+def test_the_split_follows_the_documents_not_their_folder(tmp_path):
+    docs = write_corpus(tmp_path / "here")
+    write_corpus(tmp_path / "somewhere" / "else")  # the same files, another place
+    splits = []
+    for where in ("here", "somewhere/else"):
+        prep.prepare_dataset([str(tmp_path / where)], "char", tmp_path / "ds" / where, val_fraction=0.3, progress=False)
+        splits.append([(tmp_path / "ds" / where / f).read_bytes() for f in ("train.bin", "val.bin")])
+    assert splits[0] == splits[1] and len(docs) == 12
 
 
 def test_duplicates_across_sources(tmp_path):

@@ -12,9 +12,10 @@ the end (`common.atomic_dir`), so an interrupted run leaves no half-written data
 existing dataset is replaced only when the new one is complete. A folder that exists but is
 not a prepared dataset is never replaced.
 
-Split: by document. Each document's key hash(seed, source name) is read as a number u in
+Split: by document. Each document's key hash(seed, hash of its text) is read as a number u in
 [0, 1); the document goes to val when u < val_fraction. So the split depends only on the seed
-and the document's name, not on the order of sources or on the filters. With two or more
+and the documents themselves: not on where the files sit on disk, on the order of sources or
+on the filters. With two or more
 documents val and train are never empty (the lowest-u document is moved to val, or the
 highest-u one to train, if needed). A corpus of one document is split inside it instead:
 the last `val_fraction` of its text, starting at a paragraph (else line) break, is val.
@@ -45,10 +46,16 @@ def token_dtype(vocab_size):
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def split_score(seed, source):
-    """A number in [0, 1) fixed by the seed and the document's name."""
-    digest = hashlib.blake2b(f"{seed}\0{source}".encode("utf-8"), digest_size=8).digest()
+def split_score(seed, key):
+    """A number in [0, 1) fixed by the seed and a document's key (content_key)."""
+    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
+
+
+def content_key(text):
+    """A document's identity for the split: a hash of its text as read, so the same corpus
+    splits the same way wherever it is. (surrogatepass: a lone surrogate from JSON still hashes.)"""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def prepare_dataset(
@@ -86,17 +93,17 @@ def prepare_dataset(
     with atomic_dir(out_dir, is_ours=is_dataset) as tmp:
         tmp.mkdir()
         staging = tmp / STAGING
-        docs, paragraphs_dropped, names, sizes = _stage_documents(
+        docs, paragraphs_dropped, keys, sizes = _stage_documents(
             sources, staging, period, unwrap=unwrap, progress=progress,
             gutenberg_cache=gutenberg_cache, gutenberg_url=gutenberg_url,
         )
-        if not names:
+        if not keys:
             raise UserError(
                 f"no text left to train on: {docs['read']} document(s) read, {docs['dropped_duplicate']} "
                 f"duplicate, {docs['dropped_period']} dropped by the period filter, {docs['dropped_empty']} "
                 "empty; check the sources or loosen --before"
             )
-        scores = [split_score(seed, name) for name in names]
+        scores = [split_score(seed, key) for key in keys]
         val_ids = _choose_val(scores, val_fraction)
 
         sampled_bytes = None
@@ -113,7 +120,7 @@ def prepare_dataset(
         tok.save(tmp / "tokenizer.json")
         dtype = token_dtype(tok.vocab_size)
 
-        tokens, nbytes, ndocs = _encode(tok, staging, tmp, dtype, val_ids, val_fraction, len(names), progress)
+        tokens, nbytes, ndocs = _encode(tok, staging, tmp, dtype, val_ids, val_fraction, len(keys), progress)
         staging.unlink()
         docs.update(ndocs)
         meta = {
@@ -128,7 +135,7 @@ def prepare_dataset(
             "tokenizer_fingerprint": tok.fingerprint(),
             "tokenizer_trained_on_bytes": sampled_bytes,
             "sources": sources,
-            "split": "document" if len(names) > 1 else "single-document",
+            "split": "document" if len(keys) > 1 else "single-document",
             "split_seed": seed,
             "val_fraction": val_fraction,
             "unwrap": unwrap,
@@ -181,14 +188,14 @@ def _resolve_tokenizer(tokenizer, vocab_size):
 def _stage_documents(sources, staging, period, *, unwrap, progress, gutenberg_cache, gutenberg_url):
     """Pass 1: clean, de-duplicate and filter every document; append survivors to `staging`.
 
-    -> (document counts, paragraph drops by reason, names of kept documents, their UTF-8 sizes)
+    -> (document counts, paragraph drops by reason, content keys of kept documents, their UTF-8 sizes)
     """
     from tqdm import tqdm
 
     docs = Counter(read=0, kept=0, dropped_duplicate=0, dropped_period=0, dropped_empty=0)
     paragraphs_dropped = Counter()
     dedup = clean.Deduplicator()
-    names, sizes = [], []
+    keys, sizes = [], []
     with open(staging, "w", encoding="utf-8") as out, tqdm(
         desc="clean", unit="doc", disable=None if progress else True, file=sys.stderr
     ) as bar:
@@ -201,9 +208,9 @@ def _stage_documents(sources, staging, period, *, unwrap, progress, gutenberg_ca
                     continue
                 docs["kept"] += 1
                 out.write(json.dumps({"source": doc.source, "text": text}, ensure_ascii=False) + "\n")
-                names.append(doc.source)
+                keys.append(content_key(doc.text))
                 sizes.append(len(text.encode("utf-8")))
-    return dict(docs), paragraphs_dropped, names, sizes
+    return dict(docs), paragraphs_dropped, keys, sizes
 
 
 def _filter_document(doc, dedup, period, docs, paragraphs_dropped):
