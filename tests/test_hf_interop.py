@@ -92,12 +92,12 @@ def test_reference_matches_hf(parity):
     parity.assert_ok()
 
 
-def test_from_hf_matches_transformers(parity, tmp_path):
+def test_from_hf_matches_transformers(parity, tmp_path, backend):
     hf = random_hf_model(seed=4)
     hf.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "model.safetensors").exists()
 
-    model = vintagelm.GPT.from_hf(str(tmp_path))
+    model = vintagelm.GPT.from_hf(str(tmp_path), backend=backend)
     cfg = model.config
     assert (cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd) == (V, BLOCK, L, H, C)
     assert (cfg.norm, cfg.pos, cfg.bias, cfg.tie_weights, cfg.activation) == ("pre", "learned", True, True, "gelu")
