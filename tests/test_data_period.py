@@ -89,7 +89,7 @@ def test_bad_term_lines_are_user_errors(line):
 
 
 def test_missing_terms_file_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="cannot read terms file"):
+    with pytest.raises(UserError, match="terms file not found"):
         load_terms(tmp_path / "nope.txt")
 
 

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,12 +113,30 @@ def write_json_atomic(path, obj):
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def read_json(path, what="file"):
-    """Read a JSON file, turning a missing or malformed file into a one-line UserError."""
+def regular_file(path, what="file"):
+    """`path` as a Path when it is a regular file, else a one-line UserError: missing, a
+    folder, or a device or pipe (/dev/zero, a FIFO), which a reader could wait on or read
+    forever."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path} is not a regular file (a device or a pipe); give a file")
+    return path
+
+
+def read_json(path, what="file"):
+    """Read a JSON file, turning a missing or malformed file into a one-line UserError."""
+    path = regular_file(path, what)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} {path} is not valid JSON ({e}); re-create it") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be one of ours; re-create it") from None

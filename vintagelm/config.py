@@ -10,12 +10,13 @@ The model's vocabulary size is not configurable here: it is whatever the tokeniz
 prepared dataset has (train.py fills it in). `vocab_size` is the BPE tokenizer's target.
 This file reads no data and builds no model.
 """
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from vintagelm.backend import default_backend, resolve_backend
-from vintagelm.common import UserError
+from vintagelm.common import UserError, regular_file
 from vintagelm.model import GPTConfig
 
 DTYPES = ("float32", "float64")
@@ -197,14 +198,14 @@ def build(cfg, *updates):
 
 
 def load_toml(path):
-    path = Path(path)
+    path = regular_file(path, "config file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply; a config has [model] and [train] tables") from None
 
 
 def parse_override(item):
@@ -258,6 +259,10 @@ def validate(cfg):
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.batch_size % cfg.grad_accum:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
+    for name, value in (("learning_rate", cfg.learning_rate), ("min_lr", cfg.min_lr), ("beta1", cfg.beta1),
+                        ("beta2", cfg.beta2), ("weight_decay", cfg.weight_decay), ("grad_clip", cfg.grad_clip)):
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
     if not 0.0 <= cfg.min_lr <= cfg.learning_rate:
         raise UserError(f"need 0 <= min_lr <= learning_rate, got {cfg.min_lr} and {cfg.learning_rate}")
     if not (0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0):

@@ -45,6 +45,7 @@ from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
+from vintagelm.memory import check_fits
 from vintagelm.models import model_for
 from vintagelm.optim import AdamW, clip_factor, grad_norm, lr_at
 
@@ -351,6 +352,7 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
 
     dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
+    check_fits(cfg.model, cfg.batch_size // cfg.grad_accum, np.dtype(cfg.dtype).itemsize)
     fingerprint = dataset.tokenizer.fingerprint()
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
         raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")

@@ -22,7 +22,7 @@ def run(args):
     import numpy as np
 
     from vintagelm.checkpoint import load_checkpoint
-    from vintagelm.common import UserError
+    from vintagelm.common import UserError, regular_file
     from vintagelm.data.resolve import resolve_dataset
     from vintagelm.evaluate import evaluate_split
 
@@ -35,7 +35,7 @@ def run(args):
     quiet = (lambda msg: None) if args.json else print
     if args.text:
         try:
-            text = Path(args.text).read_text(encoding="utf-8")
+            text = regular_file(args.text, "--text").read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --text {args.text}: {e}") from None
         tokens, what = np.asarray(tok.encode(text, allowed_special="none"), dtype=np.int64), args.text

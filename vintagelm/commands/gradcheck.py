@@ -1,4 +1,6 @@
 """`vintage gradcheck`: prove the hand-written backward pass against finite differences."""
+from vintagelm.commands import non_negative
+
 HELP = "check every parameter's analytic gradient against central finite differences (float64)"
 
 
@@ -16,7 +18,7 @@ def add_arguments(p):
     p.add_argument("--seq-len", type=int, default=5, help="sequence length T (default 5)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size B (default 2)")
     p.add_argument("--samples", type=int, default=None, help="entries checked per tensor (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative, default=0, help="seed of the weights and the batch (>= 0)")
     p.add_argument("--backend", default="reference", choices=["reference", "fast"],
                    help="which implementation to check (default reference; fast needs numba)")
 
@@ -24,6 +26,7 @@ def add_arguments(p):
 def run(args):
     from vintagelm.common import UserError
     from vintagelm.gradcheck import TOLERANCE, check_model, format_table
+    from vintagelm.memory import check_fits
     from vintagelm.model import GPTConfig
 
     try:
@@ -36,6 +39,7 @@ def run(args):
         raise UserError(str(e)) from None
     if args.batch_size < 1 or (args.samples is not None and args.samples < 1):
         raise UserError("--batch-size and --samples must be at least 1")
+    check_fits(config, args.batch_size, 8, "this gradient check")  # float64
     print(f"gradcheck ({args.backend} backend): {config}")
     try:
         results = check_model(config, args.batch_size, args.seq_len, args.seed, args.samples, args.backend)

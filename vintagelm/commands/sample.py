@@ -1,4 +1,6 @@
 """`vintage sample CKPT`: continue a prompt with a trained model, streaming the text as it comes."""
+from vintagelm.commands import non_negative
+
 HELP = "generate text from a checkpoint, streamed to stdout (KV cache, temperature, top-k, top-p)"
 
 
@@ -13,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--top-p", type=float, default=None,
                    help="sample only among the most likely tokens whose probability adds up to P, e.g. 0.9 "
                         "(default: all); applied after --top-k")
-    p.add_argument("--seed", type=int, default=1337, help="sampling seed: the same seed gives the same text")
+    p.add_argument("--seed", type=non_negative, default=1337, help="sampling seed: the same seed gives the same text")
     p.add_argument("--allow-special", action="store_true",
                    help="sample special tokens (<|endoftext|>, role markers) like any other; by default "
                         "<|endoftext|> ends the sample and the others are never sampled")

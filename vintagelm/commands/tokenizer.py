@@ -6,7 +6,7 @@
     vintage tokenizer info tok.json [--tokens 20]
     vintage tokenizer export-hf tok.json --out tokenizer.json
 """
-from vintagelm.common import UserError
+from vintagelm.common import UserError, regular_file
 
 HELP = "train a char or byte-level BPE tokenizer; encode, decode and inspect with one"
 
@@ -153,10 +153,8 @@ def load(path):
 def read_text(path):
     """A UTF-8 file's text exactly as stored: newline="" keeps "\r\n" (no newline translation)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(regular_file(path), encoding="utf-8", newline="") as f:
             return f.read()
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:

@@ -27,6 +27,8 @@ def add_arguments(p):
 
 
 def run(args):
+    import numpy as np
+
     from vintagelm.config import resolve_config
     from vintagelm.generate import sample_text
     from vintagelm.train import saved_config, train
@@ -45,7 +47,9 @@ def run(args):
     if result.val:
         summary += f", val loss {result.val['loss']:.4f}, {result.val['bits_per_byte']:.3f} bits per byte"
     print(summary)
-    if cfg.sample_tokens:
+    if cfg.sample_tokens and not np.isfinite(result.model.flat_params).all():
+        print("no sample: the weights are not finite (the run diverged; try a lower learning_rate)")
+    elif cfg.sample_tokens:
         print(f"--- sample ({cfg.sample_tokens} tokens; more with: vintage sample {out}) ---")
         sample_text(result.model, result.tokenizer, cfg.sample_tokens, cfg.seed, lambda s: print(s, end="", flush=True))
         print()

@@ -16,11 +16,23 @@ _BLANK_RUN = re.compile(r"\n{3,}")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 
+# byte-order marks that name an encoding (UTF-32 first: its little-endian mark starts like UTF-16's)
+BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+        (b"\xfe\xff", "utf-16"))
+
+
 def decode_bytes(data):
-    """Bytes of a text file -> str. Strict UTF-8 first (a leading byte-order mark is dropped);
-    otherwise Windows-1252, which is what "Latin-1" files from the web usually are; and if a
-    byte is undefined even there (0x81, 0x8D, 0x8F, 0x90, 0x9D), true Latin-1, which never fails.
+    """Bytes of a text file -> str. A UTF-16 or UTF-32 byte-order mark names its encoding;
+    else strict UTF-8 (a leading UTF-8 mark is dropped); otherwise Windows-1252, which is what
+    "Latin-1" files from the web usually are; and if a byte is undefined even there (0x81,
+    0x8D, 0x8F, 0x90, 0x9D), true Latin-1, which never fails.
     """
+    for bom, encoding in BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)  # the codec reads the mark for the byte order, then drops it
+            except UnicodeDecodeError:
+                break  # not that encoding after all: fall through to the guesses below
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     for encoding in ("utf-8", "cp1252"):

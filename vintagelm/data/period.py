@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from vintagelm.common import UserError
+from vintagelm.common import UserError, regular_file
 
 BUILTIN_TERMS = Path(__file__).with_name("modern_terms.txt")
 UNITS = ("paragraph", "document")
@@ -71,7 +71,7 @@ def load_terms(extra_file=None):
     terms = {t.text.lower(): t for t in parse_terms(BUILTIN_TERMS.read_text(encoding="utf-8"), BUILTIN_TERMS)}
     if extra_file is not None:
         try:
-            text = Path(extra_file).read_text(encoding="utf-8")
+            text = regular_file(extra_file, "terms file").read_text(encoding="utf-8")
         except OSError as e:
             raise UserError(f"cannot read terms file {extra_file}: {e.strerror}") from None
         except UnicodeDecodeError:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vintagelm.common import UserError
+from vintagelm.common import UserError, regular_file
 from vintagelm.data import clean, gutenberg
 
 SPEC_FORMS = "builtin:shakespeare, FILE, DIR, GLOB, gutenberg:FILE_OR_ID or jsonl:FILE:FIELD"
@@ -71,9 +71,7 @@ def _maybe_unwrap(text, unwrap):
 
 def _read_text(path):
     try:
-        return clean.decode_bytes(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"source file not found: {path}") from None
+        return clean.decode_bytes(regular_file(path, "source file").read_bytes())
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
 
@@ -99,9 +97,7 @@ def _text_files(spec):
 def jsonl_documents(path, field, *, unwrap=False):
     """One Document per non-blank line of a JSON-lines file, the text taken from `field`."""
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UserError(f"JSONL file not found: {path}") from None
+        f = open(regular_file(path, "JSONL file"), "rb")
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     with f:
