@@ -142,3 +142,12 @@ def test_a_fresh_run_does_not_append_to_a_dead_runs_metrics(dataset, tmp_path):
     train(tiny_run(dataset, run), progress=False, say=lambda s: None)
     steps = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 2 and "9.9" not in "".join(steps)
+
+
+def test_loading_a_dataset_undoes_a_replacement_killed_between_its_renames(dataset, tmp_path):
+    nest = tmp_path / ".ds.killed.tmp"
+    nest.mkdir()
+    os.replace(dataset, nest / ".old")  # what fuzz finding D4 left: the dataset only in the hidden nest
+    from vintagelm.data.loader import load_dataset
+
+    assert len(load_dataset(dataset).train) > 0 and not nest.exists()

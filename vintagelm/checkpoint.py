@@ -65,15 +65,19 @@ def save_checkpoint(run_dir, step, model, optimizer, train_state, tokenizer=None
         "rng": {"dropout": model.dropout_rng.bit_generator.state, **train_state.get("rng", {})},
     }
     final = root / f"step_{step:06d}"
-    with atomic_dir(final, is_ours=lambda p: (p / "state.json").is_file()) as tmp:
-        tmp.mkdir()
-        save_file(dict(model.params), tmp / "model.safetensors",
-                  metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})
-        save_file(optimizer.state_dict(), tmp / "optimizer.safetensors",
-                  metadata={"format": OPTIMIZER_FORMAT, "version": FILE_VERSION})
-        if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_dir(final, is_ours=lambda p: (p / "state.json").is_file()) as tmp:
+            tmp.mkdir()
+            save_file(dict(model.params), tmp / "model.safetensors",
+                      metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})
+            save_file(optimizer.state_dict(), tmp / "optimizer.safetensors",
+                      metadata={"format": OPTIMIZER_FORMAT, "version": FILE_VERSION})
+            if tokenizer is not None:
+                tokenizer.save(tmp / "tokenizer.json")
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    except (OSError, SafetensorError) as e:  # a full disk, a file-size limit, a folder made read-only
+        raise UserError(f"cannot write checkpoint {final} ({getattr(e, 'strerror', None) or e}); nothing was "
+                        "half-written and the earlier checkpoints are intact: free some space and --resume") from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         remove_dir(old)
     return final

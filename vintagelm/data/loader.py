@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.common import UserError, read_json
+from vintagelm.common import UserError, read_json, restore_interrupted
 from vintagelm.data.prepare import FORMAT, VERSION
 
 _DTYPES = ("uint16", "uint32")
@@ -30,6 +30,7 @@ def load_dataset(path):
     from vintagelm.tokenizers import load_tokenizer
 
     path = Path(path)
+    restore_interrupted(path)  # a replacement killed between its two renames: the old one back
     if not path.is_dir():
         raise UserError(f"no prepared dataset at {path}: folder not found; {_HINT}")
     meta = read_json(path / "meta.json", what="dataset meta")

@@ -1,0 +1,232 @@
+"""Faults and hostile input, through the command line as a user meets them: every bad input is
+a one-line error with exit status 2 and no traceback, and a kill -9 at any moment loses
+nothing (the latest complete checkpoint loads, --resume gives the losses of a run that was
+never stopped; a killed prepare leaves the old dataset or a complete new one).
+
+The kill trials are random; `pytest -m slow` runs many more of them (20 and 16) than the
+default run (3 and 2), and each asserts that most of its kills really cut the work short.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vintagelm.checkpoint import find_latest, load_checkpoint
+from vintagelm.cli import main
+from vintagelm.common import UserError
+from vintagelm.config import resolve_config, valid_keys
+from vintagelm.data.loader import load_dataset
+from vintagelm.data.prepare import prepare_dataset
+
+WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
+TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=16",
+        "--batch-size", "2", "--set", "eval_iters=1", "--set", "sample_tokens=0", "--no-progress",
+        "--set", "backend=reference"]
+
+
+def verse(n_lines, seed=0):
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(n_lines)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Prepared dataset, a trained run, and a shelf of bad inputs."""
+    root = tmp_path_factory.mktemp("faults")
+    os.environ["VINTAGELM_CACHE"] = str(root / "cache")
+    (root / "verse.txt").write_text(verse(600))
+    prepare_dataset([str(root / "verse.txt")], "char", root / "ds", progress=False)
+    assert main(["train", "--data", str(root / "ds"), "--out", str(root / "run"), *TINY, "--max-iters", "2"]) == 0
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("  \n\n\t \n")
+    (root / "short.txt").write_text("ab")
+    (root / "latin.txt").write_bytes(b"caf\xe9 cr\xe8me\n" * 50)
+    (root / "nul.txt").write_bytes(b"a\0b\0c\n")
+    (root / "bad.toml").write_bytes(b"\xff\xfe[model]")
+    (root / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    (root / "tables.toml").write_text("[model]\nn_layer = 2\n[bogus]\nx = 1\n")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def fails_cleanly(capsys, argv, pattern):
+    """Run `vintage ARGV` -> its one-line error; asserts exit 2, one line, no traceback."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert pattern in err, err
+    return err
+
+
+CASES = {
+    # corpora
+    "empty corpus": (["prepare", "--source", "{r}/empty.txt", "--tokenizer", "char", "--out", "{r}/o1"], "no text left"),
+    "blank corpus": (["prepare", "--source", "{r}/blank.txt", "--tokenizer", "char", "--out", "{r}/o2"], "no text left"),
+    "a FIFO": (["prepare", "--source", "{r}/fifo", "--tokenizer", "char", "--out", "{r}/o3"], "not a file, folder or glob"),
+    "/dev/zero": (["prepare", "--source", "/dev/zero", "--tokenizer", "char", "--out", "{r}/o4"], "not a file, folder or glob"),
+    "jsonl /dev/zero": (["prepare", "--source", "jsonl:/dev/zero:text", "--tokenizer", "char", "--out", "{r}/o5"],
+                        "not a regular file"),
+    "gutenberg FIFO": (["prepare", "--source", "gutenberg:{r}/fifo", "--tokenizer", "char", "--out", "{r}/o6"],
+                       "not a regular file"),
+    "tokenizer on /dev/zero": (["tokenizer", "train", "--type", "char", "--input", "/dev/zero", "--out", "{r}/t.json"],
+                               "not a regular file"),
+    "eval a FIFO": (["eval", "{r}/run", "--text", "{r}/fifo"], "not a regular file"),
+    "eval non-UTF-8": (["eval", "{r}/run", "--text", "{r}/latin.txt"], "cannot read --text"),
+    # configuration
+    "NaN learning rate": (["train", "--data", "{r}/ds", "--out", "{r}/c1", *TINY, "--set", "learning_rate=nan"],
+                          "learning_rate must be a finite number"),
+    "inf learning rate": (["train", "--data", "{r}/ds", "--out", "{r}/c2", *TINY, "--set", "learning_rate=inf"],
+                          "learning_rate must be a finite number"),
+    "zero width": (["train", "--data", "{r}/ds", "--out", "{r}/c3", *TINY, "--set", "n_embd=0"], "n_embd must be"),
+    "negative batch": (["train", "--data", "{r}/ds", "--out", "{r}/c4", *TINY, "--batch-size", "-2"], "batch_size must be"),
+    "unknown key": (["train", "--data", "{r}/ds", "--out", "{r}/c5", *TINY, "--set", "colour=red"], "unknown config key"),
+    "unknown TOML table": (["train", "--config", "{r}/tables.toml", "--data", "{r}/ds", "--out", "{r}/c6", *TINY],
+                           "unexpected 'bogus'"),
+    "non-UTF-8 TOML": (["train", "--config", "{r}/bad.toml", "--data", "{r}/ds", "--out", "{r}/c7", *TINY],
+                       "is not valid TOML"),
+    "nested TOML": (["train", "--config", "{r}/deep.toml", "--data", "{r}/ds", "--out", "{r}/c8", *TINY],
+                    "nested too deeply"),
+    "TOML is /dev/zero": (["train", "--config", "/dev/zero", "--data", "{r}/ds", "--out", "{r}/c9", *TINY],
+                          "not a regular file"),
+    "impossible size": (["train", "--data", "{r}/ds", "--out", "{r}/c10", *TINY, "--set", "block_size=200000"],
+                        "GiB of memory"),
+    "shorter than a block": (["train", "--data", "{r}/short.txt", "--out", "{r}/c11", *TINY], "fewer than block size"),
+    "out is a file": (["train", "--data", "{r}/ds", "--out", "{r}/verse.txt", *TINY], "is a file"),
+    # sampling
+    "negative temperature": (["sample", "{r}/run", "--temperature", "-1"], "temperature must be"),
+    "top-k 0": (["sample", "{r}/run", "--top-k", "0"], "top_k must be"),
+    "top-p above 1": (["sample", "{r}/run", "--top-p", "1.5"], "top_p must be"),
+    "prompt outside the vocabulary": (["sample", "{r}/run", "--prompt", "QZ€"], "not in this char tokenizer"),
+    "negative seed": (["sample", "{r}/run", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    "gradcheck negative seed": (["gradcheck", "--seed", "-1"], "--seed: must be an integer >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_line(files, capsys, case):
+    argv, pattern = CASES[case]
+    if case in ("negative seed", "gradcheck negative seed"):  # argparse's own error: two lines (usage + error)
+        with pytest.raises(SystemExit) as stop:
+            main([a.format(r=files) for a in argv])
+        assert stop.value.code == 2 and pattern in capsys.readouterr().err
+        return
+    fails_cleanly(capsys, [a.format(r=files) for a in argv], pattern)
+
+
+def test_odd_but_valid_corpora_are_read(files):
+    """Latin-1 bytes, a UTF-16 file with its byte-order mark, NUL bytes: text, not an error."""
+    (files / "u16.txt").write_bytes(("hello from a UTF-16 file\n" * 20).encode("utf-16"))
+    for name, expect in (("latin.txt", "café crème"), ("u16.txt", "hello from a UTF-16 file"), ("nul.txt", "a\0b")):
+        prepare_dataset([str(files / name)], "char", files / f"ok_{name}", progress=False)
+        ds = load_dataset(files / f"ok_{name}")
+        text = ds.tokenizer.decode(list(ds.train) + list(ds.val))
+        assert expect in text, (name, text[:80])
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.sampled_from(valid_keys() + ["model.nope", "nope", ""]), value=st.text(max_size=12))
+def test_any_set_value_is_a_config_or_a_user_error(key, value):
+    try:
+        cfg = resolve_config(overrides=[f"{key}={value}"], out="runs/x")
+    except UserError as e:
+        assert "\n" not in str(e)
+    else:
+        assert cfg.to_dict()  # a valid config that round-trips
+
+
+# ---------------------------------------------------------------- kill -9
+def vintage(*argv):
+    return [sys.executable, "-m", "vintagelm", *map(str, argv)]
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+STEPS = 300  # ~1 s in all, a checkpoint every step: a kill lands while one is being written
+TRAIN = [*TINY, "--max-iters", STEPS, "--set", "checkpoint_interval=1", "--set", "keep_checkpoints=2",
+         "--set", "eval_interval=50"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(files):
+    subprocess.run(vintage("train", "--data", files / "ds", "--out", files / "whole", *TRAIN), check=True,
+                   capture_output=True)
+    return losses(files / "whole")
+
+
+def kill_train_trial(files, uninterrupted, trial):
+    """-> whether the kill stopped the run before its end."""
+    run = files / f"killed{trial}"
+    proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(trial).uniform(0.1, 0.9))  # start-up ~0.2 s, then the steps
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = find_latest(run)
+    interrupted = latest is None or not latest.name.endswith(f"{STEPS:06d}")
+    if latest is not None:
+        load_checkpoint(latest)  # the latest complete checkpoint always loads
+        again = vintage("train", "--resume", "--data", files / "ds", "--out", run, *TRAIN)
+    else:  # killed before its first checkpoint: a fresh start in the same folder is allowed
+        again = vintage("train", "--data", files / "ds", "--out", run, *TRAIN)
+    subprocess.run(again, check=True, capture_output=True)
+    assert losses(run) == uninterrupted  # bit for bit: resuming is as if it had never stopped
+    return interrupted
+
+
+def test_kill_9_during_training_loses_nothing(files, uninterrupted):
+    assert sum(kill_train_trial(files, uninterrupted, trial) for trial in range(3)) >= 1
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_loses_nothing_20_trials(files, uninterrupted):
+    assert sum(kill_train_trial(files, uninterrupted, trial) for trial in range(100, 120)) >= 15
+
+
+def kill_prepare_trial(files, trial):
+    out = files / f"prep{trial}"
+    prepare_dataset([str(files / "verse.txt")], "char", out, progress=False)
+    old = (out / "meta.json").read_text()
+    proc = subprocess.Popen(vintage("prepare", "--source", files / "big.txt", "--tokenizer", "char", "--out", out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(trial).uniform(0.05, 0.35))  # the whole prepare takes ~0.4 s
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ds = load_dataset(out)  # the old dataset, or the complete new one: never half of either
+    kept_old = (out / "meta.json").read_text() == old
+    assert kept_old or json.loads((out / "meta.json").read_text())["sources"] == [str(files / "big.txt")]
+    assert len(ds.train) > 0
+    return kept_old
+
+
+@pytest.fixture(scope="module")
+def big_corpus(files):
+    (files / "big.txt").write_text(verse(60000, seed=1))  # ~3 MB: prepare takes ~0.4 s
+
+
+def test_kill_9_during_prepare_loses_nothing(files, big_corpus):
+    assert sum(kill_prepare_trial(files, trial) for trial in range(2)) >= 1
+
+
+@pytest.mark.slow
+def test_kill_9_during_prepare_loses_nothing_16_trials(files, big_corpus):
+    assert sum(kill_prepare_trial(files, trial) for trial in range(100, 116)) >= 10
+
+
+def test_two_prepares_into_one_folder_leave_one_complete_dataset(files, big_corpus):
+    out = files / "twice"
+    procs = [subprocess.Popen(vintage("prepare", "--source", files / src, "--tokenizer", "char", "--out", out),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for src in ("verse.txt", "big.txt")]
+    codes = [p.wait() for p in procs]
+    assert 0 in codes  # at least one finished; the other finished too or refused in one line
+    ds = load_dataset(out)
+    assert len(ds.train) > 0 and json.loads((out / "meta.json").read_text())["format"] == "vintagelm-dataset"
