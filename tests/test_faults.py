@@ -53,7 +53,40 @@ def files(tmp_path_factory):
     (root / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     (root / "tables.toml").write_text("[model]\nn_layer = 2\n[bogus]\nx = 1\n")
     os.mkfifo(root / "fifo")
+    spoil(root)
     return root
+
+
+def spoil(root):
+    """Copies of the run and the dataset, each with one file broken."""
+    import shutil
+    import struct
+
+    step = "checkpoints/step_000002"
+    broken = {
+        "truncated": lambda r: (r / step / "model.safetensors").write_bytes((r / step / "model.safetensors").read_bytes()[:50]),
+        "random": lambda r: (r / step / "model.safetensors").write_bytes(os.urandom(4096)),
+        "huge_header": lambda r: (r / step / "model.safetensors").write_bytes(struct.pack("<Q", 10**15) + b"{"),
+        "state_missing": lambda r: (r / step / "state.json").unlink(),
+        "state_corrupt": lambda r: (r / step / "state.json").write_text("{not json"),
+        "state_version": lambda r: (r / step / "state.json").write_text('{"format": "vintagelm-checkpoint", "version": 99}'),
+        "tokenizer_corrupt": lambda r: (r / step / "tokenizer.json").write_text("[" * 100000),
+    }
+    for name, breaking in broken.items():
+        shutil.copytree(root / "run", root / f"run_{name}")
+        breaking(root / f"run_{name}")
+    for name, text in (("meta_corrupt", "garbage"), ("meta_version", '{"format": "vintagelm-dataset", "version": 7}')):
+        shutil.copytree(root / "ds", root / f"ds_{name}")
+        (root / f"ds_{name}" / "meta.json").write_text(text)
+    shutil.copytree(root / "ds", root / "ds_tokenizer_corrupt")
+    (root / "ds_tokenizer_corrupt" / "tokenizer.json").write_text("x")
+    shutil.copytree(root / "run", root / "run_wrong_shape")  # a checkpoint whose weights are another model's
+    model_file = root / "run_wrong_shape" / step / "model.safetensors"
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(model_file)
+    tensors["wte.weight"] = tensors["wte.weight"][:3]
+    save_file(tensors, model_file, metadata={"format": "vintagelm-model", "version": "1"})
 
 
 def fails_cleanly(capsys, argv, pattern):
@@ -99,6 +132,19 @@ CASES = {
                         "GiB of memory"),
     "shorter than a block": (["train", "--data", "{r}/short.txt", "--out", "{r}/c11", *TINY], "fewer than block size"),
     "out is a file": (["train", "--data", "{r}/ds", "--out", "{r}/verse.txt", *TINY], "is a file"),
+    # files we load, broken
+    "truncated weights": (["sample", "{r}/run_truncated"], "truncated or corrupt"),
+    "random weights file": (["sample", "{r}/run_random"], "truncated or corrupt"),
+    "oversized header": (["sample", "{r}/run_huge_header"], "truncated or corrupt"),
+    "wrong-shape weights": (["sample", "{r}/run_wrong_shape"], "does not match the model config"),
+    "state.json missing": (["sample", "{r}/run_state_missing"], "no complete checkpoint"),
+    "state.json corrupt": (["sample", "{r}/run_state_corrupt/checkpoints/step_000002"], "is not valid JSON"),
+    "state.json version": (["sample", "{r}/run_state_version"], "format version 99"),
+    "tokenizer.json corrupt": (["sample", "{r}/run_tokenizer_corrupt"], "nested too deeply"),
+    "meta.json corrupt": (["train", "--data", "{r}/ds_meta_corrupt", "--out", "{r}/m1", *TINY], "is not valid JSON"),
+    "meta.json version": (["train", "--data", "{r}/ds_meta_version", "--out", "{r}/m2", *TINY], "format version 7"),
+    "dataset tokenizer corrupt": (["train", "--data", "{r}/ds_tokenizer_corrupt", "--out", "{r}/m3", *TINY],
+                                  "is not valid JSON"),
     # sampling
     "negative temperature": (["sample", "{r}/run", "--temperature", "-1"], "temperature must be"),
     "top-k 0": (["sample", "{r}/run", "--top-k", "0"], "top_k must be"),
