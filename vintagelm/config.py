@@ -13,7 +13,6 @@ This file reads no data and builds no model.
 import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
 from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError, regular_file
