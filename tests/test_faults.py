@@ -80,6 +80,11 @@ def spoil(root):
         (root / f"ds_{name}" / "meta.json").write_text(text)
     shutil.copytree(root / "ds", root / "ds_tokenizer_corrupt")
     (root / "ds_tokenizer_corrupt" / "tokenizer.json").write_text("x")
+    shutil.copytree(root / "ds", root / "ds_beyond_vocab")  # an id the tokenizer does not have
+    ids = (root / "ds_beyond_vocab" / "train.bin").read_bytes()
+    (root / "ds_beyond_vocab" / "train.bin").write_bytes(b"\xff\xff" + ids[2:])
+    (root / "one_doc.txt").write_text(verse(40) + "ab\n")  # one document: val is its last line, under a block
+    prepare_dataset([str(root / "one_doc.txt")], "char", root / "ds_tiny_val", val_fraction=0.01, progress=False)
     shutil.copytree(root / "run", root / "run_wrong_shape")  # a checkpoint whose weights are another model's
     model_file = root / "run_wrong_shape" / step / "model.safetensors"
     from safetensors.numpy import load_file, save_file
@@ -130,7 +135,7 @@ CASES = {
                           "not a regular file"),
     "impossible size": (["train", "--data", "{r}/ds", "--out", "{r}/c10", *TINY, "--set", "block_size=200000"],
                         "GiB of memory"),
-    "shorter than a block": (["train", "--data", "{r}/short.txt", "--out", "{r}/c11", *TINY], "fewer than block size"),
+    "shorter than a block": (["train", "--data", "{r}/short.txt", "--out", "{r}/c11", *TINY], "fewer than block_size + 1"),
     "out is a file": (["train", "--data", "{r}/ds", "--out", "{r}/verse.txt", *TINY], "is a file"),
     # files we load, broken
     "truncated weights": (["sample", "{r}/run_truncated"], "truncated or corrupt"),
@@ -145,6 +150,15 @@ CASES = {
     "meta.json version": (["train", "--data", "{r}/ds_meta_version", "--out", "{r}/m2", *TINY], "format version 7"),
     "dataset tokenizer corrupt": (["train", "--data", "{r}/ds_tokenizer_corrupt", "--out", "{r}/m3", *TINY],
                                   "is not valid JSON"),
+    "ids beyond the vocabulary": (["train", "--data", "{r}/ds_beyond_vocab", "--out", "{r}/m4", *TINY],
+                                  "beyond the vocabulary"),
+    "val shorter than a block": (["train", "--data", "{r}/ds_tiny_val", "--out", "{r}/m5", *TINY],
+                                 "the val split"),
+    "empty --data": (["train", "--data", "", "--out", "{r}/m6", *TINY], "--data is empty"),
+    "--out under a file": (["train", "--data", "{r}/ds", "--out", "{r}/verse.txt/run", *TINY],
+                           "cannot create the folder"),
+    "tokenizer --out under a file": (["tokenizer", "train", "--type", "char", "--input", "{r}/verse.txt", "--out",
+                                      "{r}/verse.txt/t.json"], "cannot create the folder"),
     # sampling
     "negative temperature": (["sample", "{r}/run", "--temperature", "-1"], "temperature must be"),
     "top-k 0": (["sample", "{r}/run", "--top-k", "0"], "top_k must be"),
@@ -169,8 +183,11 @@ def test_bad_input_is_one_clear_line(files, capsys, case):
 def test_odd_but_valid_corpora_are_read(files):
     """Latin-1 bytes, a UTF-16 file with its byte-order mark, NUL bytes: text, not an error."""
     (files / "u16.txt").write_bytes(("hello from a UTF-16 file\n" * 20).encode("utf-16"))
-    for name, expect in (("latin.txt", "café crème"), ("u16.txt", "hello from a UTF-16 file"), ("nul.txt", "a\0b")):
-        prepare_dataset([str(files / name)], "char", files / f"ok_{name}", progress=False)
+    (files / "surrogate.jsonl").write_text('{"text": "half a pair \\ud800 here, then more text"}\n' * 30)
+    for name, expect in (("latin.txt", "café crème"), ("u16.txt", "hello from a UTF-16 file"), ("nul.txt", "a\0b"),
+                         ("surrogate.jsonl", "half a pair \ufffd here")):
+        source = f"jsonl:{files / name}:text" if name.endswith(".jsonl") else str(files / name)
+        prepare_dataset([source], "char", files / f"ok_{name}", progress=False)
         ds = load_dataset(files / f"ok_{name}")
         text = ds.tokenizer.decode(list(ds.train) + list(ds.val))
         assert expect in text, (name, text[:80])
@@ -185,6 +202,54 @@ def test_any_set_value_is_a_config_or_a_user_error(key, value):
         assert "\n" not in str(e)
     else:
         assert cfg.to_dict()  # a valid config that round-trips
+
+
+def test_resume_takes_the_run_dir_however_it_is_spelled(files, capsys):
+    run = files / "spelled"
+    assert main(["train", "--data", str(files / "ds"), "--out", str(run), *TINY, "--max-iters", "2"]) == 0
+    os.chdir(files)
+    assert main(["train", "--resume", "--out", "./spelled/", *TINY, "--data", str(files / "ds"),
+                 "--max-iters", "3"]) == 0
+    assert find_latest(run).name == "step_000003"
+
+
+def test_an_absurd_loss_has_an_infinite_perplexity_not_an_overflow():
+    import numpy as np
+
+    from vintagelm.evaluate import evaluate_batches
+
+    class Huge:  # a model whose logits make the loss ~1e6 nats
+        training = True
+
+        def train(self, mode=True):
+            self.training = mode
+
+        def eval(self):
+            self.train(False)
+
+        def forward(self, x):
+            logits = np.zeros(x.shape + (3,))
+            logits[..., 0] = 1e6
+            return logits, None
+
+    x = y = np.ones((1, 4), dtype=np.int64)
+    result = evaluate_batches(Huge(), [(x, y)], np.ones(3, dtype=np.int64))
+    assert result["loss"] > 1e5 and result["perplexity"] == float("inf")
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(files, uninterrupted):
+    run = files / "terminated"
+    proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "SIGTERM: finishing this step" in out
+    stopped_at = int(find_latest(run).name.split("_")[1])
+    assert 0 < stopped_at < STEPS
+    subprocess.run(vintage("train", "--resume", "--data", files / "ds", "--out", run, *TRAIN), check=True,
+                   capture_output=True)
+    assert losses(run) == uninterrupted
 
 
 # ---------------------------------------------------------------- kill -9

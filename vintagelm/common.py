@@ -54,7 +54,7 @@ def atomic_file(path):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name (for example {path / 'tokenizer.json'})")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -81,7 +81,7 @@ def atomic_dir(path, is_ours):
         raise UserError(f"{path} is a file; give a folder")
     if path.is_dir() and any(path.iterdir()) and not is_ours(path):
         raise UserError(f"{path} exists and holds files this program did not write; choose a new folder or empty it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     nest = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = nest / path.name  # the body writes here; the nest is only a private place for it
     try:
@@ -91,6 +91,15 @@ def atomic_dir(path, is_ours):
         os.replace(target, path)
     finally:
         shutil.rmtree(nest, ignore_errors=True)
+
+
+def make_parent(path):
+    """Create the folder `path` goes in; a UserError when it cannot be (a file in the way, a
+    read-only or virtual filesystem)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
 
 
 def restore_interrupted(path):

@@ -94,6 +94,7 @@ PRESETS = {
 RESUMABLE = (
     "max_iters", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
     "keep_checkpoints", "sample_tokens", "max_bad_steps", "backend",
+    "out",  # the folder being resumed, however it is spelled (runs/x, ./runs/x/, an absolute path)
 )
 
 

@@ -47,7 +47,7 @@ def evaluate_batches(model, batches, byte_lengths):
     loss = nats / n_tokens
     return {
         "loss": loss,
-        "perplexity": math.exp(loss),
+        "perplexity": math.exp(loss) if loss < 709 else math.inf,  # exp overflows a float past ~709.78
         "bits_per_byte": text_nats / (n_bytes * math.log(2)) if n_bytes else float("nan"),
         "tokens": n_tokens,
         "bytes": n_bytes,

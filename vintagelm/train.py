@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
-from vintagelm.common import UserError, atomic_file, write_json_atomic
+from vintagelm.common import UserError, atomic_file, make_parent, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.loader import get_batch
 from vintagelm.data.resolve import resolve_dataset
@@ -90,27 +90,32 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip):
 # ---------------------------------------------------------------- Ctrl-C
 @contextmanager
 def stop_on_interrupt(say):
-    """While active, Ctrl-C (SIGINT) only raises a flag that the loop checks between steps,
-    so a step is never cut in half; the loop then saves a checkpoint and returns. A second
-    Ctrl-C gets Python's usual KeyboardInterrupt (the checkpoints on disk stay intact)."""
+    """While active, Ctrl-C (SIGINT) or SIGTERM (a scheduler's or `kill`'s stop) only raises a
+    flag that the loop checks between steps, so a step is never cut in half; the loop then
+    saves a checkpoint and returns. A second signal gets its usual effect (Ctrl-C's
+    KeyboardInterrupt; the checkpoints on disk stay intact)."""
     flag = threading.Event()
-    # signal handlers can only be installed from the main thread; and a SIGINT that was
-    # ignored when we started (nohup, `&` in a non-interactive shell) stays ignored
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # signal handlers can only be installed from the main thread
+    if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    # a signal that was ignored when we started (nohup, `&` in a non-interactive shell) stays ignored
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
 
     def handler(signum, frame):
         flag.set()
-        signal.signal(signal.SIGINT, previous)
-        say("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again quits at once)")
+        for s, old in previous.items():
+            signal.signal(s, old)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        say(f"\n{name}: finishing this step, then saving a checkpoint and stopping (a second one quits at once)")
 
-    signal.signal(signal.SIGINT, handler)
+    for s in previous:
+        signal.signal(s, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 # ---------------------------------------------------------------- the loop
@@ -353,11 +358,16 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
     dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
     check_fits(cfg.model, cfg.batch_size // cfg.grad_accum, np.dtype(cfg.dtype).itemsize)
+    for split in ("train", "val"):  # now, not at the first evaluation minutes in
+        n = len(getattr(dataset, split))
+        if n < cfg.model.block_size + 1:
+            raise UserError(f"the {split} split of {dataset.path} has {n} tokens, fewer than block_size + 1 = "
+                            f"{cfg.model.block_size + 1}; use a smaller block_size, more text or another val fraction")
     fingerprint = dataset.tokenizer.fingerprint()
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
         raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")
     say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_parent(run_dir / LOCK_FILE)
     with run_lock(run_dir):
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
         dataset.tokenizer.save(run_dir / "tokenizer.json")

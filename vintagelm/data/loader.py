@@ -52,6 +52,10 @@ def load_dataset(path):
         raise UserError(f"{tok_file} has vocab size {tokenizer.vocab_size}, meta.json says {meta.get('vocab_size')}; {_HINT}")
 
     splits = {split: _open_tokens(path / f"{split}.bin", dtype, meta["tokens"][split]) for split in ("train", "val")}
+    for split, tokens in splits.items():
+        if len(tokens) and int(tokens.max()) >= tokenizer.vocab_size:  # one pass, ~1 ms per million tokens
+            raise UserError(f"{path / (split + '.bin')} holds token id {int(tokens.max())}, beyond the vocabulary "
+                            f"of {tokenizer.vocab_size}; the file is corrupt: {_HINT}")
     return PreparedDataset(path, meta, tokenizer, splits["train"], splits["val"])
 
 

@@ -4,7 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from vintagelm.common import cache_root
+from vintagelm.common import UserError, cache_root
 from vintagelm.data.loader import load_dataset
 
 
@@ -13,6 +13,8 @@ def resolve_dataset(data, tokenizer="char", vocab_size=0, progress=True, log=pri
     (source, tokenizer, vocab size), and reused by later runs -> PreparedDataset."""
     from vintagelm.data.prepare import prepare_dataset
 
+    if not str(data).strip():
+        raise UserError("--data is empty; give a prepared dataset folder or a source such as builtin:shakespeare")
     if (Path(data) / "meta.json").is_file():
         return load_dataset(data)
     # a local path is keyed by its absolute form, so the same relative name elsewhere differs

