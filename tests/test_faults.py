@@ -80,6 +80,19 @@ def spoil(root):
         (root / f"ds_{name}" / "meta.json").write_text(text)
     shutil.copytree(root / "ds", root / "ds_tokenizer_corrupt")
     (root / "ds_tokenizer_corrupt" / "tokenizer.json").write_text("x")
+    shutil.copytree(root / "run", root / "run_config_gap")  # a model_config field missing: no silent default
+    state_file = root / "run_config_gap" / step / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["model_config"]["n_head"]
+    state_file.write_text(json.dumps(state))
+    shutil.copytree(root / "run", root / "run_other_tokenizer")
+    from vintagelm.tokenizers import CharTokenizer
+
+    CharTokenizer.train("xyz").save(root / "run_other_tokenizer" / step / "tokenizer.json")
+    shutil.copytree(root / "ds", root / "ds_no_counts")
+    meta = json.loads((root / "ds" / "meta.json").read_text())
+    del meta["tokens"]
+    (root / "ds_no_counts" / "meta.json").write_text(json.dumps(meta))
     shutil.copytree(root / "ds", root / "ds_beyond_vocab")  # an id the tokenizer does not have
     ids = (root / "ds_beyond_vocab" / "train.bin").read_bytes()
     (root / "ds_beyond_vocab" / "train.bin").write_bytes(b"\xff\xff" + ids[2:])
@@ -90,8 +103,11 @@ def spoil(root):
     from safetensors.numpy import load_file, save_file
 
     tensors = load_file(model_file)
-    tensors["wte.weight"] = tensors["wte.weight"][:3]
-    save_file(tensors, model_file, metadata={"format": "vintagelm-model", "version": "1"})
+    save_file({**tensors, "wte.weight": tensors["wte.weight"][:3]}, model_file,
+              metadata={"format": "vintagelm-model", "version": "1"})
+    shutil.copytree(root / "run", root / "run_int_weights")  # right names and shapes, integers
+    save_file({k: t.astype("int64") for k, t in tensors.items()}, root / "run_int_weights" / step / "model.safetensors",
+              metadata={"format": "vintagelm-model", "version": "1"})
 
 
 def fails_cleanly(capsys, argv, pattern):
@@ -146,6 +162,10 @@ CASES = {
     "state.json corrupt": (["sample", "{r}/run_state_corrupt/checkpoints/step_000002"], "is not valid JSON"),
     "state.json version": (["sample", "{r}/run_state_version"], "format version 99"),
     "tokenizer.json corrupt": (["sample", "{r}/run_tokenizer_corrupt"], "nested too deeply"),
+    "model_config field missing": (["sample", "{r}/run_config_gap"], "missing n_head"),
+    "another tokenizer": (["sample", "{r}/run_other_tokenizer"], "is not the tokenizer this model was trained with"),
+    "integer weights": (["sample", "{r}/run_int_weights"], "not floating point"),
+    "meta.json without counts": (["train", "--data", "{r}/ds_no_counts", "--out", "{r}/m7", *TINY], "lacks the token counts"),
     "meta.json corrupt": (["train", "--data", "{r}/ds_meta_corrupt", "--out", "{r}/m1", *TINY], "is not valid JSON"),
     "meta.json version": (["train", "--data", "{r}/ds_meta_version", "--out", "{r}/m2", *TINY], "format version 7"),
     "dataset tokenizer corrupt": (["train", "--data", "{r}/ds_tokenizer_corrupt", "--out", "{r}/m3", *TINY],
@@ -211,6 +231,14 @@ def test_resume_takes_the_run_dir_however_it_is_spelled(files, capsys):
     assert main(["train", "--resume", "--out", "./spelled/", *TINY, "--data", str(files / "ds"),
                  "--max-iters", "3"]) == 0
     assert find_latest(run).name == "step_000003"
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(files, capsys):
+    run = files / "finished"
+    assert main(["train", "--data", str(files / "ds"), "--out", str(run), *TINY, "--max-iters", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--data", str(files / "ds"), "--out", str(run), *TINY, "--max-iters", "2"]) == 0
+    assert "nothing to train: the run is at step 3 already" in capsys.readouterr().out
 
 
 def test_an_absurd_loss_has_an_infinite_perplexity_not_an_overflow():

@@ -151,3 +151,23 @@ def test_loading_a_dataset_undoes_a_replacement_killed_between_its_renames(datas
     from vintagelm.data.loader import load_dataset
 
     assert len(load_dataset(dataset).train) > 0 and not nest.exists()
+
+
+def test_temporaries_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from vintagelm.common import atomic_file
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale_dir, stale_file = tmp_path / f".ds.{dead_pid}.abc.tmp", tmp_path / f".tok.json.{dead_pid}.xyz.tmp"
+    live_dir = tmp_path / f".ds.{os.getpid()}.def.tmp"
+    for d in (stale_dir, live_dir):
+        (d / "ds").mkdir(parents=True)
+    stale_file.write_text("half")
+    with atomic_dir(tmp_path / "ds", is_ours=lambda p: True) as out:
+        out.mkdir()
+    with atomic_file(tmp_path / "tok.json") as tmp:
+        tmp.write_text("{}")
+    assert not stale_dir.exists() and not stale_file.exists() and live_dir.exists()

@@ -16,7 +16,7 @@ inconsistent is a UserError that names the file.
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +143,9 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
     state = read_state(state_file)
     try:
         cls = model_class(state.get("architecture", "gpt"))  # (checkpoints before the field: GPT)
+        missing = sorted(f.name for f in fields(cls.config_class) if f.name not in state["model_config"])
+        if missing:  # a default would load another model whose weights may still fit the shapes
+            raise ValueError(f"missing {', '.join(missing)}")
         config = cls.config_class.from_dict(state["model_config"])
     except (TypeError, ValueError) as e:
         raise UserError(f"{state_file} has an invalid architecture or model_config ({e})") from None
@@ -157,6 +160,8 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
         details = ", ".join(f"{n}: file {got.get(n)}, config {expected.get(n)}" for n in wrong[:3])
         raise UserError(f"{model_file} does not match the model config in {state_file} ({details})")
     for name, t in tensors.items():
+        if not np.issubdtype(t.dtype, np.floating):
+            raise UserError(f"{model_file}: {name} holds {t.dtype} numbers, not floating point; it is not our weights file")
         model.params[name][...] = t
     try:
         model.dropout_rng.bit_generator.state = state["rng"]["dropout"]
@@ -169,6 +174,10 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
         from vintagelm.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(ckpt / "tokenizer.json")
+        recorded = state.get("data", {}).get("tokenizer_fingerprint") if isinstance(state.get("data"), dict) else None
+        if recorded is not None and tokenizer.fingerprint() != recorded:
+            raise UserError(f"{ckpt / 'tokenizer.json'} is not the tokenizer this model was trained with "
+                            f"(fingerprint {tokenizer.fingerprint()}, {state_file} says {recorded})")
     return Checkpoint(ckpt, state["step"], model, tokenizer, optimizer_state, state)
 
 

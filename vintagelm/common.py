@@ -55,7 +55,8 @@ def atomic_file(path):
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name (for example {path / 'tokenizer.json'})")
     make_parent(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -77,12 +78,13 @@ def atomic_dir(path, is_ours):
     atomic_dir (or restore_interrupted) on `path` puts it back."""
     path = Path(path)
     restore_interrupted(path)
+    remove_stale_temporaries(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file; give a folder")
     if path.is_dir() and any(path.iterdir()) and not is_ours(path):
         raise UserError(f"{path} exists and holds files this program did not write; choose a new folder or empty it")
     make_parent(path)
-    nest = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    nest = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
     target = nest / path.name  # the body writes here; the nest is only a private place for it
     try:
         yield target
@@ -91,6 +93,36 @@ def atomic_dir(path, is_ours):
         os.replace(target, path)
     finally:
         shutil.rmtree(nest, ignore_errors=True)
+
+
+def temporary_prefix(path):
+    """Temporaries beside `path` are named .NAME.PID.XXXX.tmp: the pid says whose they are."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries beside `path` that a process which no longer runs left behind
+    (killed in the middle of a write); those of a live process, which may still be writing
+    them, are left alone, and so is a nest holding an old folder to restore."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if not pid.isdigit() or _alive(int(pid)) or (tmp / ".old").exists():
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def make_parent(path):

@@ -375,6 +375,8 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
         if resume:
             trim_metrics(run_dir / "metrics.jsonl", trainer.step)
             say(f"resuming {run_dir} at step {trainer.step} of {cfg.max_iters}")
+            if trainer.step >= cfg.max_iters:
+                say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
         else:  # a run that died before its first checkpoint left these rows: not this run's
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: "

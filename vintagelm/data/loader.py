@@ -51,7 +51,10 @@ def load_dataset(path):
     if tokenizer.vocab_size != meta.get("vocab_size"):
         raise UserError(f"{tok_file} has vocab size {tokenizer.vocab_size}, meta.json says {meta.get('vocab_size')}; {_HINT}")
 
-    splits = {split: _open_tokens(path / f"{split}.bin", dtype, meta["tokens"][split]) for split in ("train", "val")}
+    counts = meta.get("tokens")
+    if not isinstance(counts, dict) or not all(isinstance(counts.get(s), int) and counts[s] >= 0 for s in ("train", "val")):
+        raise UserError(f"{path / 'meta.json'} lacks the token counts of the train and val splits; {_HINT}")
+    splits = {split: _open_tokens(path / f"{split}.bin", dtype, counts[split]) for split in ("train", "val")}
     for split, tokens in splits.items():
         if len(tokens) and int(tokens.max()) >= tokenizer.vocab_size:  # one pass, ~1 ms per million tokens
             raise UserError(f"{path / (split + '.bin')} holds token id {int(tokens.max())}, beyond the vocabulary "
