@@ -297,3 +297,14 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("vintage prepare: error: source 'nowhere.txt'") and err.count("\n") == 1
     assert cli.main(["prepare", "--tokenizer", "chars", "--out", str(tmp_path / "ds")]) == 2
     assert "'char', 'bpe' or a tokenizer file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [
+    "A Title\n\n" + "one long paragraph of single spaced text that goes on and on " * 200,  # a break only at the start
+    "x" * 5000,  # no break at all
+])
+def test_a_single_document_splits_at_the_val_fraction_wherever_its_breaks_are(tmp_path, text):
+    (tmp_path / "one.txt").write_text(text)
+    meta = prep.prepare_dataset([str(tmp_path / "one.txt")], "char", tmp_path / "ds", val_fraction=0.1, progress=False)
+    share = meta["bytes"]["val"] / (meta["bytes"]["train"] + meta["bytes"]["val"])
+    assert meta["split"] == "single-document" and 0.075 <= share <= 0.125, meta["bytes"]

@@ -96,8 +96,8 @@ def spoil(root):
     shutil.copytree(root / "ds", root / "ds_beyond_vocab")  # an id the tokenizer does not have
     ids = (root / "ds_beyond_vocab" / "train.bin").read_bytes()
     (root / "ds_beyond_vocab" / "train.bin").write_bytes(b"\xff\xff" + ids[2:])
-    (root / "one_doc.txt").write_text(verse(40) + "ab\n")  # one document: val is its last line, under a block
-    prepare_dataset([str(root / "one_doc.txt")], "char", root / "ds_tiny_val", val_fraction=0.01, progress=False)
+    (root / "one_doc.txt").write_text(verse(40))  # one document: val is its last 0.4%, under a block
+    prepare_dataset([str(root / "one_doc.txt")], "char", root / "ds_tiny_val", val_fraction=0.004, progress=False)
     shutil.copytree(root / "run", root / "run_wrong_shape")  # a checkpoint whose weights are another model's
     model_file = root / "run_wrong_shape" / step / "model.safetensors"
     from safetensors.numpy import load_file, save_file
@@ -175,6 +175,7 @@ CASES = {
     "val shorter than a block": (["train", "--data", "{r}/ds_tiny_val", "--out", "{r}/m5", *TINY],
                                  "the val split"),
     "empty --data": (["train", "--data", "", "--out", "{r}/m6", *TINY], "--data is empty"),
+    "empty --out": (["train", "--data", "{r}/ds", "--out", "", *TINY], "--out is empty"),
     "--out under a file": (["train", "--data", "{r}/ds", "--out", "{r}/verse.txt/run", *TINY],
                            "cannot create the folder"),
     "tokenizer --out under a file": (["tokenizer", "train", "--type", "char", "--input", "{r}/verse.txt", "--out",
@@ -224,10 +225,10 @@ def test_any_set_value_is_a_config_or_a_user_error(key, value):
         assert cfg.to_dict()  # a valid config that round-trips
 
 
-def test_resume_takes_the_run_dir_however_it_is_spelled(files, capsys):
+def test_resume_takes_the_run_dir_however_it_is_spelled(files, monkeypatch):
     run = files / "spelled"
     assert main(["train", "--data", str(files / "ds"), "--out", str(run), *TINY, "--max-iters", "2"]) == 0
-    os.chdir(files)
+    monkeypatch.chdir(files)
     assert main(["train", "--resume", "--out", "./spelled/", *TINY, "--data", str(files / "ds"),
                  "--max-iters", "3"]) == 0
     assert find_latest(run).name == "step_000003"
@@ -239,6 +240,12 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(files, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", "--data", str(files / "ds"), "--out", str(run), *TINY, "--max-iters", "2"]) == 0
     assert "nothing to train: the run is at step 3 already" in capsys.readouterr().out
+
+
+def test_eval_of_a_run_finds_its_data_from_any_folder(files, capsys, monkeypatch):
+    monkeypatch.chdir(files / "cache")  # elsewhere: the run recorded its dataset's absolute path
+    assert main(["eval", str(files / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"].startswith(str(files / "ds"))
 
 
 def test_an_absurd_loss_has_an_infinite_perplexity_not_an_overflow():
@@ -369,3 +376,16 @@ def test_two_prepares_into_one_folder_leave_one_complete_dataset(files, big_corp
     assert 0 in codes  # at least one finished; the other finished too or refused in one line
     ds = load_dataset(out)
     assert len(ds.train) > 0 and json.loads((out / "meta.json").read_text())["format"] == "vintagelm-dataset"
+
+
+def test_a_loaded_pattern_that_backtracks_without_end_is_an_error_not_a_hang(tmp_path, capsys, monkeypatch):
+    from vintagelm.tokenizers import BPETokenizer, pretokenize
+
+    tok = BPETokenizer.train("aaaa bbbb aaaa", vocab_size=264)
+    doc = json.loads((tok.save(tmp_path / "tok.json")).read_text())
+    doc["pattern"] = r"(?:a|a)+$|[\s\S]"  # what a hostile or broken tokenizer.json may hold
+    (tmp_path / "tok.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(pretokenize, "SECONDS_BASE", 0.2)  # the budget, shrunk for the test
+    started = time.perf_counter()
+    fails_cleanly(capsys, ["tokenizer", "encode", tmp_path / "tok.json", "--text", "a" * 40 + "!"], "takes too long")
+    assert time.perf_counter() - started < 5

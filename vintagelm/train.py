@@ -173,7 +173,9 @@ class Trainer:
             "train_config": cfg.to_dict(),
             "rng": {"data": self.data_rng.bit_generator.state},
             "train": {"lr_scale": self.lr_scale, "bad_steps": self.bad_steps},
-            "data": {"dataset": str(self.data.path), "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
+            # absolute: `vintage eval RUN` from another folder still finds the data
+            "data": {"dataset": str(Path(self.data.path).resolve()),
+                     "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
         }
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, train_state,
                                self.data.tokenizer, cfg.keep_checkpoints)

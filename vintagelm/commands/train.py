@@ -29,10 +29,13 @@ def add_arguments(p):
 def run(args):
     import numpy as np
 
+    from vintagelm.common import UserError
     from vintagelm.config import resolve_config
     from vintagelm.generate import sample_text
     from vintagelm.train import saved_config, train
 
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty; give the run directory, or leave --out out for runs/<preset>")
     out = args.out or f"runs/{args.preset or 'tiny'}"
     base = saved_config(out) if args.resume and args.preset is None else None
     cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data,

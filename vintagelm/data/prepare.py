@@ -18,7 +18,7 @@ and the documents themselves: not on where the files sit on disk, on the order o
 on the filters. With two or more
 documents val and train are never empty (the lowest-u document is moved to val, or the
 highest-u one to train, if needed). A corpus of one document is split inside it instead:
-the last `val_fraction` of its text, starting at a paragraph (else line) break, is val.
+the last `val_fraction` of its text is val, cut at a nearby paragraph, line or word break.
 """
 import hashlib
 import json
@@ -273,15 +273,18 @@ def _bpe_sample(scores, sizes, budget):
 
 
 def _split_single(text, val_fraction):
-    """Cut one document into (train, val) at the paragraph (else line) break nearest to where
-    the last `val_fraction` of its text begins; no break at all -> all of it is train."""
+    """Cut one document into (train, val) where its last `val_fraction` begins: at the
+    paragraph (else line, else word) break nearest that point, if one lies within a quarter of
+    the val part's length of it, so the fraction holds (a break at the very start or end of
+    the file is too far); with none that near, at the point itself."""
     cut = int(len(text) * (1 - val_fraction))
-    for sep in ("\n\n", "\n"):
-        breaks = [at for at in (text.rfind(sep, 0, cut), text.find(sep, cut)) if at > 0]
+    slack = max(1, (len(text) - cut) // 4)
+    for sep in ("\n\n", "\n", " "):
+        breaks = [at for at in (text.rfind(sep, 0, cut), text.find(sep, cut)) if at > 0 and abs(at - cut) <= slack]
         if breaks:
             at = min(breaks, key=lambda b: abs(b - cut))
             return text[:at], text[at + len(sep):]
-    return text, ""
+    return text[:cut], text[cut:]
 
 
 def _encode(tok, staging, folder, dtype, val_ids, val_fraction, n_docs, progress):

@@ -40,9 +40,19 @@ def pattern_name(source):
     return next((name for name, p in PATTERNS.items() if p == source), "custom")
 
 
+# A pattern read from a tokenizer file could backtrack catastrophically (`(?:a|a)+$` takes
+# exponential time on "aaa...a!"): matching gets a time budget, far above what gpt2 and gpt4
+# need (~0.13 us per character measured), and running out of it is a UserError, not a hang.
+SECONDS_BASE, SECONDS_PER_CHAR = 2.0, 5e-6
+
+
 def split_chunks(compiled, text):
     """Split `text` into the pattern's matches: list[str] whose concatenation is `text`."""
-    chunks = compiled.findall(text)
+    try:
+        chunks = compiled.findall(text, timeout=SECONDS_BASE + SECONDS_PER_CHAR * len(text))
+    except TimeoutError:
+        raise UserError(f"the split pattern takes too long on a text of {len(text):,} characters (it backtracks "
+                        "without end); use the gpt2 or gpt4 pattern, or retrain the tokenizer") from None
     if sum(map(len, chunks)) != len(text):  # cheap (C loops); catches patterns with gaps
         position = 0
         for m in compiled.finditer(text):
