@@ -47,6 +47,7 @@ def files(tmp_path_factory):
     (root / "empty.txt").write_text("")
     (root / "blank.txt").write_text("  \n\n\t \n")
     (root / "short.txt").write_text("ab")
+    (root / "few_words.txt").write_text("the king\n")
     (root / "latin.txt").write_bytes(b"caf\xe9 cr\xe8me\n" * 50)
     (root / "nul.txt").write_bytes(b"a\0b\0c\n")
     (root / "bad.toml").write_bytes(b"\xff\xfe[model]")
@@ -133,6 +134,7 @@ CASES = {
                                "not a regular file"),
     "eval a FIFO": (["eval", "{r}/run", "--text", "{r}/fifo"], "not a regular file"),
     "eval non-UTF-8": (["eval", "{r}/run", "--text", "{r}/latin.txt"], "cannot read --text"),
+    "eval a text shorter than a block": (["eval", "{r}/run", "--text", "{r}/few_words.txt"], "few_words.txt has"),
     # configuration
     "NaN learning rate": (["train", "--data", "{r}/ds", "--out", "{r}/c1", *TINY, "--set", "learning_rate=nan"],
                           "learning_rate must be a finite number"),
@@ -246,6 +248,19 @@ def test_eval_of_a_run_finds_its_data_from_any_folder(files, capsys, monkeypatch
     monkeypatch.chdir(files / "cache")  # elsewhere: the run recorded its dataset's absolute path
     assert main(["eval", str(files / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"].startswith(str(files / "ds"))
+
+
+def test_a_checkpoint_skipped_for_a_missing_file_is_named(files, capsys):
+    # run_state_missing: its only checkpoint lacks state.json; give it an earlier complete one
+    import shutil
+
+    run = files / "run_skip"
+    shutil.copytree(files / "run", run)
+    shutil.copytree(run / "checkpoints" / "step_000002", run / "checkpoints" / "step_000001")
+    (run / "checkpoints" / "step_000002" / "state.json").unlink()
+    main(["sample", str(run), "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert "note: step_000002" in err and "using step_000001" in err
 
 
 def test_an_absurd_loss_has_an_infinite_perplexity_not_an_overflow():

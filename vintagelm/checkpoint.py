@@ -16,6 +16,7 @@ inconsistent is a UserError that names the file.
 import json
 import re
 import shutil
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -128,6 +129,10 @@ def resolve_checkpoint(path):
         latest = find_latest(path)
         if latest is None:
             raise UserError(f"run directory {path} has no complete checkpoint in {path / 'checkpoints'}")
+        newer = [p.name for p in sorted((path / "checkpoints").glob("step_*")) if p.is_dir() and p.name > latest.name]
+        if newer:  # a file was removed by hand: say what is skipped rather than fall back in silence
+            print(f"note: {', '.join(newer)} in {path / 'checkpoints'} lacks one of {', '.join(REQUIRED)}; "
+                  f"using {latest.name}", file=sys.stderr)
         return latest
     raise UserError(f"{path} is neither a run directory nor a checkpoint directory (no state.json)")
 

@@ -49,6 +49,10 @@ def run(args):
         if dataset.tokenizer.fingerprint() != tok.fingerprint():
             raise UserError(f"{dataset.path} was tokenized with a different tokenizer than {ckpt.path}")
         tokens, what = getattr(dataset, args.split), f"{dataset.path} ({args.split} split)"
+    block = ckpt.model.config.block_size
+    if len(tokens) < block + 1:
+        raise UserError(f"{what} has {len(tokens)} tokens, fewer than the model's block_size + 1 = {block + 1}; "
+                        "evaluate a longer text")
     result = evaluate_split(ckpt.model, tokens, tok, args.batch_size, args.max_batches, progress=not args.json)
     result = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(what), **result}
     if args.json:
