@@ -63,6 +63,8 @@ def spoil(root):
     import shutil
     import struct
 
+    from safetensors.numpy import load_file, save_file
+
     step = "checkpoints/step_000002"
     broken = {
         "truncated": lambda r: (r / step / "model.safetensors").write_bytes((r / step / "model.safetensors").read_bytes()[:50]),
@@ -81,6 +83,11 @@ def spoil(root):
         (root / f"ds_{name}" / "meta.json").write_text(text)
     shutil.copytree(root / "ds", root / "ds_tokenizer_corrupt")
     (root / "ds_tokenizer_corrupt" / "tokenizer.json").write_text("x")
+    shutil.copytree(root / "run", root / "run_nan")  # a run that diverged
+    nan_file = root / "run_nan" / step / "model.safetensors"
+    weights = load_file(nan_file)
+    weights["wte.weight"][0, 0] = float("nan")
+    save_file(weights, nan_file, metadata={"format": "vintagelm-model", "version": "1"})
     shutil.copytree(root / "run", root / "run_config_gap")  # a model_config field missing: no silent default
     state_file = root / "run_config_gap" / step / "state.json"
     state = json.loads(state_file.read_text())
@@ -101,8 +108,6 @@ def spoil(root):
     prepare_dataset([str(root / "one_doc.txt")], "char", root / "ds_tiny_val", val_fraction=0.004, progress=False)
     shutil.copytree(root / "run", root / "run_wrong_shape")  # a checkpoint whose weights are another model's
     model_file = root / "run_wrong_shape" / step / "model.safetensors"
-    from safetensors.numpy import load_file, save_file
-
     tensors = load_file(model_file)
     save_file({**tensors, "wte.weight": tensors["wte.weight"][:3]}, model_file,
               metadata={"format": "vintagelm-model", "version": "1"})
@@ -133,6 +138,7 @@ CASES = {
     "tokenizer on /dev/zero": (["tokenizer", "train", "--type", "char", "--input", "/dev/zero", "--out", "{r}/t.json"],
                                "not a regular file"),
     "eval a FIFO": (["eval", "{r}/run", "--text", "{r}/fifo"], "not a regular file"),
+    "eval NaN weights": (["eval", "{r}/run_nan"], "non-finite weights"),
     "eval non-UTF-8": (["eval", "{r}/run", "--text", "{r}/latin.txt"], "cannot read --text"),
     "eval a text shorter than a block": (["eval", "{r}/run", "--text", "{r}/few_words.txt"], "few_words.txt has"),
     # configuration
@@ -261,6 +267,28 @@ def test_a_checkpoint_skipped_for_a_missing_file_is_named(files, capsys):
     main(["sample", str(run), "--max-new-tokens", "2"])
     err = capsys.readouterr().err
     assert "note: step_000002" in err and "using step_000001" in err
+
+
+def test_binary_read_as_text_gets_a_warning(files, capsys):
+    rng = random.Random(0)
+    (files / "noise.bin.txt").write_bytes(bytes(rng.randrange(256) for _ in range(5000)))
+    prepare_dataset([str(files / "noise.bin.txt")], "char", files / "noise_ds", progress=False)
+    assert "does not look like text" in capsys.readouterr().err
+    prepare_dataset([str(files / "verse.txt")], "char", files / "verse_ds", progress=False)
+    assert "does not look like text" not in capsys.readouterr().err
+
+
+def test_files_we_write_are_readable_by_others_as_the_umask_says(files):
+    mode = os.stat(files / "run" / "config.json").st_mode & 0o777
+    step = files / "run" / "checkpoints" / "step_000002"
+    assert mode == os.stat(step / "tokenizer.json").st_mode & 0o777 == 0o666 & ~_umask()
+    assert os.stat(step).st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_an_absurd_loss_has_an_infinite_perplexity_not_an_overflow():

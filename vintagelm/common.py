@@ -61,6 +61,7 @@ def atomic_file(path):
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); a file we write is not
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # gone already after a successful rename
@@ -88,6 +89,7 @@ def atomic_dir(path, is_ours):
     target = nest / path.name  # the body writes here; the nest is only a private place for it
     try:
         yield target
+        os.chmod(target, 0o777 & ~_umask())  # (mkdtemp's nest is private, but the folder we make is not)
         if path.exists():
             os.replace(path, nest / ".old")  # rename() cannot replace a non-empty folder
         os.replace(target, path)
@@ -113,6 +115,12 @@ def remove_stale_temporaries(path):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _umask():
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _alive(pid):

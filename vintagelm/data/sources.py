@@ -16,6 +16,7 @@ import glob
 import importlib.util
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +70,19 @@ def _maybe_unwrap(text, unwrap):
     return clean.unwrap(text) if unwrap else text
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+")  # control characters, not \t \n \r
+
+
 def _read_text(path):
     try:
-        return clean.decode_bytes(regular_file(path, "source file").read_bytes())
+        text = clean.decode_bytes(regular_file(path, "source file").read_bytes())
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    controls = sum(map(len, _CONTROLS.findall(text)))
+    if text and controls > 0.1 * len(text):  # random bytes are ~25% control characters in Latin-1
+        print(f"warning: {path} does not look like text ({100 * controls / len(text):.0f}% control characters); "
+              "it is read as text all the same", file=sys.stderr)
+    return text
 
 
 def _text_files(spec):
