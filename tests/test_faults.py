@@ -140,6 +140,8 @@ CASES = {
     "eval a FIFO": (["eval", "{r}/run", "--text", "{r}/fifo"], "not a regular file"),
     "eval NaN weights": (["eval", "{r}/run_nan"], "non-finite weights"),
     "eval non-UTF-8": (["eval", "{r}/run", "--text", "{r}/latin.txt"], "cannot read --text"),
+    "eval a text outside the vocabulary": (["eval", "{r}/run", "--text", "{r}/short.txt"],
+                                           "short.txt cannot be encoded"),
     "eval a text shorter than a block": (["eval", "{r}/run", "--text", "{r}/few_words.txt"], "few_words.txt has"),
     # configuration
     "NaN learning rate": (["train", "--data", "{r}/ds", "--out", "{r}/c1", *TINY, "--set", "learning_rate=nan"],

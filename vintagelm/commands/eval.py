@@ -41,7 +41,11 @@ def run(args):
             text = regular_file(args.text, "--text").read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --text {args.text}: {e}") from None
-        tokens, what = np.asarray(tok.encode(text, allowed_special="none"), dtype=np.int64), args.text
+        try:
+            ids = tok.encode(text, allowed_special="none")
+        except UserError as e:
+            raise UserError(f"--text {args.text} cannot be encoded with {ckpt.path}'s tokenizer: {e}") from None
+        tokens, what = np.asarray(ids, dtype=np.int64), args.text
     else:
         saved = ckpt.state.get("data", {}).get("dataset")
         if args.data is None and saved and Path(saved, "meta.json").is_file():
