@@ -321,7 +321,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(files, uninterrupted):
     run = files / "terminated"
     proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(0.5)
+    time.sleep(0.6 * uninterrupted[1])  # past start-up (the handler is in place), before the end
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "SIGTERM: finishing this step" in out
@@ -329,7 +329,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(files, uninterrupted):
     assert 0 < stopped_at < STEPS
     subprocess.run(vintage("train", "--resume", "--data", files / "ds", "--out", run, *TRAIN), check=True,
                    capture_output=True)
-    assert losses(run) == uninterrupted
+    assert losses(run) == uninterrupted[0]
 
 
 # ---------------------------------------------------------------- kill -9
@@ -349,17 +349,20 @@ TRAIN = [*TINY, "--max-iters", STEPS, "--set", "checkpoint_interval=1", "--set",
 
 @pytest.fixture(scope="module")
 def uninterrupted(files):
+    """-> (the losses of a run never stopped, its wall time: the kills land within it)."""
+    started = time.perf_counter()
     subprocess.run(vintage("train", "--data", files / "ds", "--out", files / "whole", *TRAIN), check=True,
                    capture_output=True)
-    return losses(files / "whole")
+    return losses(files / "whole"), time.perf_counter() - started
 
 
 def kill_train_trial(files, uninterrupted, trial):
+    reference, seconds = uninterrupted
     """-> whether the kill stopped the run before its end."""
     run = files / f"killed{trial}"
     proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(trial).uniform(0.1, 0.9))  # start-up ~0.2 s, then the steps
+    time.sleep(random.Random(trial).uniform(0.1, 0.9) * seconds)  # (~1 s here: start-up, then 300 steps)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     latest = find_latest(run)
@@ -370,7 +373,7 @@ def kill_train_trial(files, uninterrupted, trial):
     else:  # killed before its first checkpoint: a fresh start in the same folder is allowed
         again = vintage("train", "--data", files / "ds", "--out", run, *TRAIN)
     subprocess.run(again, check=True, capture_output=True)
-    assert losses(run) == uninterrupted  # bit for bit: resuming is as if it had never stopped
+    assert losses(run) == reference  # bit for bit: resuming is as if it had never stopped
     return interrupted
 
 
@@ -383,13 +386,13 @@ def test_kill_9_during_training_loses_nothing_20_trials(files, uninterrupted):
     assert sum(kill_train_trial(files, uninterrupted, trial) for trial in range(100, 120)) >= 15
 
 
-def kill_prepare_trial(files, trial):
+def kill_prepare_trial(files, big_corpus, trial):
     out = files / f"prep{trial}"
     prepare_dataset([str(files / "verse.txt")], "char", out, progress=False)
     old = (out / "meta.json").read_text()
     proc = subprocess.Popen(vintage("prepare", "--source", files / "big.txt", "--tokenizer", "char", "--out", out),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(trial).uniform(0.05, 0.35))  # the whole prepare takes ~0.4 s
+    time.sleep(random.Random(trial).uniform(0.1, 0.9) * big_corpus)  # within a whole prepare's time
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ds = load_dataset(out)  # the old dataset, or the complete new one: never half of either
@@ -401,16 +404,21 @@ def kill_prepare_trial(files, trial):
 
 @pytest.fixture(scope="module")
 def big_corpus(files):
-    (files / "big.txt").write_text(verse(60000, seed=1))  # ~3 MB: prepare takes ~0.4 s
+    """A ~3 MB corpus -> the seconds one whole `vintage prepare` of it takes (~0.4 s here)."""
+    (files / "big.txt").write_text(verse(60000, seed=1))
+    started = time.perf_counter()
+    subprocess.run(vintage("prepare", "--source", files / "big.txt", "--tokenizer", "char", "--out", files / "big_ds"),
+                   check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def test_kill_9_during_prepare_loses_nothing(files, big_corpus):
-    assert sum(kill_prepare_trial(files, trial) for trial in range(2)) >= 1
+    assert sum(kill_prepare_trial(files, big_corpus, trial) for trial in range(2)) >= 1
 
 
 @pytest.mark.slow
 def test_kill_9_during_prepare_loses_nothing_16_trials(files, big_corpus):
-    assert sum(kill_prepare_trial(files, trial) for trial in range(100, 116)) >= 10
+    assert sum(kill_prepare_trial(files, big_corpus, trial) for trial in range(100, 116)) >= 10
 
 
 def test_two_prepares_into_one_folder_leave_one_complete_dataset(files, big_corpus):
