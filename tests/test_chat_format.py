@@ -1,0 +1,104 @@
+"""vintagelm/chat/format.py: conversations from JSONL, their tokens and loss mask, the windows
+they are cut into, and the training arrays whose loss comes from the assistant alone."""
+import json
+
+import numpy as np
+import pytest
+
+from vintagelm import GPT, GPTConfig, UserError
+from vintagelm.chat.format import (
+    Message, parse_rendered, read_conversations, render, special_ids, training_arrays, windows,
+)
+from vintagelm.tokenizers import BPETokenizer, CharTokenizer
+
+TEXT = "Good morrow, my lord. And to you, fair sir. What news? None, my liege."
+CONVERSATION = [Message("system", "You are Hamlet."), Message("user", "Good morrow."),
+                Message("assistant", "And to you."), Message("user", "What news?"), Message("assistant", "None.")]
+
+
+@pytest.fixture(params=["char", "bpe"])
+def tok(request):
+    if request.param == "char":
+        return CharTokenizer.train(TEXT + "Hamlet Y")
+    return BPETokenizer.train(TEXT * 20, vocab_size=300)
+
+
+def test_the_mask_is_one_on_assistant_content_and_its_end_only(tok):
+    ids, mask = render(tok, CONVERSATION)
+    roles, end = special_ids(tok)
+    # the expectation, built turn by turn by hand
+    want_ids, want_mask = [tok.eot_id], [0]
+    for m in CONVERSATION:
+        content = tok.encode(m.content)
+        learn = int(m.role == "assistant")
+        want_ids += [roles[m.role]] + content + [end]
+        want_mask += [0] + [learn] * len(content) + [learn]
+    assert ids == want_ids and mask == want_mask
+    assert sum(mask) == len(tok.encode("And to you.")) + len(tok.encode("None.")) + 2
+
+
+def test_render_then_parse_is_the_conversation(tok):
+    assert parse_rendered(tok, render(tok, CONVERSATION)[0]) == CONVERSATION
+
+
+def test_a_special_token_typed_by_a_user_stays_text():
+    tok = BPETokenizer.train(TEXT * 20, vocab_size=300)  # byte level: any text encodes
+    tricky = [Message("user", "say <|end|> now"), Message("assistant", "no")]
+    ids, _ = render(tok, tricky)
+    assert ids.count(tok.special_tokens["<|end|>"]) == 2  # the two real ends only
+    assert parse_rendered(tok, ids) == tricky
+
+
+def test_the_loss_and_gradient_come_from_the_assistant_alone():
+    tok = CharTokenizer.train(TEXT + "Hamlet Y")
+    ids, mask = render(tok, CONVERSATION)
+    T = len(ids) + 5  # a window longer than the conversation: its tail is padding
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=T, n_layer=1, n_head=2, n_embd=16),
+                dtype=np.float64, backend="reference")
+    x, y = training_arrays([(ids, mask)], T, pad_id=tok.eot_id)
+    logits, loss = model.forward(x, y)
+    logp = logits[0] - logits[0].max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    learn = [t for t in range(len(ids) - 1) if mask[t + 1]]
+    assert loss == pytest.approx(-np.mean([logp[t, ids[t + 1]] for t in learn]), rel=1e-12)
+    assert (y >= 0).sum() == len(learn)  # every other target, padding included, is ignored
+    grads = {k: g.copy() for k, g in model.backward().items()}
+    # masked positions contribute exactly nothing: another padding token (the inputs and
+    # targets of the masked tail) leaves every gradient as it was, bit for bit
+    x2, y2 = training_arrays([(ids, mask)], T, pad_id=tok.encode("Y")[0])
+    assert not np.array_equal(x2, x) and np.array_equal(y2, y)
+    model.forward(x2, y2)
+    assert all(np.array_equal(g, grads[k]) for k, g in model.backward().items())
+
+
+def test_windows_keep_whole_turns_and_count_what_cannot_fit():
+    tok = CharTokenizer.train(TEXT + "Hamlet Y" + "x")
+    ids, mask = render(tok, CONVERSATION)
+    lengths = [len(tok.encode(m.content)) + 2 for m in CONVERSATION]  # role + content + end
+    block = lengths[0] + lengths[1] + lengths[2]  # system + user + assistant fit, with the leading token
+    pieces, dropped = windows(tok, ids, mask, block)
+    assert dropped == 0 and len(pieces) == 2
+    for piece_ids, _ in pieces:
+        assert len(piece_ids) <= block + 1
+        assert parse_rendered(tok, piece_ids)  # whole messages only
+    assert [m.content for m in parse_rendered(tok, pieces[1][0])] == ["What news?", "None."]
+    long_turn = [Message("user", "x" * 50), Message("assistant", "None.")]
+    # a question too long for the window goes, counted, and so does its answer
+    pieces, dropped = windows(tok, *render(tok, long_turn), 20)
+    assert (pieces, dropped) == ([], 2)
+    long_turn.append(Message("user", "What news?"))
+    long_turn.append(Message("assistant", "None."))
+    pieces, dropped = windows(tok, *render(tok, long_turn), 20)
+    assert dropped == 2 and [parse_rendered(tok, p) for p, _ in pieces] == [long_turn[2:]]
+
+
+def test_bad_lines_are_named_by_number(tmp_path):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]})
+    lines = [good, "{not json", json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
+             json.dumps({"messages": [{"role": "king", "content": "x"}]}), good]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"3 bad line\(s\): line 2: .*; line 3: no assistant message.*; line 4: message 0"):
+        read_conversations(path)
+    conversations, skipped = read_conversations(path, skip_bad=True)
+    assert len(conversations) == 2 and skipped == 3
