@@ -102,3 +102,19 @@ def test_bad_lines_are_named_by_number(tmp_path):
         read_conversations(path)
     conversations, skipped = read_conversations(path, skip_bad=True)
     assert len(conversations) == 2 and skipped == 3
+
+
+def test_evaluation_counts_the_assistant_tokens_only():
+    from vintagelm.evaluate import evaluate_batches, token_byte_lengths
+
+    tok = CharTokenizer.train(TEXT + "Hamlet Y")
+    ids, mask = render(tok, CONVERSATION)
+    T = len(ids) - 1
+    x, y = training_arrays([(ids, mask)], T, pad_id=tok.eot_id)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=T, n_layer=1, n_head=2, n_embd=16),
+                dtype=np.float64, backend="reference")
+    _, loss = model.forward(x, y)
+    result = evaluate_batches(model, [(x, y)], token_byte_lengths(tok))
+    assert result["tokens"] == sum(mask[1:]) and result["loss"] == pytest.approx(loss, rel=1e-12)
+    text_bytes = len("And to you.".encode()) + len("None.".encode())  # the two <|end|> are no text
+    assert result["bytes"] == text_bytes

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from vintagelm.common import UserError
 from vintagelm.data.loader import get_batch, sequential_batches
+from vintagelm.nn.loss import IGNORE_INDEX
 
 
 def token_byte_lengths(tokenizer):
@@ -22,8 +23,9 @@ def token_byte_lengths(tokenizer):
 
 def evaluate_batches(model, batches, byte_lengths):
     """Loss over (x, y) batches with dropout off -> dict(loss, perplexity, bits_per_byte,
-    tokens, bytes). loss is the mean over every target token; bits per byte counts the text
-    only: nats of the ordinary targets / (their UTF-8 bytes * ln 2), special tokens excluded."""
+    tokens, bytes). loss is the mean over every target token that is not ignored (-1, as a
+    chat model's non-assistant positions); bits per byte counts the text only: nats of the
+    ordinary targets / (their UTF-8 bytes * ln 2), special tokens excluded."""
     was_training = model.training
     model.eval()
     nats = text_nats = 0.0
@@ -34,11 +36,13 @@ def evaluate_batches(model, batches, byte_lengths):
             z = logits.astype(np.float64)
             zmax = z.max(axis=-1, keepdims=True)  # subtract the max for a stable log-sum-exp
             lse = np.log(np.exp(z - zmax).sum(axis=-1)) + zmax[..., 0]  # (b, T)
-            nll = lse - np.take_along_axis(z, y[..., None], axis=-1)[..., 0]  # (b, T) nats
-            nbytes = byte_lengths[y]  # (b, T)
+            kept = y != IGNORE_INDEX  # (b, T)
+            target = np.where(kept, y, 0)  # an ignored target reads some id, then counts for nothing
+            nll = (lse - np.take_along_axis(z, target[..., None], axis=-1)[..., 0])[kept]  # nats
+            nbytes = byte_lengths[target][kept]
             nats += nll.sum()
             text_nats += nll[nbytes > 0].sum()
-            n_tokens += y.size
+            n_tokens += int(kept.sum())
             n_bytes += int(nbytes.sum())
     finally:
         model.train(was_training)
