@@ -137,12 +137,13 @@ def resolve_checkpoint(path):
     raise UserError(f"{path} is neither a run directory nor a checkpoint directory (no state.json)")
 
 
-def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
+def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto", finite=False):
     """Load a checkpoint directory, or a run directory's latest checkpoint -> Checkpoint.
 
     dtype: None keeps the saved precision; "float32"/"float64" converts.
     backend: which implementation runs the model (backend.py); it does not change the weights.
-    with_optimizer=False skips optimizer.safetensors (sampling and evaluation need no moments)."""
+    with_optimizer=False skips optimizer.safetensors (sampling and evaluation need no moments).
+    finite=True refuses weights that are nan or inf (a diverged run: nothing to sample or score)."""
     ckpt = resolve_checkpoint(path)
     state_file = ckpt / "state.json"
     state = read_state(state_file)
@@ -168,6 +169,9 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto"):
         if not np.issubdtype(t.dtype, np.floating):
             raise UserError(f"{model_file}: {name} holds {t.dtype} numbers, not floating point; it is not our weights file")
         model.params[name][...] = t
+    if finite and not np.isfinite(model.flat_params).all():
+        raise UserError(f"checkpoint {ckpt} has non-finite weights (nan or inf): the run diverged; use an earlier "
+                        "checkpoint, or train again with a lower learning rate")
     try:
         model.dropout_rng.bit_generator.state = state["rng"]["dropout"]
     except (KeyError, TypeError, ValueError) as e:

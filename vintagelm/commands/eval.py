@@ -28,10 +28,7 @@ def run(args):
 
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UserError("--batch-size and --max-batches must be at least 1")
-    ckpt = load_checkpoint(args.ckpt, with_optimizer=False)
-    if not np.isfinite(ckpt.model.flat_params).all():
-        raise UserError(f"checkpoint {ckpt.path} has non-finite weights (nan or inf): the run diverged; "
-                        "evaluate an earlier checkpoint")
+    ckpt = load_checkpoint(args.ckpt, with_optimizer=False, finite=True)
     tok = ckpt.tokenizer
     if tok is None:
         raise UserError(f"{ckpt.path} has no tokenizer.json to encode the evaluation text with")

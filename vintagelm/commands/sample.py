@@ -33,15 +33,12 @@ def run(args):
     from vintagelm.common import UserError
     from vintagelm.generate import TextStream, encode_prompt, generate, special_token_rules
 
-    ckpt = load_checkpoint(args.ckpt, with_optimizer=False)
+    ckpt = load_checkpoint(args.ckpt, with_optimizer=False, finite=True)
     if ckpt.tokenizer is None:
         raise UserError(f"checkpoint {ckpt.path} has no tokenizer.json, so its ids cannot be turned into text")
     if ckpt.tokenizer.vocab_size > ckpt.model.config.vocab_size:
         raise UserError(f"checkpoint {ckpt.path}: the tokenizer has {ckpt.tokenizer.vocab_size} ids but the model "
                         f"only {ckpt.model.config.vocab_size}")
-    if not np.isfinite(ckpt.model.flat_params).all():
-        raise UserError(f"checkpoint {ckpt.path} has non-finite weights (nan or inf): the run diverged; "
-                        "sample an earlier checkpoint or train again with a lower learning rate")
     prompt_ids = encode_prompt(ckpt.tokenizer, args.prompt)
     banned, stop = special_token_rules(ckpt.tokenizer, args.allow_special)
     try:

@@ -38,7 +38,7 @@ class FastOps(ReferenceOps):
         self._unwritten = set()  # _address of the slots that are zero but not yet written
         self._slots = None  # (the grads dict, {_address: slot}) of the model
         kernels = reference_attention  # causal_softmax, softmax_backward
-        self._layernorm_forward, self._layernorm_backward = norm.layernorm_forward, norm.layernorm_backward
+        self._layernorm_backward = norm.layernorm_backward
         self._activations = dict(ACTIVATIONS)  # name -> (forward, backward)
         self._bias_gelu = None  # the compiled GELU that adds the bias before it, in float32
         if np.dtype(dtype) == np.float32:  # the compiled kernels are float32 only
@@ -46,7 +46,8 @@ class FastOps(ReferenceOps):
 
             self._activations["gelu"] = (kernels.gelu_forward, kernels.gelu_backward)
             self._bias_gelu = kernels.bias_gelu_forward
-            self._layernorm_forward, self._layernorm_backward = kernels.layernorm_forward, kernels.layernorm_backward
+            self.layernorm_forward = kernels.layernorm_forward  # (backward below: it also minds the slots)
+            self._layernorm_backward = kernels.layernorm_backward
         forward, backward = partial(attention.attention_forward, kernels=kernels), partial(
             attention.attention_backward, kernels=kernels)
         self.attention = {
@@ -107,9 +108,6 @@ class FastOps(ReferenceOps):
         fresh array (cProfile of `baby`: ~7 ms a step more out of place)."""
         f += x
         return f
-
-    def layernorm_forward(self, x, w, b=None, eps=norm.LN_EPS):
-        return self._layernorm_forward(x, w, b, eps)
 
     def layernorm_backward(self, dy, cache, dw, db=None):
         self._zero_if_unwritten(dw)
