@@ -42,7 +42,7 @@ def test_a_play_becomes_scenes_of_speeches_without_stage_directions():
     conversations = [c for s in scenes for c in builtin.exchanges(title, s)]
     # Ben answering himself is no exchange; a scene of one speech has none
     assert conversations == [[
-        Message("system", "You are Ben in The Test of Errors. Answer as Ben would."),
+        Message("system", "You are Ben in The Test of Errors."),
         Message("user", "Good morrow, Ben; what news upon the street? I heard a bell."),
         Message("assistant", "The bell was rung for thee, and none but thee."),
     ]]
@@ -51,7 +51,7 @@ def test_a_play_becomes_scenes_of_speeches_without_stage_directions():
 def test_the_builtin_set_holds_whole_plays_out_and_keeps_its_rules():
     split = builtin.builtin_conversations()
     assert len(split["train"]) > 10000 and len(split["val"]) > 1000
-    plays = {part: {re.search(r" in (.+)\. Answer as", c[0].content).group(1) for c in convs}
+    plays = {part: {re.search(r" in (.+)\.$", c[0].content).group(1) for c in convs}
              for part, convs in split.items()}
     assert plays["train"].isdisjoint(plays["val"])  # no validation scene is ever trained on
     seen = set()

@@ -16,9 +16,12 @@ COMMANDS = {
     "tokenizer": "tokenizer",
     "prepare": "prepare",
     "train": "train",
+    "finetune": "finetune",
     "eval": "eval",
     "plot": "plot",
     "sample": "sample",
+    "chat": "chat",
+    "serve": "serve",
 }
 
 

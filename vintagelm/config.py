@@ -36,6 +36,9 @@ class TrainConfig:
     tokenizer: str = "char"  # "char", "bpe" or a tokenizer file; used when preparing a source spec
     vocab_size: int = 0  # bpe target vocabulary (0: the data pipeline's default)
     out: str = ""  # run directory; "" means runs/<preset>
+    # fine-tuning (`vintage finetune`)
+    init_from: str = ""  # a checkpoint whose weights the run starts from ("" = fresh from the seed)
+    skip_bad: bool = False  # chat data: skip bad JSONL lines (counted) instead of refusing the file
     # optimisation
     max_iters: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per step (B)

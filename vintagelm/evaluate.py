@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vintagelm.common import UserError
-from vintagelm.data.loader import get_batch, sequential_batches
+from vintagelm.data.loader import sequential_batches
 from vintagelm.nn.loss import IGNORE_INDEX
 
 
@@ -58,12 +58,13 @@ def evaluate_batches(model, batches, byte_lengths):
     }
 
 
-def estimate_val(model, val, batch_size, n_batches, seed, byte_lengths):
-    """Validation estimate over n_batches random windows, the same windows every time: their
-    generator [seed, 3] is made afresh here, so evaluating never moves the training data."""
+def estimate_val(model, dataset, batch_size, n_batches, seed, byte_lengths):
+    """Validation estimate over n_batches random windows of dataset's val split, the same windows
+    every time: their generator [seed, 3] is made afresh here, so evaluating never moves the
+    training data. dataset: anything with batch(split, B, T, rng), as PreparedDataset."""
     rng = np.random.default_rng([seed, 3])
     T = model.config.block_size
-    return evaluate_batches(model, (get_batch(val, batch_size, T, rng) for _ in range(n_batches)), byte_lengths)
+    return evaluate_batches(model, (dataset.batch("val", batch_size, T, rng) for _ in range(n_batches)), byte_lengths)
 
 
 def evaluate_split(model, tokens, tokenizer, batch_size=16, max_batches=None, progress=False):

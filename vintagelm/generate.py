@@ -4,6 +4,7 @@ cache (kv_cache.py; a model hands out its own decoding state with model.new_kv_c
 Separate pieces, each usable on its own:
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
     generate           a generator yielding one new token id at a time (batch 1)
+    generate_steps     the same loop over a ContextWindow, yielding each token with its logits
     sample_text        generate from an empty prompt, text streamed to a callback (the
                        sample `vintage train` prints at the end)
 plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
@@ -30,7 +31,8 @@ rule, which keeps the most context but makes a cache useless). The no-cache path
 window start at exactly the same steps, so both see identical token windows at identical
 positions and produce the same logits (up to float rounding) and the same tokens for a seed.
 
-What this file does not do: batched sampling of several prompts, beam search, stop strings.
+What this file does not do: batched sampling of several prompts, beam search, stop strings
+(those are chat/reply.py's, over generate_steps).
 Shape legend: B batch, T time, L layers, H heads, D head size, V vocab size.
 """
 import codecs
@@ -173,21 +175,27 @@ def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     ctx = ContextWindow(model, prompt_ids, use_kv_cache)
-    return _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p, list(banned_ids), set(stop_ids))
+    steps = generate_steps(ctx, max_new_tokens, rng, temperature, top_k, top_p, banned_ids, stop_ids)
+    return (token for token, _ in steps)
 
 
-def _generate(ctx, max_new_tokens, rng, temperature, top_k, top_p, banned_ids, stop_ids):
+def generate_steps(ctx, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, banned_ids=(), stop_ids=()):
+    """generate's loop over a ContextWindow, yielding (token, logits): the (V,) logits the
+    token was sampled from, before bans and filters (a server reports log-probabilities from
+    them). The arguments are as generate's and are not checked again here."""
+    banned_ids, stop_ids = list(banned_ids), set(stop_ids)
     for step in range(max_new_tokens):
         if step:
             ctx.append(token)  # fed lazily, so no forward is spent after the last token
         logits = ctx.logits()
+        allowed = logits
         if banned_ids:
-            logits = logits.copy()
-            logits[banned_ids] = -np.inf
-        token = int(sample_next_token(logits[None], rng, temperature, top_k, top_p)[0])
+            allowed = logits.copy()
+            allowed[banned_ids] = -np.inf
+        token = int(sample_next_token(allowed[None], rng, temperature, top_k, top_p)[0])
         if token in stop_ids:
             return
-        yield token
+        yield token, logits
 
 
 def special_token_rules(tokenizer, allow_special=False):

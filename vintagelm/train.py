@@ -42,7 +42,6 @@ from tqdm import tqdm
 from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from vintagelm.common import UserError, atomic_file, make_parent, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
-from vintagelm.data.loader import get_batch
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.memory import check_fits
@@ -147,6 +146,8 @@ class Trainer:
             self.model = ckpt.model
         else:
             self.model = model_for(cfg.model)(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype), backend=cfg.backend)
+            if cfg.init_from:
+                self.model.flat_params[...] = initial_weights(cfg, self.model)
         self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                weight_decay=cfg.weight_decay, backend=cfg.backend)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
@@ -174,7 +175,7 @@ class Trainer:
             "rng": {"data": self.data_rng.bit_generator.state},
             "train": {"lr_scale": self.lr_scale, "bad_steps": self.bad_steps},
             # absolute: `vintage eval RUN` from another folder still finds the data
-            "data": {"dataset": str(Path(self.data.path).resolve()),
+            "data": {"dataset": self.data.location,
                      "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
         }
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, train_state,
@@ -190,10 +191,10 @@ class Trainer:
         """One optimizer step (or a skipped one) -> its metrics row."""
         cfg = self.cfg
         lr = self.lr(self.step)
-        x, y = get_batch(self.data.train, cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
+        x, y = self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
         micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/k, T)
         loss, norm, stepped = training_step(self.model, self.optimizer, micro, lr, cfg.grad_clip)
-        if self.step == 0:
+        if self.step == 0 and not cfg.init_from:  # a fine-tune starts from a trained model
             self.check_initial_loss(loss)
         self.step += 1
         row = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
@@ -229,7 +230,7 @@ class Trainer:
 
     def evaluate(self):
         micro = self.cfg.batch_size // self.cfg.grad_accum  # the memory a training micro-batch needs
-        return estimate_val(self.model, self.data.val, micro, self.cfg.eval_iters, self.cfg.seed, self.byte_lengths)
+        return estimate_val(self.model, self.data, micro, self.cfg.eval_iters, self.cfg.seed, self.byte_lengths)
 
     def run(self, progress=True):
         """Train until max_iters or Ctrl-C -> (last evaluation dict or None, interrupted)."""
@@ -259,6 +260,17 @@ class Trainer:
                                     tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 bar.update(self.step - bar.n)  # negative right after a restore moved the step back
         return val, stop.is_set()
+
+
+def initial_weights(cfg, model):
+    """The flat parameters of the checkpoint cfg.init_from, checked to fit `model` (a fine-tune
+    may change dropout, never the shapes)."""
+    base = load_checkpoint(cfg.init_from, dtype=cfg.dtype, with_optimizer=False, backend=cfg.backend, finite=True).model
+    shapes = {name: p.shape for name, p in model.params.items()}
+    if base.architecture != model.architecture or {name: p.shape for name, p in base.params.items()} != shapes:
+        raise UserError(f"init_from {cfg.init_from}: its {base.architecture} model's parameters do not match this "
+                        f"run's {model.architecture} model; fine-tune with the base run's own model settings")
+    return base.flat_params
 
 
 def fmt(loss):
@@ -339,9 +351,10 @@ def run_lock(run_dir):
         yield
 
 
-def train(cfg, resume=False, progress=True, say=tqdm.write):
+def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
     """Train as `cfg` says (resuming the run in cfg.out when `resume`) -> TrainResult.
-    Writes cfg.out/config.json, tokenizer.json, metrics.jsonl and checkpoints/."""
+    Writes cfg.out/config.json, tokenizer.json, metrics.jsonl and checkpoints/.
+    dataset: the data to train on (e.g. a chat.dataset.ChatDataset); None resolves cfg.data."""
     run_dir = Path(cfg.out)
     ckpt = None
     if resume:
@@ -357,17 +370,14 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
     else:
         check_new_run_dir(run_dir)
 
-    dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
+    if dataset is None:
+        dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
     check_fits(cfg.model, cfg.batch_size // cfg.grad_accum, np.dtype(cfg.dtype).itemsize)
-    for split in ("train", "val"):  # now, not at the first evaluation minutes in
-        n = len(getattr(dataset, split))
-        if n < cfg.model.block_size + 1:
-            raise UserError(f"the {split} split of {dataset.path} has {n} tokens, fewer than block_size + 1 = "
-                            f"{cfg.model.block_size + 1}; use a smaller block_size, more text or another val fraction")
+    dataset.check(cfg.model.block_size)
     fingerprint = dataset.tokenizer.fingerprint()
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
-        raise UserError(f"--resume: the dataset {dataset.path} uses a different tokenizer than {ckpt.path}")
+        raise UserError(f"--resume: the dataset {dataset.location} uses a different tokenizer than {ckpt.path}")
     say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
     make_parent(run_dir / LOCK_FILE)
     with run_lock(run_dir):
@@ -381,8 +391,8 @@ def train(cfg, resume=False, progress=True, say=tqdm.write):
                 say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
         else:  # a run that died before its first checkpoint left these rows: not this run's
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: "
-            f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, vocab {cfg.model.vocab_size}")
+        say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: {dataset.describe()}, "
+            f"vocab {cfg.model.vocab_size}")
         t0 = time.perf_counter()
         val, interrupted = trainer.run(progress)
     return TrainResult(run_dir, trainer.step, interrupted, val, trainer.model, dataset.tokenizer,

@@ -58,7 +58,7 @@ def exchanges(title, scene):
     for (asker, question), (answerer, answer) in zip(scene, scene[1:]):
         if asker == answerer or not all(MIN_CHARS <= len(t) <= MAX_CHARS for t in (question, answer)):
             continue
-        yield [Message("system", f"You are {answerer} in {title}. Answer as {answerer} would."),
+        yield [Message("system", f"You are {answerer} in {title}."),
                Message("user", question), Message("assistant", answer)]
 
 

@@ -24,6 +24,26 @@ class PreparedDataset:
     train: np.ndarray  # (N_train,) read-only memmap of token ids
     val: np.ndarray  # (N_val,) read-only memmap of token ids
 
+    @property
+    def location(self):
+        """Where the dataset is, as a run records it (absolute, so another folder finds it)."""
+        return str(Path(self.path).resolve())
+
+    def batch(self, split, batch_size, block_size, rng):
+        """batch_size random windows of one split (get_batch) -> (x, y) int64 (B, T)."""
+        return get_batch(getattr(self, split), batch_size, block_size, rng)
+
+    def check(self, block_size):
+        """A UserError now, not at the first evaluation minutes in, if a split is too short."""
+        for split in ("train", "val"):
+            n = len(getattr(self, split))
+            if n < block_size + 1:
+                raise UserError(f"the {split} split of {self.path} has {n} tokens, fewer than block_size + 1 = "
+                                f"{block_size + 1}; use a smaller block_size, more text or another val fraction")
+
+    def describe(self):
+        return f"{len(self.train):,} train / {len(self.val):,} val tokens"
+
 
 def load_dataset(path):
     """Open the prepared dataset in folder `path`, checking that its files agree with meta.json."""

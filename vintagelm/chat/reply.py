@@ -1,0 +1,245 @@
+"""Replies from a trained model, as the terminal chat and the server need them: the prompt of a
+conversation (trimmed to the context window from the oldest turn), and a streamed reply that
+ends at <|end|>, at a stop string or at max_tokens, with log-probabilities when asked.
+
+Two rules make a stream safe to show as it arrives:
+  * a character whose UTF-8 bytes are split over tokens is shown only once complete
+    (generate.TextStream), never as a replacement character;
+  * a stop string is never shown, not even its first half: text that could still turn out to
+    be the start of a stop string is held back until the next token settles it.
+Shape legend: T tokens, V vocabulary.
+"""
+import secrets
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from vintagelm.chat.format import Message, special_ids
+from vintagelm.common import UserError
+from vintagelm.generate import ContextWindow, TextStream, check_sampling_params, generate_steps, special_token_rules
+
+
+class ChatModel:
+    """A model with its tokenizer and name, shared by every conversation that talks to it.
+    `lock` lets one forward pass run at a time: the model keeps per-call state, so concurrent
+    replies take turns token by token."""
+
+    def __init__(self, model, tokenizer, name, path=None):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.path = path  # the checkpoint directory, when loaded from one
+        self.block_size = model.config.block_size
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path, name=None, backend="auto"):
+        """A run directory (its latest checkpoint) or a checkpoint directory -> ChatModel."""
+        from pathlib import Path
+
+        from vintagelm.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, with_optimizer=False, finite=True, backend=backend)
+        if ckpt.tokenizer is None:
+            raise UserError(f"checkpoint {ckpt.path} has no tokenizer.json, so its ids cannot be turned into text")
+        if ckpt.tokenizer.vocab_size > ckpt.model.config.vocab_size:
+            raise UserError(f"checkpoint {ckpt.path}: the tokenizer has {ckpt.tokenizer.vocab_size} ids but the "
+                            f"model only {ckpt.model.config.vocab_size}")
+        run = Path(path).resolve()
+        default = run.parent.parent.name if run.parent.name == "checkpoints" else run.name
+        return cls(ckpt.model, ckpt.tokenizer, name or default, ckpt.path)
+
+    def encode_text(self, text):
+        """Ordinary text -> (ids, characters dropped). Special-token strings stay text; a character
+        the tokenizer cannot encode (a char tokenizer never saw it) is left out and returned, so
+        a chat goes on when a user types a modern quotation mark."""
+        tok = self.tokenizer
+        try:
+            return tok.encode(text, allowed_special="none"), ""
+        except UserError:
+            kept, dropped = [], []
+            for ch in text:
+                try:
+                    kept += tok.encode(ch, allowed_special="none")
+                except UserError:
+                    dropped.append(ch)
+            return kept, "".join(dropped)
+
+    def chat_prompt(self, messages, reserve):
+        """[Message, ...] ending with the user's turn -> (ids, turns left out, characters dropped):
+        the rendered conversation followed by <|assistant|>, in at most block_size - reserve tokens
+        (reserve: room for the reply). The oldest turns after the system message go first, then the
+        system message; a last turn still too long keeps its end."""
+        roles, end = special_ids(self.tokenizer)
+        budget = max(2, self.block_size - max(1, reserve))
+        dropped, turns = [], []
+        for m in messages:
+            content, lost = self.encode_text(m.content)
+            dropped.append(lost)
+            turns.append([roles[m.role], *content, end])
+        system = turns[0] if messages and messages[0].role == "system" else []
+        rest = turns[1:] if system else turns
+        head, tail = [self.tokenizer.eot_id], [roles["assistant"]]
+
+        def size(kept, sys):
+            return len(head) + len(sys) + sum(len(t) for t in kept) + len(tail)
+
+        left_out = 0
+        while len(rest) > 1 and size(rest, system) > budget:
+            rest, left_out = rest[1:], left_out + 1
+        if system and size(rest, system) > budget:
+            system, left_out = [], left_out + 1
+        ids = head + system + [i for t in rest for i in t] + tail
+        if len(ids) > budget:  # one turn longer than the window: keep its end
+            ids = head + ids[len(ids) - budget + 1:]
+        return ids, left_out, "".join(dropped)
+
+    def chat_rules(self):
+        """(banned ids, stop ids) for a chat reply: <|end|> or <|endoftext|> ends it, and no other
+        special token (a role marker) is ever sampled."""
+        _, end = special_ids(self.tokenizer)
+        stops = {end, self.tokenizer.eot_id} - {None}
+        banned = sorted(set(self.tokenizer.special_tokens.values()) - stops)
+        return banned, sorted(stops)
+
+    def text_rules(self):
+        """(banned ids, stop ids) for continuing text: as `vintage sample` does."""
+        return special_token_rules(self.tokenizer)
+
+    def prompt_logprobs(self, ids, top_n=0):
+        """The log-probability of every prompt token after the ones before it, from one forward
+        pass -> [(logprob or None for the first token, [(token text, logprob), ...] top_n)]."""
+        if len(ids) > self.block_size:
+            raise UserError(f"the prompt has {len(ids)} tokens, more than the context of {self.block_size}")
+        with self.lock:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                logits, _ = self.model.forward(np.asarray([ids], dtype=np.int64))  # (1, T, V)
+            finally:
+                self.model.train(was_training)
+        logp = log_softmax(logits[0])  # (T, V): row t predicts token t + 1
+        out = [(None, [])]
+        for t in range(1, len(ids)):
+            out.append((float(logp[t - 1, ids[t]]), self.top(logp[t - 1], top_n)))
+        return out
+
+    def top(self, logp, n):
+        """The n most likely tokens of one (V,) row of log-probabilities, as (text, logprob)."""
+        if n <= 0:
+            return []
+        best = np.argsort(-logp, kind="stable")[:n]
+        return [(self.token_text(int(i)), float(logp[i])) for i in best]
+
+    def token_text(self, token_id):
+        return self.tokenizer.decode([token_id])
+
+
+def log_softmax(logits):
+    """(..., V) logits -> log-probabilities, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class LockedWindow(ContextWindow):
+    """A ContextWindow whose forward passes take the ChatModel's lock."""
+
+    def __init__(self, chat_model, prompt_ids):
+        super().__init__(chat_model.model, prompt_ids)
+        self.lock = chat_model.lock
+
+    def forward_last(self, tokens, cache=None):
+        with self.lock:
+            return super().forward_last(tokens, cache)
+
+
+@dataclass
+class Token:
+    """One generated token, for log-probabilities."""
+    id: int
+    text: str  # its own decoded text
+    logprob: float  # under the model's distribution (before temperature and filters)
+    top: list  # [(text, logprob), ...] the most likely alternatives
+    offset: int  # where its text starts in the reply
+
+
+class Reply:
+    """One reply being generated. Iterating yields pieces of text as they become safe to show;
+    `tokens` then holds the Tokens behind the pieces shown so far (when logprobs is not None).
+    Afterwards: finish_reason "stop" (<|end|>, end of text or a stop string) or "length"
+    (max_tokens reached), prompt_tokens and completion_tokens."""
+
+    def __init__(self, chat_model, prompt_ids, max_tokens, temperature=1.0, top_p=None, top_k=None, seed=None,
+                 stop=(), rules=None, logprobs=None):
+        check_sampling_params(temperature, top_k, top_p)
+        self.chat_model = chat_model
+        self.prompt_ids = list(prompt_ids)
+        self.max_tokens = max_tokens
+        self.sampling = (temperature, top_k, top_p)
+        self.rng = np.random.default_rng(secrets.randbits(64) if seed is None else seed)
+        self.stops = [s for s in stop if s]
+        self.banned, self.stop_ids = rules if rules is not None else chat_model.chat_rules()
+        self.logprobs = logprobs
+        self.tokens, self._pending = [], []  # Tokens shown / generated but not yet shown
+        self.finish_reason = None
+        self.prompt_tokens, self.completion_tokens = len(self.prompt_ids), 0
+        self.text = ""  # what has been shown
+
+    def __iter__(self):
+        temperature, top_k, top_p = self.sampling
+        ctx = LockedWindow(self.chat_model, self.prompt_ids)
+        stream, made = TextStream(self.chat_model.tokenizer), ""  # made: all text decoded so far
+        steps = generate_steps(ctx, self.max_tokens, self.rng, temperature, top_k, top_p, self.banned, self.stop_ids)
+        self.finish_reason = "stop" if self.max_tokens else "length"
+        for n, (token, logits) in enumerate(steps, 1):
+            self.completion_tokens = n
+            if self.logprobs is not None:
+                logp = log_softmax(logits)
+                self._pending.append(Token(token, self.chat_model.token_text(token), float(logp[token]),
+                                           self.chat_model.top(logp, self.logprobs), len(made)))
+            made += stream.push(token)
+            cut = first_stop(made, self.stops, len(self.text))
+            if cut is not None:
+                yield from self._show(made[:cut])
+                return
+            yield from self._show(made[: len(made) - held_back(made, self.stops)])
+            if n == self.max_tokens:
+                self.finish_reason = "length"
+        made += stream.finish()
+        cut = first_stop(made, self.stops, len(self.text))
+        yield from self._show(made if cut is None else made[:cut])
+
+    def _show(self, upto):
+        """Yield the text from what was shown up to `upto` (the whole text shown so far after)."""
+        piece = upto[len(self.text):]
+        if not piece:
+            return
+        self.text = upto
+        while self._pending and self._pending[0].offset < len(upto):
+            self.tokens.append(self._pending.pop(0))
+        yield piece
+
+
+def first_stop(text, stops, start=0):
+    """The position of the earliest stop string in text[start:], or None."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text, stops):
+    """How many characters at the end of `text` could be the start of a stop string, and so
+    must wait for the next token before they are shown."""
+    longest = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:k]):
+                longest = k
+                break
+    return longest
+
+
+def user_turns(history, system, user_text):
+    """The conversation to answer: the system line (if any), the turns so far, the new question."""
+    messages = [Message("system", system)] if system else []
+    return messages + list(history) + [Message("user", user_text)]
+

@@ -1,0 +1,90 @@
+"""`vintage chat RUN`: talk to a fine-tuned model in the terminal, its reply streamed as it is
+sampled. Commands: /reset, /temp X, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops a reply,
+not the program. The conversation is trimmed to the model's context from the oldest turn."""
+from vintagelm.commands import non_negative
+
+HELP = "chat with a fine-tuned model in the terminal (streamed replies, /reset /temp /system /quit)"
+COMMANDS_HELP = ("/reset forgets the conversation; /temp X sets the temperature; /system TEXT sets the system "
+                 "line (/system alone clears it); /quit or Ctrl-D leaves; Ctrl-C stops a reply")
+
+
+def add_arguments(p):
+    p.add_argument("run", metavar="RUN", help="a run directory (its latest checkpoint) or a checkpoint directory")
+    p.add_argument("--system", default="", help="the system line, e.g. 'You are Hamlet in Hamlet.' (default none)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens only")
+    p.add_argument("--max-tokens", type=int, default=200, help="longest reply in tokens (default 200)")
+    p.add_argument("--seed", type=non_negative, default=1337, help="sampling seed (the nth reply uses seed + n)")
+    p.add_argument("--backend", choices=["auto", "reference", "fast"], default="auto")
+
+
+def run(args):
+    from vintagelm.chat.format import Message
+    from vintagelm.chat.reply import ChatModel, Reply
+    from vintagelm.common import UserError
+    from vintagelm.generate import check_sampling_params
+
+    try:
+        check_sampling_params(args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    chat = ChatModel.load(args.run, backend=args.backend)
+    chat.chat_rules()  # a tokenizer without role tokens fails here, before the first question
+    temperature, system, history, turn = args.temperature, args.system, [], 0
+    print(f"chatting with {chat.name} ({chat.model.num_params():,} parameters, context {chat.block_size} tokens). "
+          f"{COMMANDS_HELP}.")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\n(/quit or Ctrl-D leaves)")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        command, _, rest = text.partition(" ")
+        if command == "/quit":
+            return 0
+        if command == "/reset":
+            history = []
+            print("(conversation forgotten)")
+            continue
+        if command == "/system":
+            system = rest.strip()
+            print(f"(system line: {system!r})" if system else "(no system line)")
+            continue
+        if command == "/temp":
+            try:
+                value = float(rest)
+                check_sampling_params(value, args.top_k, args.top_p)
+            except ValueError:
+                print(f"(/temp takes a number >= 0, e.g. /temp 0.7; still {temperature})")
+                continue
+            temperature = value
+            print(f"(temperature {temperature})")
+            continue
+        if command.startswith("/"):
+            print(f"(unknown command {command}; {COMMANDS_HELP})")
+            continue
+        messages = ([Message("system", system)] if system else []) + history + [Message("user", text)]
+        prompt, left_out, dropped = chat.chat_prompt(messages, reserve=min(args.max_tokens, chat.block_size // 2))
+        if dropped:
+            print(f"(left out characters the model has never seen: {''.join(sorted(set(dropped)))!r})")
+        if left_out:
+            print(f"({left_out} earlier message(s) left out: they no longer fit the context of {chat.block_size} tokens)")
+        reply = Reply(chat, prompt, args.max_tokens, temperature, args.top_p, args.top_k, seed=args.seed + turn)
+        turn += 1
+        print(f"{chat.name}> ", end="", flush=True)
+        try:
+            for piece in reply:
+                print(piece, end="", flush=True)
+            print()
+        except KeyboardInterrupt:
+            print(" [stopped]")
+        history += [Message("user", text), Message("assistant", reply.text)]
