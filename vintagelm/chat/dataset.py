@@ -81,8 +81,12 @@ def load_chat_dataset(spec, tokenizer, block_size, skip_bad=False, log=print):
                            "bad_lines_skipped": skipped}
     for name, conversations in split.items():
         pieces, dropped = [], 0
-        for messages in conversations:
-            ids, mask = render(tokenizer, messages)
+        for n, messages in enumerate(conversations, 1):
+            try:
+                ids, mask = render(tokenizer, messages)
+            except UserError as e:  # a char tokenizer that never saw a character of this conversation
+                raise UserError(f"{spec}: {name} conversation {n}: {e}; the base model's tokenizer cannot encode "
+                                "it: remove the character, or train the base run on text that has it") from None
             kept, lost = windows(tokenizer, ids, mask, block_size)
             pieces += kept
             dropped += lost

@@ -24,7 +24,8 @@ def run(args):
     from vintagelm.checkpoint import load_checkpoint
     from vintagelm.common import UserError, regular_file
     from vintagelm.data.resolve import resolve_dataset
-    from vintagelm.evaluate import evaluate_split
+    from vintagelm.chat.dataset import is_chat_spec, load_chat_dataset
+    from vintagelm.evaluate import evaluate_batches, evaluate_split, token_byte_lengths
 
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UserError("--batch-size and --max-batches must be at least 1")
@@ -33,6 +34,7 @@ def run(args):
     if tok is None:
         raise UserError(f"{ckpt.path} has no tokenizer.json to encode the evaluation text with")
     quiet = (lambda msg: None) if args.json else print
+    train_config = ckpt.state.get("train_config", {})
     if args.text:
         try:
             text = regular_file(args.text, "--text").read_text(encoding="utf-8")
@@ -43,12 +45,21 @@ def run(args):
         except UserError as e:
             raise UserError(f"--text {args.text} cannot be encoded with {ckpt.path}'s tokenizer: {e}") from None
         tokens, what = np.asarray(ids, dtype=np.int64), args.text
+    elif is_chat_spec(args.data or train_config.get("data", "")):
+        # a fine-tuned run: its conversations, scored on the assistant's tokens alone
+        spec = args.data or train_config["data"]
+        chat = load_chat_dataset(spec, tok, ckpt.model.config.block_size, bool(train_config.get("skip_bad")), quiet)
+        x, y = getattr(chat, args.split)
+        rows = range(0, len(x), args.batch_size)
+        batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in rows][:args.max_batches]
+        result = evaluate_batches(ckpt.model, batches, token_byte_lengths(tok))
+        return report(args, ckpt, f"{spec} ({args.split} split, the assistant's tokens)", result)
     else:
         saved = ckpt.state.get("data", {}).get("dataset")
         if args.data is None and saved and Path(saved, "meta.json").is_file():
             spec = saved
         else:
-            spec = args.data or ckpt.state.get("train_config", {}).get("data") or "builtin:shakespeare"
+            spec = args.data or train_config.get("data") or "builtin:shakespeare"
         dataset = resolve_dataset(spec, str(ckpt.path / "tokenizer.json"), progress=not args.json, log=quiet)
         if dataset.tokenizer.fingerprint() != tok.fingerprint():
             raise UserError(f"{dataset.path} was tokenized with a different tokenizer than {ckpt.path}")
@@ -58,6 +69,12 @@ def run(args):
         raise UserError(f"{what} has {len(tokens)} tokens, fewer than the model's block_size + 1 = {block + 1}; "
                         "evaluate a longer text")
     result = evaluate_split(ckpt.model, tokens, tok, args.batch_size, args.max_batches, progress=not args.json)
+    return report(args, ckpt, what, result)
+
+
+def report(args, ckpt, what, result):
+    import json
+
     result = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(what), **result}
     if args.json:
         print(json.dumps(result))
