@@ -147,3 +147,11 @@ def test_prompt_logprobs_are_the_models_log_softmax(char_chat):
         assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
         assert top[0][1] == pytest.approx(want[t - 1].max(), abs=1e-10)
     np.testing.assert_allclose(np.exp(log_softmax(z)).sum(-1), 1.0, rtol=1e-12)
+
+
+def test_a_character_cut_in_half_by_max_tokens_is_left_out_not_replaced():
+    tok = BPETokenizer.train("plain words and more words " * 20, vocab_size=280)
+    byte_token = {tok.decode_bytes([i]): i for i in range(tok.vocab_size)}
+    model = Scripted(chat_model(tok).model.config, tok.vocab_size, [byte_token[b"w"], byte_token[b"\xc3"]])
+    reply = Reply(ChatModel(model, tok, "scripted"), [tok.eot_id], 2, temperature=0.0, rules=([], []))
+    assert list(reply) == ["w"] and reply.finish_reason == "length" and reply.completion_tokens == 2

@@ -205,9 +205,9 @@ class Reply:
             yield from self._show(made[: len(made) - held_back(made, self.stops)])
             if n == self.max_tokens:
                 self.finish_reason = "length"
-        made += stream.finish()
-        cut = first_stop(made, self.stops, len(self.text))
-        yield from self._show(made if cut is None else made[:cut])
+        # the end: what was held back for a stop string that never came is shown; the bytes of a
+        # character that max_tokens cut in half are not (they would show as U+FFFD)
+        yield from self._show(made)
 
     def _show(self, upto):
         """Yield the text from what was shown up to `upto` (the whole text shown so far after)."""

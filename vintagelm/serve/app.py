@@ -42,32 +42,58 @@ class Settings:
 
 
 class Admission:
-    """Counts the requests in flight and lets `parallel` of them generate at once."""
+    """Counts the requests in flight and lets `parallel` of them generate at once.
+
+    A request takes its place (`enter`) in the handler, before any await, so that requests
+    arriving together cannot all pass the check; it gives it back when its response is done,
+    streamed or not, whether or not a stream ever started."""
 
     def __init__(self, parallel, queue):
         self.parallel, self.queue = parallel, queue
         self.in_flight = self.active = 0
         self._running = None  # asyncio.Semaphore, made inside the server's event loop
 
-    def check(self):
+    def enter(self):
+        """-> a function that gives the place back (calling it again does nothing); 503 when full."""
         if self.in_flight >= self.parallel + self.queue:
             raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight); retry shortly", None,
                            type="server_busy", code="server_busy", headers={"Retry-After": RETRY_AFTER_S})
+        self.in_flight += 1
+        done = False
+
+        def leave():
+            nonlocal done
+            if not done:
+                done = True
+                self.in_flight -= 1
+        return leave
 
     @asynccontextmanager
-    async def slot(self):
-        self.in_flight += 1
+    async def running(self):
+        """Wait for one of the `parallel` places to generate in."""
+        if self._running is None:
+            self._running = asyncio.Semaphore(self.parallel)
+        async with self._running:
+            self.active += 1
+            try:
+                yield
+            finally:
+                self.active -= 1
+
+
+class ReleasingStream(StreamingResponse):
+    """A stream that calls `release` when it is over: finished, failed, or its client gone
+    before the first byte (when the body's generator never even starts)."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
         try:
-            if self._running is None:
-                self._running = asyncio.Semaphore(self.parallel)
-            async with self._running:
-                self.active += 1
-                try:
-                    yield
-                finally:
-                    self.active -= 1
+            await super().__call__(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.release()
 
 
 def create_app(chat_model, settings=None):
@@ -147,12 +173,15 @@ def create_app(chat_model, settings=None):
             reply = make_reply(prompt, s, chat_model.chat_rules())
         except UserError as e:  # a tokenizer without the role tokens: this model cannot chat
             raise ApiError(400, str(e), "model") from None
-        admission.check()
         meta = {"id": protocol.new_id("chatcmpl"), "created": protocol.now(), "model": name}
+        leave = admission.enter()
         if s.stream:
-            return event_stream(chat_chunks(reply, s, meta))
-        async with admission.slot():
-            text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+            return event_stream(chat_chunks(reply, s, meta), leave)
+        try:
+            async with admission.running():
+                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+        finally:
+            leave()
         logprobs = protocol.chat_logprobs(tokenizer, reply.tokens) if s.logprobs is not None else None
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
@@ -165,7 +194,7 @@ def create_app(chat_model, settings=None):
             return {**meta, "object": "chat.completion.chunk",
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
-        async with admission.slot():
+        async with admission.running():
             yield chunk({"role": "assistant", "content": ""})
             shown = 0  # tokens whose log-probabilities were sent
             async for piece in pieces(reply):
@@ -196,13 +225,16 @@ def create_app(chat_model, settings=None):
                            code="context_length_exceeded")
         echoed = tokenizer.decode(ids) if req.echo else ""
         reply = make_reply(ids, s, chat_model.text_rules())
-        admission.check()
         meta = {"id": protocol.new_id("cmpl"), "created": protocol.now(), "model": name}
+        leave = admission.enter()
         if s.stream:
-            return event_stream(completion_chunks(reply, s, meta, ids, echoed))
-        async with admission.slot():
-            prompt_entries = await scored_prompt(ids, s, echoed)
-            text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+            return event_stream(completion_chunks(reply, s, meta, ids, echoed), leave)
+        try:
+            async with admission.running():
+                prompt_entries = await scored_prompt(ids, s, echoed)
+                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+        finally:
+            leave()
         logprobs = None
         if s.logprobs is not None:
             logprobs = protocol.completion_logprobs(prompt_entries + generated_entries(reply.tokens, len(echoed)))
@@ -228,7 +260,7 @@ def create_app(chat_model, settings=None):
             return {**meta, "object": "text_completion",
                     "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
-        async with admission.slot():
+        async with admission.running():
             if echoed:
                 entries = await scored_prompt(ids, s, echoed)
                 yield chunk(echoed, logprobs=protocol.completion_logprobs(entries) if entries else None)
@@ -266,12 +298,12 @@ async def pieces(reply):
         yield piece
 
 
-def event_stream(events):
-    """Server-sent events: `data: {json}` per event, then `data: [DONE]`."""
+def event_stream(events, release):
+    """Server-sent events: `data: {json}` per event, then `data: [DONE]`; `release` when over."""
     async def body():
         async for event in events:
             yield f"data: {json.dumps(event)}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ReleasingStream(body(), release, media_type="text/event-stream",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
