@@ -22,6 +22,7 @@ COMMANDS = {
     "sample": "sample",
     "chat": "chat",
     "serve": "serve",
+    "lab": "lab",
 }
 
 

@@ -137,6 +137,22 @@ def grad_norm(grads):
     return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
 
 
+def layer_of(name):
+    """The layer a parameter belongs to, for per-layer gradient norms: "h.3.attn.c_attn.weight" ->
+    "h.3" (a block), "wte.weight" -> "wte"."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "h" and len(parts) > 2 else parts[0]
+
+
+def layer_grad_norms(grads):
+    """{layer: L2 norm of its gradients}, layers in the order their parameters come (layer_of)."""
+    squares = {}
+    for name, g in grads.items():
+        layer = layer_of(name)
+        squares[layer] = squares.get(layer, 0.0) + float(np.vdot(g, g))
+    return {layer: math.sqrt(sq) for layer, sq in squares.items()}
+
+
 def clip_factor(norm, max_norm):
     """What gradient clipping multiplies every gradient by: max_norm / norm when the global
     norm is above max_norm, else 1 (torch's clip_grad_norm_, which adds 1e-6 to the norm)."""

@@ -1,0 +1,18 @@
+"""`vintage lab NAME`: every "why" of modern LLMs as one measured experiment with a picture.
+
+Each experiment is one module here with TITLE, HELP, add_arguments(parser) and
+run(args, page) (page: page.LabPage). A module imports nothing heavy at import time (NumPy,
+the model, matplotlib come inside `run`), so `vintage --help` stays fast.
+"""
+# experiment name -> module under vintagelm.lab (in the order `vintage lab --help` lists them)
+EXPERIMENTS = {
+    "attention-cost": "attention_cost",
+    "kv-cache": "kv_cache",
+    "gradients": "gradients",
+    "lr-batch": "lr_batch",
+    "data-quality": "data_quality",
+    "attention-maps": "attention_maps",
+    "embeddings": "embeddings",
+    "tokenizers": "tokenizers",
+    "scaling": "scaling",
+}
