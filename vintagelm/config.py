@@ -55,6 +55,7 @@ class TrainConfig:
     eval_interval: int = 100  # steps between validation estimates (and at the last step)
     eval_iters: int = 20  # validation batches per estimate
     log_interval: int = 10  # steps between progress-bar updates
+    layer_norm_interval: int = 50  # steps between records of each layer's gradient norm (0: never)
     checkpoint_interval: int = 250  # steps between checkpoints (and at the last step)
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     seed: int = 1337  # drives init, data order, dropout and the closing sample
@@ -95,7 +96,7 @@ PRESETS = {
 # fields a --resume may change: how long to train, how to report and which implementation
 # computes it (the backends do the same mathematics), never what is trained
 RESUMABLE = (
-    "max_iters", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
+    "max_iters", "eval_interval", "eval_iters", "log_interval", "layer_norm_interval", "checkpoint_interval",
     "keep_checkpoints", "sample_tokens", "max_bad_steps", "backend",
     "out",  # the folder being resumed, however it is spelled (runs/x, ./runs/x/, an absolute path)
 )
@@ -257,7 +258,7 @@ def validate(cfg):
                  "checkpoint_interval", "keep_checkpoints", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens", "seed"):
+    for name in ("warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens", "seed", "layer_norm_interval"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.batch_size % cfg.grad_accum:

@@ -46,7 +46,7 @@ from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.memory import check_fits
 from vintagelm.models import model_for
-from vintagelm.optim import AdamW, clip_factor, grad_norm, lr_at
+from vintagelm.optim import AdamW, clip_factor, grad_norm, layer_grad_norms, lr_at
 
 
 # ---------------------------------------------------------------- one step
@@ -137,6 +137,7 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.byte_lengths = token_byte_lengths(dataset.tokenizer)
         self.load(ckpt)
+        self.resumed = ckpt is not None
 
     def load(self, ckpt):
         """Take model, optimizer, generators and counters from a Checkpoint, or make them
@@ -198,6 +199,8 @@ class Trainer:
             self.check_initial_loss(loss)
         self.step += 1
         row = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm}
+        if cfg.layer_norm_interval and self.step % cfg.layer_norm_interval == 0 and math.isfinite(norm):
+            row["layer_grad_norms"] = layer_grad_norms(self.model.grads)  # for `vintage report` and doctor
         if stepped:
             self.bad_steps = 0
             return row
@@ -245,6 +248,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 row = self.train_step()
                 row["tokens_per_s"] = tokens_per_step / (time.perf_counter() - t0)
+                if self.resumed:  # the first step of a resumed run (doctor compares what came before)
+                    row["resumed"], self.resumed = True, False
                 last = self.step == cfg.max_iters
                 if self.step % cfg.eval_interval == 0 or last:
                     val = self.evaluate()

@@ -1,0 +1,241 @@
+"""`vintage doctor RUN`: read a run's metrics and config and name what went wrong, each finding
+with its evidence (numbers from this run) and what to try.
+
+Every rule is a function of the run (`Run`: the metrics rows in step order and the config)
+that returns a Finding or None. Rules look only at what metrics.jsonl records: the training
+loss at every step, the gradient norm, validation loss on evaluation steps, throughput, a
+`resumed` mark on the first step after a resume, skipped (non-finite) steps. The rules are
+checked against the known-bad runs the lab makes (lr-batch, gradients, data-quality).
+"""
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vintagelm.common import UserError, read_json
+from vintagelm.plots import read_metrics
+
+MIN_STEPS = 20  # fewer steps than this: too early to diagnose
+
+
+@dataclass
+class Finding:
+    name: str  # a short tag: "diverged", "never-learned", ...
+    title: str  # one line: what the doctor sees
+    evidence: str  # the numbers from this run
+    advice: str  # what to try
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # config.json as saved (model table and training fields)
+    rows: list  # metrics rows, step order
+
+    @property
+    def vocab_size(self):
+        return self.config.get("model", {}).get("vocab_size")
+
+    def series(self, key):
+        """(steps, values) of the rows where `key` is a number."""
+        pairs = [(r["step"], r[key]) for r in self.rows if isinstance(r.get(key), (int, float))]
+        return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.float64)
+
+
+def load_run(path):
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a run directory (no such folder)")
+    config_file = path / "config.json"
+    config = read_json(config_file, what="run config") if config_file.is_file() else {}
+    return Run(path, config if isinstance(config, dict) else {}, list(read_metrics(path).values()))
+
+
+# ---------------------------------------------------------------- the rules
+def diverged(run):
+    """A non-finite loss or gradient, skipped steps, or a loss that climbed far above its start."""
+    bad = [r["step"] for r in run.rows if r.get("skipped") or r.get("loss") is None
+           or (isinstance(r.get("loss"), float) and not math.isfinite(r["loss"]))]
+    steps, loss = run.series("loss")
+    climbed = None
+    if len(loss) >= 5:
+        start = float(np.median(loss[:5]))
+        above = np.nonzero(loss > 1.5 * start + 0.5)[0]
+        if len(above):
+            climbed = (int(steps[above[0]]), float(loss[above[0]]), start)
+    if not bad and climbed is None:
+        return None
+    what = []
+    if bad:
+        what.append(f"{len(bad)} step(s) with a non-finite loss or gradient (first at step {bad[0]})")
+    if climbed:
+        what.append(f"the loss rose to {climbed[1]:.3f} at step {climbed[0]}, from {climbed[2]:.3f} at the start")
+    cfg, model = run.config, run.config.get("model", {})
+    causes = [f"the learning rate ({cfg['learning_rate']:g}) is too high: try a third of it"
+              if isinstance(cfg.get("learning_rate"), (int, float)) else "the learning rate is too high"]
+    if cfg.get("warmup_iters") == 0:
+        causes.append("there is no warm-up: try warmup_iters of a few percent of the steps")
+    if model.get("norm") == "post" and model.get("n_layer", 0) >= 6:
+        causes.append(f"post-norm at depth {model['n_layer']} is unstable without warm-up: try norm=pre")
+    if model.get("norm") == "none":
+        causes.append("without layer norm the residual stream is unbounded: try norm=pre")
+    if model.get("init") == "normal":
+        causes.append("N(0, 1) init makes the first activations huge: try init=gpt2")
+    if not cfg.get("grad_clip"):
+        causes.append("gradient clipping is off: try grad_clip=1.0")
+    return Finding("diverged", "The run diverged", "; ".join(what), "; ".join(causes) + ".")
+
+
+def never_learned(run):
+    """The loss never left ln(vocab size): the model still guesses uniformly."""
+    steps, loss = run.series("loss")
+    V = run.vocab_size
+    if not V or len(loss) < MIN_STEPS:
+        return None
+    uniform, tail = math.log(V), float(np.mean(loss[-max(5, len(loss) // 10):]))
+    if tail < 0.9 * uniform:
+        return None
+    cfg = run.config
+    lr = f" ({cfg['learning_rate']:g})" if isinstance(cfg.get("learning_rate"), (int, float)) else ""
+    return Finding("never-learned", "The loss never left ln(vocab size)",
+                   f"after {int(steps[-1])} steps the loss is {tail:.3f}, and ln({V}) = {uniform:.3f} is what "
+                   "guessing every token equally likely gives",
+                   f"the learning rate{lr} may be far too low (try 10x), the data may be noise (look at a batch), "
+                   "or the gradient never reaches the weights (run `vintage gradcheck`).")
+
+
+def plateau(run):
+    """The last third of the run gained almost nothing while the loss is still well above zero."""
+    steps, loss = run.series("loss")
+    if len(loss) < 3 * MIN_STEPS:
+        return None
+    third = len(loss) // 3
+    middle, last = float(np.mean(loss[third:2 * third])), float(np.mean(loss[2 * third:]))
+    V = run.vocab_size or 2
+    if middle - last > 0.01 * middle or last > 0.9 * math.log(V) or last < 0.5:
+        return None
+    return Finding("plateau", "The loss has stopped falling",
+                   f"mean training loss {middle:.3f} over steps {int(steps[third])}-{int(steps[2 * third - 1])} and "
+                   f"{last:.3f} over the last third: {100 * (middle - last) / middle:.1f}% better",
+                   "if the learning rate has decayed, more steps at this rate will not help: a larger model, more "
+                   "data, or a higher peak learning rate with a longer schedule; if the rate is still high, it may "
+                   "be bouncing: lower it.")
+
+
+def overfitting(run):
+    """Validation loss far above the training loss, and the gap growing."""
+    v_steps, val = run.series("val_loss")
+    steps, loss = run.series("loss")
+    if len(val) < 2 or len(loss) < MIN_STEPS:
+        return None
+    window = max(5, len(loss) // 20)
+    train_at = [float(np.mean(loss[max(0, np.searchsorted(steps, s) - window):np.searchsorted(steps, s) + 1]))
+                for s in v_steps]
+    gaps = np.array(val) - np.array(train_at)
+    if gaps[-1] < 0.25 or gaps[-1] < 0.15 * train_at[-1] or gaps[-1] <= gaps[0]:
+        return None
+    return Finding("overfitting", "Validation loss is far above the training loss, and the gap grows",
+                   f"at step {int(v_steps[-1])}: train {train_at[-1]:.3f}, val {val[-1]:.3f} (gap {gaps[-1]:.3f}); "
+                   f"at step {int(v_steps[0])} the gap was {gaps[0]:.3f}",
+                   "the model memorises its training text: duplicated passages in the data do this (deduplicate: "
+                   "`vintage prepare` removes repeated paragraphs), as does too small a dataset for the model; "
+                   "try dropout=0.1-0.2, more data, or a smaller model, and keep the checkpoint with the best val.")
+
+
+def val_jump_after_resume(run):
+    """Validation loss that jumps at the first evaluation after a resume."""
+    v_steps, val = run.series("val_loss")
+    for r in run.rows:
+        if not r.get("resumed"):
+            continue
+        before = val[v_steps < r["step"]]
+        after = val[v_steps >= r["step"]]
+        if len(before) and len(after) and after[0] > before[-1] * 1.05 + 0.02:
+            first_after = int(v_steps[v_steps >= r["step"]][0])
+            return Finding("resume-jump", "Validation loss jumped after a resume",
+                           f"resumed at step {r['step']}: val {before[-1]:.3f} before, {after[0]:.3f} at step "
+                           f"{first_after}",
+                           "the resumed run may not be the same run: another dataset or tokenizer, a changed "
+                           "learning-rate schedule (max_iters changes the cosine unless lr_decay_iters is fixed), or "
+                           "optimizer state that was not restored; compare the two config.json files.")
+    return None
+
+
+def gradient_spike(run):
+    """A gradient norm far above its running level, followed within a few steps by a loss spike."""
+    steps, norms = run.series("grad_norm")
+    l_steps, loss = run.series("loss")
+    if len(norms) < MIN_STEPS:
+        return None
+    warmup = run.config.get("warmup_iters") if isinstance(run.config.get("warmup_iters"), int) else 0
+    # during warm-up the rate is still rising and the first steps are rough: look after it
+    for i in range(max(10, warmup), len(norms)):
+        level = float(np.median(norms[max(0, i - 50):i]))
+        if norms[i] <= 10 * level:
+            continue
+        j = np.searchsorted(l_steps, steps[i])
+        base = float(np.median(loss[max(0, j - 50):j])) if j else float(loss[0])
+        later = loss[j:j + 10]
+        if len(later) and later.max() > 1.2 * base:
+            k = int(l_steps[j + int(np.argmax(later))])
+            return Finding("gradient-spike", "A gradient spike came before a loss spike",
+                           f"gradient norm {norms[i]:.3g} at step {int(steps[i])}, {norms[i] / level:.0f}x its running "
+                           f"median {level:.3g}; the loss reached {later.max():.3f} at step {k} (from {base:.3f})",
+                           "a lower learning rate, gradient clipping at a smaller norm (grad_clip), or a longer "
+                           "warm-up; if it recurs at the same data, look at that batch.")
+    return None
+
+
+def throughput_drop(run):
+    """Tokens per second fell in the middle of the run."""
+    steps, tps = run.series("tokens_per_s")
+    if len(tps) < 5 * MIN_STEPS:
+        return None
+    early = float(np.median(tps[5:len(tps) // 2]))
+    late_start = int(len(tps) * 0.8)
+    late = float(np.median(tps[late_start:]))
+    if late >= 0.6 * early:
+        return None
+    return Finding("slowdown", "Training slowed down mid-run",
+                   f"median {early:,.0f} tokens/s in the first half, {late:,.0f} from step {int(steps[late_start])}",
+                   "another program competes for the CPU (use `vintage --threads 1 train` when the machine is shared), "
+                   "the CPU is throttling, or memory ran short and the system swaps.")
+
+
+RULES = (diverged, never_learned, plateau, overfitting, val_jump_after_resume, gradient_spike, throughput_drop)
+
+
+def diagnose(run):
+    """[Finding, ...] for a Run, in the order of RULES (divergence first: it explains the rest)."""
+    if len(run.rows) < 2:
+        return []
+    findings = [f for f in (rule(run) for rule in RULES) if f is not None]
+    if any(f.name == "diverged" for f in findings):  # a plateau or an overfit of a diverged run means nothing
+        findings = [f for f in findings if f.name in ("diverged", "gradient-spike", "slowdown")]
+    return findings
+
+
+def summary(run):
+    steps, loss = run.series("loss")
+    v_steps, val = run.series("val_loss")
+    parts = [f"{len(run.rows)} steps"]
+    if len(loss):
+        parts.append(f"training loss {loss[0]:.3f} -> {np.mean(loss[-5:]):.3f}")
+    if len(val):
+        parts.append(f"val loss {val[-1]:.3f} at step {int(v_steps[-1])}")
+    return ", ".join(parts)
+
+
+def report_text(run, findings):
+    lines = [f"{run.path}: {summary(run)}"]
+    if not findings:
+        lines.append("no problems found: the loss fell, stayed finite, and nothing above looks unusual.")
+    for f in findings:
+        lines += [f"- {f.title}.", f"  evidence: {f.evidence}", f"  try: {f.advice}"]
+    return "\n".join(lines)
+
+
+def report_json(run, findings):
+    return json.dumps({"run": str(run.path), "summary": summary(run), "findings": [asdict(f) for f in findings]})
