@@ -45,6 +45,15 @@ def build_parser():
     return parser
 
 
+def abort_other_ranks(code):
+    """Under mpirun, a rank that stops on an error must not leave the others waiting in a
+    collective: end the whole job (dist.py)."""
+    from vintagelm import dist
+
+    if dist.launched_by_mpi() and dist.world().size > 1:
+        dist.world().abort(code)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,6 +69,7 @@ def main(argv=None):
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"vintage {args.command}: error: {e}", file=sys.stderr)
+        abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:
         print(f"vintage {args.command}: interrupted", file=sys.stderr)

@@ -63,6 +63,7 @@ class TrainConfig:
     backend: str = field(default_factory=default_backend)  # "reference" (nn/), "fast" (fast/, numba) or "auto"
     sample_tokens: int = 300  # tokens sampled at the end of training (0: none)
     max_bad_steps: int = 3  # consecutive non-finite steps before restoring the last checkpoint
+    zero: int = 0  # under mpirun: 1 shards AdamW's moments over the ranks (ZeRO stage 1, dist.py)
 
     def to_dict(self):
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
@@ -97,7 +98,7 @@ PRESETS = {
 # computes it (the backends do the same mathematics), never what is trained
 RESUMABLE = (
     "max_iters", "eval_interval", "eval_iters", "log_interval", "layer_norm_interval", "checkpoint_interval",
-    "keep_checkpoints", "sample_tokens", "max_bad_steps", "backend",
+    "keep_checkpoints", "sample_tokens", "max_bad_steps", "backend", "zero",
     "out",  # the folder being resumed, however it is spelled (runs/x, ./runs/x/, an absolute path)
 )
 
@@ -261,6 +262,8 @@ def validate(cfg):
     for name in ("warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens", "seed", "layer_norm_interval"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.zero not in (0, 1):
+        raise UserError(f"zero must be 0 (off) or 1 (ZeRO stage 1: shard the optimizer state), got {cfg.zero}")
     if cfg.batch_size % cfg.grad_accum:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
     for name, value in (("learning_rate", cfg.learning_rate), ("min_lr", cfg.min_lr), ("beta1", cfg.beta1),

@@ -43,6 +43,7 @@ from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint,
 from vintagelm.common import UserError, atomic_file, make_parent, write_json_atomic
 from vintagelm.config import TrainConfig, format_config, resume_conflicts
 from vintagelm.data.resolve import resolve_dataset
+from vintagelm.dist import LOCAL, RankRows, ZeroAdamW, rows_of, world as current_world
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.memory import check_fits
 from vintagelm.models import model_for
@@ -73,11 +74,19 @@ class StepResult(NamedTuple):
     stepped: bool  # False: the loss or the norm was not finite and the weights are unchanged
 
 
-def training_step(model, optimizer, micro_batches, lr, grad_clip):
+def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     """One optimizer step on the gradient of the micro-batches' mean loss (accumulate_gradients),
     clipped to global norm `grad_clip` (0 or None: no clipping), at learning rate lr -> StepResult.
-    A non-finite loss or gradient skips the update."""
-    loss = accumulate_gradients(model, micro_batches)
+    A non-finite loss or gradient skips the update.
+
+    Under MPI (world, see dist.py) each rank brings its own rows' micro-batches: the loss and the
+    gradients are averaged over the ranks before the norm and the step, so every rank steps alike;
+    a sharded optimizer (ZeRO-1) reduces, clips and gathers by itself."""
+    loss = world.mean(accumulate_gradients(model, micro_batches))
+    if getattr(optimizer, "sharded", False):
+        norm, stepped = optimizer.step_sharded(model.flat_grads, lr, grad_clip)
+        return StepResult(loss, norm, stepped and math.isfinite(loss))
+    world.average(model.flat_grads)
     norm = grad_norm(model.grads)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         return StepResult(loss, norm, False)
@@ -132,8 +141,9 @@ class TrainResult:
 class Trainer:
     """Holds the model, optimizer, generators and counters of one run; `run()` trains."""
 
-    def __init__(self, cfg, dataset, ckpt=None, say=tqdm.write):
-        self.cfg, self.data, self.say = cfg, dataset, say
+    def __init__(self, cfg, dataset, ckpt=None, say=tqdm.write, world=LOCAL):
+        self.cfg, self.data, self.world = cfg, dataset, world
+        self.say = say if world.rank == 0 else (lambda msg: None)  # rank 0 alone speaks and writes
         self.run_dir = Path(cfg.out)
         self.byte_lengths = token_byte_lengths(dataset.tokenizer)
         self.load(ckpt)
@@ -149,8 +159,14 @@ class Trainer:
             self.model = model_for(cfg.model)(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype), backend=cfg.backend)
             if cfg.init_from:
                 self.model.flat_params[...] = initial_weights(cfg, self.model)
-        self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                               weight_decay=cfg.weight_decay, backend=cfg.backend)
+        if self.world.size > 1:  # each rank applies its rows of the one-process dropout masks
+            self.model.dropout_rng = RankRows(self.model.dropout_rng, self.world.rank, self.world.size)
+        if cfg.zero and self.world.size > 1:  # ZeRO-1: this rank keeps the moments of its slice only
+            self.optimizer = ZeroAdamW(self.model, self.world, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                       weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                   weight_decay=cfg.weight_decay, backend=cfg.backend)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
         self.step, self.lr_scale, self.bad_steps = 0, 1.0, 0
         if ckpt is None:
@@ -179,6 +195,9 @@ class Trainer:
             "data": {"dataset": self.data.location,
                      "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
         }
+        if self.world.rank != 0:  # the other ranks take part in gathering the optimizer state only
+            self.optimizer.state_dict()
+            return None
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, train_state,
                                self.data.tokenizer, cfg.keep_checkpoints)
 
@@ -193,8 +212,10 @@ class Trainer:
         cfg = self.cfg
         lr = self.lr(self.step)
         x, y = self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
-        micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/k, T)
-        loss, norm, stepped = training_step(self.model, self.optimizer, micro, lr, cfg.grad_clip)
+        mine = rows_of(self.world.rank, self.world.size, cfg.batch_size)  # this rank's B/N rows (all of them alone)
+        x, y = x[mine], y[mine]
+        micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/(N k), T)
+        loss, norm, stepped = training_step(self.model, self.optimizer, micro, lr, cfg.grad_clip, self.world)
         if self.step == 0 and not cfg.init_from:  # a fine-tune starts from a trained model
             self.check_initial_loss(loss)
         self.step += 1
@@ -232,6 +253,9 @@ class Trainer:
                  f"learning rate: now {scale:g} x the schedule (peak {self.cfg.learning_rate * scale:.3g})")
 
     def evaluate(self):
+        """The validation estimate (rank 0 only: the others would compute the same numbers)."""
+        if self.world.rank != 0:
+            return None
         micro = self.cfg.batch_size // self.cfg.grad_accum  # the memory a training micro-batch needs
         return estimate_val(self.model, self.data, micro, self.cfg.eval_iters, self.cfg.seed, self.byte_lengths)
 
@@ -241,30 +265,34 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.model.block_size
         val, metrics_file = None, self.run_dir / "metrics.jsonl"
         # disable=None: a bar only on a terminal, none in a log file
+        writer = self.world.rank == 0
         bar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step",
-                   disable=None if progress else True, dynamic_ncols=True)
-        with bar, open(metrics_file, "a", encoding="utf-8") as metrics, stop_on_interrupt(self.say) as stop:
-            while self.step < cfg.max_iters and not stop.is_set():
+                   disable=None if progress and writer else True, dynamic_ncols=True)
+        metrics = open(metrics_file, "a", encoding="utf-8") if writer else open(os.devnull, "w", encoding="utf-8")
+        stopping = False  # a stop signal seen by any rank (every rank then stops after the same step)
+        with bar, metrics, stop_on_interrupt(self.say) as stop:
+            while self.step < cfg.max_iters and not stopping:
                 t0 = time.perf_counter()
                 row = self.train_step()
                 row["tokens_per_s"] = tokens_per_step / (time.perf_counter() - t0)
                 if self.resumed:  # the first step of a resumed run (doctor compares what came before)
                     row["resumed"], self.resumed = True, False
                 last = self.step == cfg.max_iters
-                if self.step % cfg.eval_interval == 0 or last:
+                if (self.step % cfg.eval_interval == 0 or last) and writer:
                     val = self.evaluate()
                     row.update(val_loss=val["loss"], val_bpb=val["bits_per_byte"])
                     self.say(f"step {self.step}: train loss {fmt(row['loss'])}, "
                              f"val loss {val['loss']:.4f}, val {val['bits_per_byte']:.3f} bits/byte")
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                if self.step % cfg.checkpoint_interval == 0 or last or stop.is_set():
+                stopping = self.world.any(stop.is_set())
+                if self.step % cfg.checkpoint_interval == 0 or last or stopping:
                     self.save()
                 if self.step % cfg.log_interval == 0 or last:
                     bar.set_postfix(loss=fmt(row["loss"]), lr=f"{row['lr']:.2e}",
                                     tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 bar.update(self.step - bar.n)  # negative right after a restore moved the step back
-        return val, stop.is_set()
+        return val, stopping
 
 
 def initial_weights(cfg, model):
@@ -359,9 +387,17 @@ def run_lock(run_dir):
 def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
     """Train as `cfg` says (resuming the run in cfg.out when `resume`) -> TrainResult.
     Writes cfg.out/config.json, tokenizer.json, metrics.jsonl and checkpoints/.
-    dataset: the data to train on (e.g. a chat.dataset.ChatDataset); None resolves cfg.data."""
+    dataset: the data to train on (e.g. a chat.dataset.ChatDataset); None resolves cfg.data.
+    Under mpirun every rank calls this; rank 0 alone prepares data, speaks and writes (dist.py)."""
+    world = current_world()
+    if world.rank != 0:
+        say = lambda msg: None  # noqa: E731
     run_dir = Path(cfg.out)
     ckpt = None
+    if cfg.batch_size % (world.size * cfg.grad_accum):
+        raise UserError(f"batch_size {cfg.batch_size} does not divide into {world.size} ranks x grad_accum "
+                        f"{cfg.grad_accum}: batch_size is the global batch; make it a multiple of "
+                        f"{world.size * cfg.grad_accum}")
     if resume:
         conflicts = resume_conflicts(saved_config(run_dir), cfg)
         if conflicts:
@@ -374,32 +410,52 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
                         "continue it, or choose a new --out")
     else:
         check_new_run_dir(run_dir)
+    world.barrier()  # every rank has checked the folder before rank 0 writes into it
 
     if dataset is None:
-        dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
+        if world.rank == 0:  # prepares into the cache once; the others then open what it made
+            dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
+        world.barrier()
+        if world.rank != 0:
+            dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, False, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
-    check_fits(cfg.model, cfg.batch_size // cfg.grad_accum, np.dtype(cfg.dtype).itemsize)
+    check_fits(cfg.model, cfg.batch_size // (world.size * cfg.grad_accum), np.dtype(cfg.dtype).itemsize)
     dataset.check(cfg.model.block_size)
     fingerprint = dataset.tokenizer.fingerprint()
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
         raise UserError(f"--resume: the dataset {dataset.location} uses a different tokenizer than {ckpt.path}")
     say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
-    make_parent(run_dir / LOCK_FILE)
-    with run_lock(run_dir):
-        write_json_atomic(run_dir / "config.json", cfg.to_dict())
-        dataset.tokenizer.save(run_dir / "tokenizer.json")
-        trainer = Trainer(cfg, dataset, ckpt, say)
+    with run_files(run_dir, world) as writer:
+        if writer:
+            write_json_atomic(run_dir / "config.json", cfg.to_dict())
+            dataset.tokenizer.save(run_dir / "tokenizer.json")
+        trainer = Trainer(cfg, dataset, ckpt, say, world)
         if resume:
-            trim_metrics(run_dir / "metrics.jsonl", trainer.step)
+            if writer:
+                trim_metrics(run_dir / "metrics.jsonl", trainer.step)
             say(f"resuming {run_dir} at step {trainer.step} of {cfg.max_iters}")
             if trainer.step >= cfg.max_iters:
                 say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
-        else:  # a run that died before its first checkpoint left these rows: not this run's
+        elif writer:  # a run that died before its first checkpoint left these rows: not this run's
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        ranks = f", {world.size} ranks (MPI){', ZeRO-1' if cfg.zero and world.size > 1 else ''}" if world.size > 1 else ""
         say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: {dataset.describe()}, "
-            f"vocab {cfg.model.vocab_size}")
+            f"vocab {cfg.model.vocab_size}{ranks}")
         t0 = time.perf_counter()
         val, interrupted = trainer.run(progress)
     return TrainResult(run_dir, trainer.step, interrupted, val, trainer.model, dataset.tokenizer,
                        time.perf_counter() - t0)
 
+
+@contextmanager
+def run_files(run_dir, world):
+    """Rank 0 holds the run directory's lock (run_lock) while every rank trains -> whether this
+    rank writes the run's files."""
+    if world.rank == 0:
+        make_parent(run_dir / LOCK_FILE)
+        with run_lock(run_dir):
+            world.barrier()
+            yield True
+    else:
+        world.barrier()  # after rank 0 took the lock: a second job on the same folder fails there first
+        yield False

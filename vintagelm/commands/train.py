@@ -29,8 +29,9 @@ def add_arguments(p):
 def run(args):
     import numpy as np
 
-    from vintagelm.common import UserError
+    from vintagelm.common import UserError, print0
     from vintagelm.config import resolve_config
+    from vintagelm.dist import world
     from vintagelm.generate import sample_text
     from vintagelm.train import saved_config, train
 
@@ -44,12 +45,14 @@ def run(args):
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     minutes, seconds = divmod(result.seconds, 60)
     if result.interrupted:
-        print(f"stopped at step {result.step}; checkpoint saved. Continue with: vintage train --resume --out {out}")
+        print0(f"stopped at step {result.step}; checkpoint saved. Continue with: vintage train --resume --out {out}")
         return 130
     summary = f"done: step {result.step} in {int(minutes)}m{seconds:04.1f}s"
     if result.val:
         summary += f", val loss {result.val['loss']:.4f}, {result.val['bits_per_byte']:.3f} bits per byte"
-    print(summary)
+    print0(summary)
+    if world().rank != 0:
+        return 0  # under MPI every rank holds the same model: rank 0 alone shows the sample
     if cfg.sample_tokens and not np.isfinite(result.model.flat_params).all():
         print("no sample: the weights are not finite (the run diverged; try a lower learning_rate)")
     elif cfg.sample_tokens:
