@@ -23,6 +23,7 @@ COMMANDS = {
     "chat": "chat",
     "serve": "serve",
     "lab": "lab",
+    "report": "report",
     "doctor": "doctor",
 }
 

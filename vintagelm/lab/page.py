@@ -42,8 +42,7 @@ class LabPage:
         self.figures = []  # (file name, caption)
         self.tables = []  # (caption, header, rows)
         self.sentences = []
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._figs = {}
+        self._figs = {}  # the folder is made by write(): a failed experiment leaves none behind
 
     def figure(self, name, caption, ncols=1, size=(6.4, 4.0)):
         """A new matplotlib figure saved as NAME.png by write() -> (fig, axes)."""
@@ -63,6 +62,7 @@ class LabPage:
         """Save every figure, results.json and index.html -> the index.html path."""
         plt = matplotlib_pyplot()
         check_finite(self.results)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, fig in self._figs.items():
             fig.tight_layout()
             with atomic_file(self.out_dir / f"{name}.png") as tmp:
