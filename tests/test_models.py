@@ -119,7 +119,7 @@ def test_a_second_architecture_trains_checkpoints_and_generates(bigram_registere
 
 
 def test_an_unknown_architecture_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown architecture 'rnn'; known: gpt"):
-        models.model_class("rnn")
+    with pytest.raises(ValueError, match="unknown architecture 'transformer-xl'; known: gpt, ngram, mlp, rnn, lstm"):
+        models.model_class("transformer-xl")
     with pytest.raises(ValueError, match="no registered architecture takes a BigramConfig"):
         models.model_for(BigramConfig())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError, regular_file
 from vintagelm.model import GPTConfig
+from vintagelm.models import model_class
 
 DTYPES = ("float32", "float64")
 
@@ -30,7 +31,8 @@ def tiny_model():
 class TrainConfig:
     """Everything a training run needs. The defaults ARE the `tiny` preset."""
 
-    model: GPTConfig = field(default_factory=tiny_model)
+    model: GPTConfig = field(default_factory=tiny_model)  # the config class of `arch`
+    arch: str = "gpt"  # the architecture (models.ARCHITECTURES): gpt, or the museum's ngram, mlp, rnn, lstm
     # data
     data: str = "builtin:shakespeare"  # a source spec (prepared once, then cached) or a prepared dataset folder
     tokenizer: str = "char"  # "char", "bpe" or a tokenizer file; used when preparing a source spec
@@ -75,7 +77,8 @@ class TrainConfig:
         if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
             raise UserError(f"{source} is not a training config (no 'model' table)")
         train = {k: v for k, v in d.items() if k != "model"}
-        return build(cls(), table_values({"model": d["model"], "train": train}, source, saved=True))
+        arch = train.get("arch", "gpt") if isinstance(train.get("arch", "gpt"), str) else "gpt"
+        return build(cls(), table_values({"model": d["model"], "train": train}, source, saved=True, arch=arch))
 
 
 # name -> overrides of the defaults (the dataclass defaults are `tiny`)
@@ -107,31 +110,40 @@ def train_fields():
     return {f.name: f.type for f in fields(TrainConfig) if f.name != "model"}
 
 
-def model_fields(with_vocab=False):
+def model_config_class(arch):
+    """The config dataclass of architecture `arch` (models.ARCHITECTURES); a UserError naming the
+    known ones for another name."""
+    try:
+        return model_class(arch).config_class
+    except ValueError as e:
+        raise UserError(f"--arch: {e}") from None
+
+
+def model_fields(with_vocab=False, arch="gpt"):
     # the model's vocabulary comes from the tokenizer, so a user cannot set it
-    return {f.name: f.type for f in fields(GPTConfig) if with_vocab or f.name != "vocab_size"}
+    return {f.name: f.type for f in fields(model_config_class(arch)) if with_vocab or f.name != "vocab_size"}
 
 
-def valid_keys():
-    return sorted(train_fields()) + sorted(f"model.{k}" for k in model_fields())
+def valid_keys(arch="gpt"):
+    return sorted(train_fields()) + sorted(f"model.{k}" for k in model_fields(arch=arch))
 
 
-def unknown_key(key):
+def unknown_key(key, arch="gpt"):
     hint = ""
     if key.endswith("vocab_size"):
         hint = "; the model's vocab_size comes from the tokenizer (bpe: set vocab_size)"
-    return UserError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(valid_keys())}")
+    return UserError(f"unknown config key {key!r} for arch {arch!r}{hint}; valid keys: {', '.join(valid_keys(arch))}")
 
 
-def split_key(key):
+def split_key(key, arch="gpt"):
     """'n_layer' / 'model.n_layer' -> ('model', 'n_layer', int); 'max_iters' -> ('train', 'max_iters', int)."""
     if key.startswith("model."):
         table, name = "model", key[len("model."):]
     else:
         table, name = ("train" if key in train_fields() else "model"), key
-    types = model_fields() if table == "model" else train_fields()
+    types = model_fields(arch=arch) if table == "model" else train_fields()
     if name not in types:
-        raise unknown_key(key)
+        raise unknown_key(key, arch)
     return table, name, types[name]
 
 
@@ -151,7 +163,10 @@ def parse_text(text, typ, key):
 
 
 def check_type(value, typ, key, source):
-    """A TOML/JSON value -> the field's type; an int is accepted for a float field."""
+    """A TOML/JSON value -> the field's type; an int is accepted for a float field, a list
+    (JSON has no tuples) for a tuple field."""
+    if typ is tuple and isinstance(value, list):
+        return tuple(value)
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is float:
@@ -163,40 +178,48 @@ def check_type(value, typ, key, source):
     return float(value) if typ is float else value
 
 
-def table_values(tables, source, saved=False):
+def table_values(tables, source, saved=False, arch="gpt"):
     """Typed values {"model": {...}, "train": {...}} (a TOML file, a saved config), checked ->
     the same shape. Only a saved config (`saved`) may carry the model's vocab_size."""
     out = {"model": {}, "train": {}}
     for table, values in tables.items():
         if table not in out or not isinstance(values, dict):
             raise UserError(f"{source}: unexpected {table!r}; a config has a [model] and a [train] table")
-        types = model_fields(with_vocab=saved) if table == "model" else train_fields()
+        types = model_fields(with_vocab=saved, arch=arch) if table == "model" else train_fields()
         for name, value in values.items():
             key = f"model.{name}" if table == "model" else name
             if name not in types:
-                raise unknown_key(key)
+                raise unknown_key(key, arch)
             out[table][name] = check_type(value, types[name], key, source)
     return out
 
 
-def key_values(flat):
-    """{"key": typed value} with keys as `--set` takes them -> {"model": {...}, "train": {...}}."""
+def key_values(flat, arch="gpt", lenient=False):
+    """{"key": typed value} with keys as `--set` takes them -> {"model": {...}, "train": {...}}.
+    lenient: leave out model keys the architecture does not have (a preset is written for the GPT)."""
     out = {"model": {}, "train": {}}
     for key, value in flat.items():
-        table, name, _ = split_key(key)
+        if lenient and key.startswith("model.") and key[len("model."):] not in model_fields(arch=arch):
+            continue
+        table, name, _ = split_key(key, arch)
         out[table][name] = value
     return out
 
 
 def build(cfg, *updates):
     """cfg with the updates applied in order; the model config is validated once, at the end,
-    so a later update may fix what an earlier one left inconsistent (n_embd vs n_head)."""
-    model, train = cfg.model.to_dict(), {}
+    so a later update may fix what an earlier one left inconsistent (n_embd vs n_head). An
+    update may change the architecture (train "arch"): the model then starts from its defaults."""
+    arch = cfg.arch
+    for u in updates:
+        arch = u["train"].get("arch", arch)
+    cls = model_config_class(arch)
+    model, train = (cfg.model.to_dict() if type(cfg.model) is cls else {}), {}
     for u in updates:
         model.update(u["model"])
         train.update(u["train"])
     try:
-        new_model = GPTConfig.from_dict(model)
+        new_model = cls.from_dict(model)
     except ValueError as e:
         raise UserError(str(e)) from None
     return replace(cfg, model=new_model, **train)
@@ -213,14 +236,28 @@ def load_toml(path):
         raise UserError(f"config file {path} is nested too deeply; a config has [model] and [train] tables") from None
 
 
-def parse_override(item):
+def parse_override(item, arch="gpt"):
     """'key=value' -> (key, typed value)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise UserError(f"--set {item!r}: expected key=value")
-    _, _, typ = split_key(key)
+    _, _, typ = split_key(key, arch)
     return key, parse_text(text.strip(), typ, key)
+
+
+def chosen_arch(base, toml, overrides, flags):
+    """The architecture a config will have: a CLI flag, else `--set arch=`, else the TOML file's
+    [train] arch, else the base config's, else "gpt" (the later sources win, as in resolve_config)."""
+    if flags.get("arch"):
+        return flags["arch"]
+    for item in reversed(overrides):
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "arch":
+            return text.strip()
+    if isinstance(toml.get("train"), dict) and isinstance(toml["train"].get("arch"), str):
+        return toml["train"]["arch"]
+    return base.arch if base is not None else "gpt"
 
 
 def resolve_config(preset=None, config_file=None, overrides=(), base=None, **cli_flags):
@@ -229,11 +266,15 @@ def resolve_config(preset=None, config_file=None, overrides=(), base=None, **cli
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     name = preset or "tiny"
-    updates = [] if base is not None else [key_values(PRESETS[name]), key_values({"out": f"runs/{name}"})]
-    if config_file is not None:
-        updates.append(table_values(load_toml(config_file), str(config_file)))
-    updates.append(key_values(dict(parse_override(item) for item in overrides)))
     flags = {k: v for k, v in cli_flags.items() if v is not None}
+    toml = load_toml(config_file) if config_file is not None else {}
+    arch = chosen_arch(base, toml, overrides, flags)
+    model_config_class(arch)  # an unknown architecture is an error now, naming the known ones
+    updates = [] if base is not None else [key_values(PRESETS[name], arch, lenient=True),
+                                           key_values({"out": f"runs/{name}"}, arch)]
+    if config_file is not None:
+        updates.append(table_values(toml, str(config_file), arch=arch))
+    updates.append(key_values(dict(parse_override(item, arch) for item in overrides), arch))
     unknown = sorted(set(flags) - set(train_fields()))
     if unknown:
         raise TypeError(f"resolve_config got unknown flags {unknown}")

@@ -13,6 +13,11 @@ import numpy as np
 # architecture name (as saved in checkpoints) -> "module:Class"
 ARCHITECTURES = {
     "gpt": "vintagelm.model:GPT",
+    # the museum (vintagelm/museum/): the language models before the transformer
+    "ngram": "vintagelm.museum.ngram:NgramLM",
+    "mlp": "vintagelm.museum.mlp:MLPLM",
+    "rnn": "vintagelm.museum.rnn:RNNLM",
+    "lstm": "vintagelm.museum.lstm:LSTMLM",
 }
 
 

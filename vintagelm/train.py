@@ -211,7 +211,12 @@ class Trainer:
         """One optimizer step (or a skipped one) -> its metrics row."""
         cfg = self.cfg
         lr = self.lr(self.step)
-        x, y = self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
+        if getattr(cfg.model, "carry_state", False):  # a recurrent model reads its streams in order
+            x, y, restart = self.data.stream(cfg.batch_size, cfg.model.block_size, self.step)
+            if restart:
+                self.model.reset_state()
+        else:
+            x, y = self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
         mine = rows_of(self.world.rank, self.world.size, cfg.batch_size)  # this rank's B/N rows (all of them alone)
         x, y = x[mine], y[mine]
         micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/(N k), T)
@@ -239,7 +244,7 @@ class Trainer:
         self.say(f"step 0: initial loss {loss:.4f}, ln(vocab_size {self.cfg.model.vocab_size}) = {expected:.4f}")
         if not abs(loss - expected) <= 0.1 * expected:  # also true for a nan loss
             self.say(f"warning: the initial loss is more than 10% away from ln(vocab_size); the "
-                     f"initialisation (init={self.cfg.model.init!r}) or the data may be wrong")
+                     f"initialisation (init={getattr(self.cfg.model, 'init', 'default')!r}) or the data may be wrong")
 
     def recover(self, row):
         """Too many non-finite steps in a row: back to the last checkpoint, half the lr."""
@@ -259,9 +264,33 @@ class Trainer:
         micro = self.cfg.batch_size // self.cfg.grad_accum  # the memory a training micro-batch needs
         return estimate_val(self.model, self.data, micro, self.cfg.eval_iters, self.cfg.seed, self.byte_lengths)
 
+    def count(self):
+        """A count model (the museum's n-gram: `fit`, no gradients) trains by counting the whole
+        train split once: that is its one step to max_iters, then evaluation and a checkpoint."""
+        cfg = self.cfg
+        if self.step >= cfg.max_iters:
+            return None, False
+        t0 = time.perf_counter()
+        self.model.fit(self.data.train)
+        self.optimizer = AdamW(self.model.params, cfg.learning_rate, backend=cfg.backend)  # fit made new tables
+        seconds = time.perf_counter() - t0
+        self.step = cfg.max_iters
+        val = self.evaluate()
+        if self.world.rank == 0:
+            row = {"step": self.step, "loss": val["loss"], "lr": 0.0, "grad_norm": 0.0, "val_loss": val["loss"],
+                   "val_bpb": val["bits_per_byte"], "tokens_per_s": len(self.data.train) / seconds}
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+                metrics.write(json.dumps(row) + "\n")
+            self.say(f"counted {len(self.data.train):,} tokens in {seconds:.1f} s: "
+                     f"{self.model.num_ngrams():,} n-grams; val loss {val['loss']:.4f}, {val['bits_per_byte']:.3f} bits/byte")
+        self.save()
+        return val, False
+
     def run(self, progress=True):
         """Train until max_iters or Ctrl-C -> (last evaluation dict or None, interrupted)."""
         cfg = self.cfg
+        if hasattr(self.model, "fit"):
+            return self.count()
         tokens_per_step = cfg.batch_size * cfg.model.block_size
         val, metrics_file = None, self.run_dir / "metrics.jsonl"
         # disable=None: a bar only on a terminal, none in a log file
@@ -419,7 +448,10 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
         if world.rank != 0:
             dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, False, say)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
-    check_fits(cfg.model, cfg.batch_size // (world.size * cfg.grad_accum), np.dtype(cfg.dtype).itemsize)
+    if cfg.arch == "gpt":  # memory.py models the transformer's activations
+        check_fits(cfg.model, cfg.batch_size // (world.size * cfg.grad_accum), np.dtype(cfg.dtype).itemsize)
+    if getattr(cfg.model, "carry_state", False) and cfg.grad_accum > 1:
+        raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
     dataset.check(cfg.model.block_size)
     fingerprint = dataset.tokenizer.fingerprint()
     if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:

@@ -7,6 +7,9 @@ HELP = "train a model (default: tiny preset on builtin Shakespeare, a few minute
 def add_arguments(p):
     p.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
                    help="starting configuration (default tiny; on --resume, the run's saved config)")
+    p.add_argument("--arch", choices=["gpt", "ngram", "mlp", "rnn", "lstm"], default=None,
+                   help="architecture (default gpt): the museum's ngram (Kneser-Ney counts), mlp (Bengio 2003), "
+                        "rnn (Elman), lstm; their own settings through --set (e.g. --set n_embd=256)")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with [model] and [train] tables, applied after the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -41,7 +44,7 @@ def run(args):
     base = saved_config(out) if args.resume and args.preset is None else None
     cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data,
                          tokenizer=args.tokenizer, out=out, max_iters=args.max_iters, batch_size=args.batch_size,
-                         seed=args.seed, dtype=args.dtype)
+                         seed=args.seed, dtype=args.dtype, arch=args.arch)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     minutes, seconds = divmod(result.seconds, 60)
     if result.interrupted:

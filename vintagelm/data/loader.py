@@ -33,6 +33,10 @@ class PreparedDataset:
         """batch_size random windows of one split (get_batch) -> (x, y) int64 (B, T)."""
         return get_batch(getattr(self, split), batch_size, block_size, rng)
 
+    def stream(self, batch_size, block_size, step):
+        """Step `step` of consecutive windows of the train split (stream_batch)."""
+        return stream_batch(self.train, batch_size, block_size, step)
+
     def check(self, block_size):
         """A UserError now, not at the first evaluation minutes in, if a split is too short."""
         for split in ("train", "val"):
@@ -107,6 +111,22 @@ def get_batch(data, batch_size, block_size, rng):
     _check_long_enough(data, block_size)
     starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,) window starts
     return _windows(data, starts, block_size)
+
+
+def stream_batch(data, batch_size, block_size, step):
+    """Step `step` of batch_size parallel streams through `data` -> (x, y) int64 (B, T), and
+    whether the streams just started over. Stream b reads the b-th of B equal stretches of the
+    split, window after window, so row b of one step continues row b of the step before: what a
+    recurrent model that carries its state across windows (truncated BPTT) needs."""
+    _check_long_enough(data, block_size)
+    lane = (len(data) - 1) // batch_size  # tokens per stream
+    windows = max(1, (lane - 1) // block_size)  # whole windows per stream
+    k = step % windows
+    starts = np.arange(batch_size) * lane + k * block_size  # (B,)
+    if lane < block_size + 1:  # a split too short for B streams: every row from the start
+        starts = np.zeros(batch_size, dtype=np.int64)
+    x, y = _windows(data, starts, block_size)
+    return x, y, k == 0
 
 
 def sequential_batches(data, batch_size, block_size, max_batches=None):

@@ -1,0 +1,246 @@
+"""What the museum's models share, so that each architecture file holds only its own mathematics.
+
+    ConfigIO        to_dict / from_dict for the config dataclasses, and their field checks
+    MuseumModel     the flat parameter and gradient buffers, train/eval, the idx check
+    RecurrentLM     embedding -> recurrent layers -> linear head, for rnn.py and lstm.py: the
+                    carried state of truncated BPTT and the decoding state live here
+    RecurrentState  the decoding "cache" of a recurrent model: just its state
+
+Shapes: B batch, T time, C hidden size (n_embd), V vocabulary, L layers.
+"""
+import math
+from dataclasses import asdict, fields
+
+import numpy as np
+
+from vintagelm.backend import resolve_backend
+from vintagelm.model import flat_views
+from vintagelm.nn.dropout import dropout_backward, dropout_forward
+from vintagelm.nn.linear import linear_backward, linear_forward
+from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
+
+
+# ---------------------------------------------------------------- configs
+class ConfigIO:
+    """Mixin for a config dataclass: JSON-able dict out, checked dict in, field validation."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def check(self, positive=(), booleans=()):
+        """ValueError naming the field when a positive integer, a bool or dropout is wrong."""
+        name = type(self).__name__
+        for f in positive:
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name}.{f} must be a positive integer, got {value!r}")
+        for f in booleans:
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{name}.{f} must be true or false, got {getattr(self, f)!r}")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"{name}.dropout must be in [0, 1), got {p!r}")
+
+
+def uniform(rng, shape, bound):
+    """U(-bound, bound) drawn in float64 (so a seed gives the same weights in either dtype)."""
+    return rng.uniform(-bound, bound, shape)
+
+
+# ---------------------------------------------------------------- the model plumbing
+class MuseumModel:
+    """The parts of the LanguageModel interface that do not depend on the architecture.
+
+    A subclass sets `architecture` and `config_class` and defines param_shapes(config),
+    _init_weights(rng), forward, backward, flops_per_token and new_kv_cache."""
+
+    architecture = None
+    config_class = None
+
+    def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__}(config) needs a {self.config_class.__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.config, self.dtype = config, dtype
+        # one implementation only: the name is recorded so the loops can report it
+        self.backend = resolve_backend(backend)
+        # one flat buffer for the parameters and one for the gradients, named views into each
+        # (model.py's layout), so AdamW, clipping, checkpoints and MPI see a GPT-like model
+        self.shapes = self.param_shapes(config)
+        n = sum(math.prod(s) for s in self.shapes.values())
+        self.flat_params = np.zeros(n, dtype=dtype)
+        self.flat_grads = np.zeros(n, dtype=dtype)
+        self.params = flat_views(self.flat_params, self.shapes)
+        self.grads = flat_views(self.flat_grads, self.shapes)
+        self.training = True
+        # one seed, two independent streams: weights now, dropout masks during training
+        self.dropout_rng = np.random.default_rng([seed, 1])
+        self._init_weights(np.random.default_rng([seed, 0]))
+        self._cache = None  # what backward() needs, kept by forward(idx, targets)
+
+    @staticmethod
+    def param_shapes(config):
+        raise NotImplementedError
+
+    def train(self, mode=True):
+        """Dropout (and, for a recurrent model, carried state) on, or off. Returns self."""
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def num_params(self):
+        return int(self.flat_params.size)
+
+    def _check_idx(self, idx):
+        """idx -> a (B, T) integer array of valid ids. No length limit: none of these models
+        has positions, so block_size is only the window the training loop cuts."""
+        idx = np.asarray(idx)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"idx must be a 2-D integer array (B, T), got {idx.dtype} {idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got {idx.min()}..{idx.max()}")
+        return idx
+
+    def _zero_grads_unless(self, accumulate):
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
+        if not accumulate:
+            self.flat_grads.fill(0.0)
+
+
+# ---------------------------------------------------------------- recurrent models
+class RecurrentState:
+    """The decoding state of a recurrent model: what a KV cache is to a GPT, at constant size.
+
+    state: one tuple per layer of (B, C) arrays, (h,) for an RNN and (h, c) for an LSTM.
+    The model's cached forward starts from it, replaces it with the state after the new
+    tokens and calls advance(T); pos counts the tokens consumed (the window's length, which
+    generate.py compares with block_size)."""
+
+    def __init__(self, n_layer, n_state, batch_size, hidden, dtype):
+        self.shape, self.dtype = (n_layer, n_state, batch_size, hidden), dtype
+        self.reset()
+
+    def reset(self):
+        """Back to the empty context: zero state, no tokens."""
+        L, S, B, C = self.shape
+        self.state = [tuple(np.zeros((B, C), self.dtype) for _ in range(S)) for _ in range(L)]
+        self.pos = 0
+
+    def advance(self, n):
+        self.pos += n
+
+
+class RecurrentLM(MuseumModel):
+    """embedding -> n_layer recurrent layers -> linear head, for rnn.py and lstm.py.
+
+    A subclass gives `n_state` (1: h, 2: h and c) and the layer pair
+        layer_forward(x (B, T, C), state, i) -> (hs (B, T, C), cache, final state)
+        layer_backward(dhs (B, T, C), cache, i) -> dx (B, T, C), adding into self.grads
+    Dropout (p = config.dropout) sits on the non-recurrent connections only: the embedding
+    output, between layers and before the head (Zaremba et al. 2014); the recurrence itself is
+    never masked, so the state is not damaged step after step.
+
+    Initial state of a forward:
+        kv_cache given                     the cache's state (decoding; nothing kept for backward)
+        training and config.carry_state    the final state of the previous training forward, if
+                                           it had the same batch size (truncated BPTT: the next
+                                           window continues each row's text); else zeros
+        otherwise (eval, or no carrying)   zeros
+    The carried state is a copy, so no gradient flows back into the window it came from: that
+    is the truncation. It is a public attribute, `self.state` (a list of per-layer tuples of
+    (B, C) arrays or None), which a loop may save, swap or set; reset_state() clears it.
+    """
+
+    n_state = 1
+
+    def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):
+        super().__init__(config, seed, dtype, backend)
+        self.state = None  # the carried state (training with carry_state only)
+
+    def reset_state(self):
+        """Forget the carried state: the next training forward starts from zeros."""
+        self.state = None
+
+    def new_kv_cache(self, batch_size=1):
+        return RecurrentState(self.config.n_layer, self.n_state, batch_size, self.config.n_embd, self.dtype)
+
+    def _zero_state(self, B):
+        C = self.config.n_embd
+        return [tuple(np.zeros((B, C), self.dtype) for _ in range(self.n_state)) for _ in range(self.config.n_layer)]
+
+    def _initial_state(self, B, kv_cache):
+        if kv_cache is not None:
+            if kv_cache.shape[2] != B:
+                raise ValueError(f"the cache holds {kv_cache.shape[2]} rows, idx has {B}")
+            return kv_cache.state
+        carried = self.state
+        if self.training and self.config.carry_state and carried is not None and carried[0][0].shape[0] == B:
+            return carried
+        return self._zero_state(B)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) ints -> (logits (B, T, V), mean loss over targets != -1, or None).
+
+        With a kv_cache (new_kv_cache) idx holds only the new tokens: each costs one step of
+        the recurrence, however long the context (constant cost per token)."""
+        cfg, P = self.config, self.params
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        state = self._initial_state(B, kv_cache)
+        rng = self.dropout_rng if self.training and kv_cache is None else None  # None: no dropout
+        # embedding: row idx[b, t] of wte, for every position
+        x = P["wte.weight"][idx]  # (B, T, C)
+        x, drop = dropout_forward(x, cfg.dropout, rng)
+        drops, layers, final = [drop], [], []
+        for i in range(cfg.n_layer):
+            x, cache, last = self.layer_forward(x, state[i], i)  # (B, T, C)
+            x, drop = dropout_forward(x, cfg.dropout, rng)
+            layers.append(cache)
+            drops.append(drop)
+            final.append(last)
+        logits, head = linear_forward(x, P["lm_head.weight"], P["lm_head.bias"])  # (B, T, V)
+        self._cache = None
+        if kv_cache is not None:
+            kv_cache.state = final
+            kv_cache.advance(T)
+            return logits, None
+        if self.training and cfg.carry_state:
+            # a copy: the next window starts here but its gradient stops here (truncated BPTT)
+            self.state = [tuple(s.copy() for s in last) for last in final]
+        if targets is None:
+            return logits, None
+        loss, ce = cross_entropy_forward(logits, np.asarray(targets))
+        self._cache = dict(idx=idx, drops=drops, layers=layers, head=head, ce=ce)
+        return logits, loss
+
+    def backward(self, accumulate=False):
+        """forward read in reverse -> self.grads (zeroed first unless accumulate).
+
+        The gradient with respect to the initial state is dropped: it belongs to the previous
+        window (carried state) or to nothing (zeros)."""
+        self._zero_grads_unless(accumulate)
+        G, c = self.grads, self._cache
+        self._cache = None
+        dlogits = cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
+        dx = linear_backward(dlogits, c["head"], G["lm_head.weight"], G["lm_head.bias"])  # (B, T, C)
+        for i in reversed(range(self.config.n_layer)):
+            dx = dropout_backward(dx, c["drops"][i + 1])
+            dx = self.layer_backward(dx, c["layers"][i], i)
+        dx = dropout_backward(dx, c["drops"][0])
+        # the embedding copied rows of wte, so each row gathers the gradient of every position
+        # holding its id; ids repeat, hence the scatter-add
+        np.add.at(G["wte.weight"], c["idx"].reshape(-1), dx.reshape(-1, dx.shape[-1]))
+        return G
