@@ -15,4 +15,5 @@ EXPERIMENTS = {
     "embeddings": "embeddings",
     "tokenizers": "tokenizers",
     "scaling": "scaling",
+    "museum": "museum",
 }
