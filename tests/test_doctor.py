@@ -131,3 +131,22 @@ def test_layer_norms_add_up_to_the_global_norm():
     per_layer = layer_grad_norms(model.grads)
     assert list(per_layer) == ["wte", "wpe", "h.0", "h.1", "ln_f"]
     assert math.sqrt(sum(v * v for v in per_layer.values())) == pytest.approx(grad_norm(model.grads), rel=1e-12)
+
+
+def lab_runs(tmp_path, monkeypatch, experiment):
+    """Run a lab experiment (--quick) -> {run name: (folder, expected diagnosis)} of its saved runs."""
+    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / experiment
+    assert main(["--threads", "1", "lab", experiment, "--quick", "--out", str(out), "--no-progress"]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    return {name: (out / r["folder"], r["expected"]) for name, r in runs.items()}
+
+
+def test_the_doctor_names_the_data_quality_runs_for_what_they_are(tmp_path, monkeypatch):
+    runs = lab_runs(tmp_path, monkeypatch, "data-quality")
+    found = {name: names(folder) for name, (folder, _) in runs.items()}
+    for name, (folder, expected) in runs.items():
+        if expected == "overfit":
+            assert "overfitting" in found[name], (name, found)
+        if expected == "healthy":
+            assert found[name] == [], (name, found)
