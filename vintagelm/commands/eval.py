@@ -1,5 +1,12 @@
 """`vintage eval CKPT`: loss, perplexity and bits per byte of a checkpoint over a whole split
-(or a text file). Bits per byte count only the text, so char and BPE models compare fairly."""
+(or a text file). Bits per byte count only the text, so char and BPE models compare fairly.
+
+`vintage eval RUN --era`: the era card instead (vintagelm/era/metrics.py): is the model
+vintage? Surprise at period vs modern text, anachronisms in samples, minimal pairs, cloze and
+who-speaks-next from the val split, and the period filter's precision and recall. It is also
+written to RUN/era.json, for the report card."""
+from vintagelm.commands import non_negative
+
 HELP = "measure loss, perplexity and bits per byte of a checkpoint on a dataset split or a text file"
 
 
@@ -9,10 +16,20 @@ def add_arguments(p):
                    help="a prepared dataset folder or a source spec (prepared with the checkpoint's tokenizer); "
                         "default: the dataset the checkpoint was trained on")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split of --data (default val)")
-    p.add_argument("--text", metavar="FILE", help="evaluate the whole of this UTF-8 text file instead of a split")
+    p.add_argument("--text", metavar="FILE", help="evaluate the whole of this UTF-8 text file instead of a split "
+                                                  "(with --era: a period text the model never saw, scored too)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default 16)")
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--era", action="store_true",
+                   help="the era card: is the model vintage? (also written to RUN/era.json)")
+    p.add_argument("--samples", type=non_negative, default=20, metavar="N",
+                   help="with --era: samples checked for anachronisms (default 20)")
+    p.add_argument("--before", type=int, metavar="YEAR",
+                   help="with --era: the period filter's cut-off (default: the one the run's data was prepared "
+                        "with, else 1900)")
+    p.add_argument("--seed", type=non_negative, default=0, metavar="N",
+                   help="with --era: seed of the samples and of the cloze and speaker items (default 0)")
 
 
 def run(args):
@@ -35,6 +52,8 @@ def run(args):
         raise UserError(f"{ckpt.path} has no tokenizer.json to encode the evaluation text with")
     quiet = (lambda msg: None) if args.json else print
     train_config = ckpt.state.get("train_config", {})
+    if args.era:
+        return era(args, ckpt, quiet)
     if args.text:
         try:
             text = regular_file(args.text, "--text").read_text(encoding="utf-8")
@@ -83,4 +102,25 @@ def report(args, ckpt, what, result):
               f"{result['tokens']:,} tokens, {result['bytes']:,} bytes")
         print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
               f"bits per byte {result['bits_per_byte']:.4f}")
+    return 0
+
+
+def era(args, ckpt, quiet):
+    """The era card of a checkpoint on the dataset it was trained on (or --data), printed and
+    written to RUN/era.json."""
+    import json
+
+    from vintagelm.common import write_json_atomic
+    from vintagelm.era.metrics import era_report, format_card, run_dataset, run_dir
+
+    dataset = run_dataset(ckpt, args.data, progress=not args.json, log=quiet)
+    report = era_report(ckpt, dataset, text_file=args.text, samples=args.samples, before=args.before,
+                        seed=args.seed, batch_size=args.batch_size, max_batches=args.max_batches, log=quiet)
+    out = run_dir(ckpt.path) / "era.json"
+    write_json_atomic(out, report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_card(report))
+        print(f"wrote {out}")
     return 0

@@ -2,7 +2,6 @@
 a PNG per figure, results.json with every measured number, and a self-contained index.html
 that reads those numbers. `--quick` is a small version (under 2 minutes; the tests use it)."""
 import importlib
-import importlib.util
 
 HELP = "run an experiment that shows why (attention cost, KV cache, gradients, LR and batch, ...)"
 
@@ -12,8 +11,6 @@ def add_arguments(p):
 
     sub = p.add_subparsers(dest="experiment", metavar="NAME")
     for name, module_name in EXPERIMENTS.items():
-        if importlib.util.find_spec(f"vintagelm.lab.{module_name}") is None:  # TEMPORARY while experiments are written
-            continue
         module = importlib.import_module(f"vintagelm.lab.{module_name}")
         q = sub.add_parser(name, help=module.HELP, description=module.HELP)
         q.add_argument("--quick", action="store_true", help="a small version: under 2 minutes")

@@ -16,4 +16,5 @@ EXPERIMENTS = {
     "tokenizers": "tokenizers",
     "scaling": "scaling",
     "museum": "museum",
+    "era": "era",
 }

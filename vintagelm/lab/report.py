@@ -177,6 +177,11 @@ def build_report(run_dir, prompt=None):
         section = attention_section(checkpoints[-1], prompt or default_prompt(state))
         if section:
             parts += ["<h2>Attention maps</h2>", section]
+    era = run_dir / "era.json"  # written by `vintage eval RUN --era`
+    if era.is_file():
+        from vintagelm.era.metrics import format_card
+
+        parts += ["<h2>Era evaluation</h2>", f"<pre>{esc(format_card(read_json(era, what='era report')))}</pre>"]
     return page_html(f"Report card: {run_dir.resolve().name}", "\n".join(parts))
 
 
