@@ -150,3 +150,17 @@ def test_the_doctor_names_the_data_quality_runs_for_what_they_are(tmp_path, monk
             assert "overfitting" in found[name], (name, found)
         if expected == "healthy":
             assert found[name] == [], (name, found)
+
+
+def test_the_doctor_names_the_lr_batch_runs_for_what_they_are(tmp_path, monkeypatch):
+    runs = lab_runs(tmp_path, monkeypatch, "lr-batch")
+    expected = {name: e for name, (_, e) in runs.items()}
+    assert "diverged" in expected.values() and "healthy" in expected.values()
+    for name, (folder, e) in runs.items():
+        found = names(folder)
+        if e == "diverged":
+            assert "diverged" in found, (name, found)
+        elif e == "too_low":
+            assert "never-learned" in found or "plateau" in found, (name, found)
+        else:
+            assert "diverged" not in found, (name, found)

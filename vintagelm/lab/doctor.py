@@ -60,8 +60,8 @@ def diverged(run):
            or (isinstance(r.get("loss"), float) and not math.isfinite(r["loss"]))]
     steps, loss = run.series("loss")
     climbed = None
-    if len(loss) >= 5:
-        start = float(np.median(loss[:5]))
+    if len(loss) >= 2:  # a run that blew up within its first steps (and stopped) has only a few rows
+        start = float(np.median(loss[:min(5, len(loss) - 1)]))
         above = np.nonzero(loss > 1.5 * start + 0.5)[0]
         if len(above):
             climbed = (int(steps[above[0]]), float(loss[above[0]]), start)
