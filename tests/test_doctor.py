@@ -164,3 +164,26 @@ def test_the_doctor_names_the_lr_batch_runs_for_what_they_are(tmp_path, monkeypa
             assert "never-learned" in found or "plateau" in found, (name, found)
         else:
             assert "diverged" not in found, (name, found)
+
+
+def test_a_loss_that_starts_far_above_ln_vocab_is_a_bad_start(tmp_path):
+    losses = [40.0, 25.0] + falling(200)
+    run = write_run(tmp_path / "run", losses, config={"model": {"vocab_size": V, "init": "normal"}})
+    assert "bad-start" in names(run)
+    assert "init=gpt2" in next(f for f in diagnose(load_run(run)) if f.name == "bad-start").advice
+
+
+def test_a_run_stopped_at_its_first_non_finite_step_is_diverged(tmp_path):
+    assert names(write_run(tmp_path / "run", [float("nan")])) == ["diverged"]
+
+
+def test_the_doctor_names_the_gradients_runs_for_what_they_are(tmp_path, monkeypatch):
+    runs = lab_runs(tmp_path, monkeypatch, "gradients")
+    for name, (folder, expected) in runs.items():
+        found = names(folder)
+        if expected == "diverged":
+            assert "diverged" in found, (name, found)
+        elif expected == "exploding":  # N(0, 1) init: the loss starts far above ln V
+            assert "bad-start" in found, (name, found)
+        elif expected == "healthy":
+            assert "diverged" not in found and "bad-start" not in found, (name, found)

@@ -61,17 +61,19 @@ def diverged(run):
     steps, loss = run.series("loss")
     climbed = None
     if len(loss) >= 2:  # a run that blew up within its first steps (and stopped) has only a few rows
-        start = float(np.median(loss[:min(5, len(loss) - 1)]))
-        above = np.nonzero(loss > 1.5 * start + 0.5)[0]
-        if len(above):
-            climbed = (int(steps[above[0]]), float(loss[above[0]]), start)
+        best = np.minimum.accumulate(loss)  # (n,) the lowest loss up to each step
+        above = np.nonzero(loss[1:] > 1.5 * best[:-1] + 0.5)[0] + 1
+        end = float(np.mean(loss[-3:]))
+        if len(above) and end > 1.2 * best[above[0] - 1] + 0.25:  # and it stayed up (a passing spike is not this)
+            i = int(above[0])
+            climbed = (int(steps[i]), float(loss[i]), float(best[i - 1]))
     if not bad and climbed is None:
         return None
     what = []
     if bad:
         what.append(f"{len(bad)} step(s) with a non-finite loss or gradient (first at step {bad[0]})")
     if climbed:
-        what.append(f"the loss rose to {climbed[1]:.3f} at step {climbed[0]}, from {climbed[2]:.3f} at the start")
+        what.append(f"the loss rose to {climbed[1]:.3f} at step {climbed[0]}, from a low of {climbed[2]:.3f} before it")
     cfg, model = run.config, run.config.get("model", {})
     causes = [f"the learning rate ({cfg['learning_rate']:g}) is too high: try a third of it"
               if isinstance(cfg.get("learning_rate"), (int, float)) else "the learning rate is too high"]
@@ -86,6 +88,21 @@ def diverged(run):
     if not cfg.get("grad_clip"):
         causes.append("gradient clipping is off: try grad_clip=1.0")
     return Finding("diverged", "The run diverged", "; ".join(what), "; ".join(causes) + ".")
+
+
+def bad_start(run):
+    """A first loss far above ln(vocab size): the initial weights make huge logits."""
+    steps, loss = run.series("loss")
+    V = run.vocab_size
+    if not V or not len(loss) or loss[0] <= 2 * math.log(V):
+        return None
+    init = run.config.get("model", {}).get("init")
+    return Finding("bad-start", "The loss started far above ln(vocab size)",
+                   f"the first loss was {loss[0]:.3g} nats, and a model that guesses uniformly scores ln({V}) = "
+                   f"{math.log(V):.3f}",
+                   "the initial weights are far too large (huge logits, exploding activations): "
+                   + ("init=normal draws N(0, 1); use init=gpt2 (N(0, 0.02), residual projections scaled by depth)."
+                      if init == "normal" else "check the initialisation scale."))
 
 
 def never_learned(run):
@@ -206,16 +223,16 @@ def throughput_drop(run):
                    "the CPU is throttling, or memory ran short and the system swaps.")
 
 
-RULES = (diverged, never_learned, plateau, overfitting, val_jump_after_resume, gradient_spike, throughput_drop)
+RULES = (diverged, bad_start, never_learned, plateau, overfitting, val_jump_after_resume, gradient_spike, throughput_drop)
 
 
 def diagnose(run):
     """[Finding, ...] for a Run, in the order of RULES (divergence first: it explains the rest)."""
-    if len(run.rows) < 2:
+    if not run.rows:
         return []
     findings = [f for f in (rule(run) for rule in RULES) if f is not None]
     if any(f.name == "diverged" for f in findings):  # a plateau or an overfit of a diverged run means nothing
-        findings = [f for f in findings if f.name in ("diverged", "gradient-spike", "slowdown")]
+        findings = [f for f in findings if f.name in ("diverged", "bad-start", "gradient-spike", "slowdown")]
     return findings
 
 
