@@ -57,9 +57,13 @@ def test_an_architecture_trains_resumes_exactly_samples_and_evaluates(workdir, c
     assert 0 < result["bits_per_byte"] < 8
 
 
-def test_carry_state_reads_the_split_in_order_and_trains(workdir):
-    train("lstm", "carry", "--max-iters", "12", "--set", "carry_state=true")
+@pytest.mark.parametrize("arch", ["rnn", "lstm"])
+def test_carry_state_reads_the_split_in_order_trains_and_resumes_exactly(workdir, arch):
+    train(arch, "carry", "--max-iters", "20", "--set", "carry_state=true")
     assert losses(workdir / "carry")[-1] < losses(workdir / "carry")[0]
+    train(arch, "split", "--max-iters", "10", "--set", "carry_state=true")
+    assert main(["--threads", "1", "train", "--resume", "--out", "split", "--max-iters", "20", "--no-progress"]) == 0
+    assert losses(workdir / "split") == losses(workdir / "carry")  # the carried state was checkpointed
 
 
 def test_an_unknown_architecture_or_key_is_a_one_line_error(workdir, capsys):

@@ -178,6 +178,7 @@ class Trainer:
             raise UserError(f"{ckpt.path / 'optimizer.safetensors'}: {e}") from None
         try:
             self.data_rng.bit_generator.state = ckpt.state["rng"]["data"]
+            restore_carried_state(self.model, ckpt.state.get("recurrent_state"))
             self.lr_scale = float(ckpt.state["train"]["lr_scale"])
             self.bad_steps = int(ckpt.state["train"]["bad_steps"])
         except (KeyError, TypeError, ValueError) as e:
@@ -191,6 +192,8 @@ class Trainer:
             "train_config": cfg.to_dict(),
             "rng": {"data": self.data_rng.bit_generator.state},
             "train": {"lr_scale": self.lr_scale, "bad_steps": self.bad_steps},
+            # a recurrent model's carried state (carry_state): the next window starts from it
+            "recurrent_state": carried_state(self.model),
             # absolute: `vintage eval RUN` from another folder still finds the data
             "data": {"dataset": self.data.location,
                      "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
@@ -322,6 +325,17 @@ class Trainer:
                                     tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 bar.update(self.step - bar.n)  # negative right after a restore moved the step back
         return val, stopping
+
+
+def carried_state(model):
+    """A recurrent model's carried state as JSON lists (exact: tolist keeps every float), or None."""
+    state = getattr(model, "state", None)
+    return None if state is None else [[a.tolist() for a in layer] for layer in state]
+
+
+def restore_carried_state(model, saved):
+    if saved is not None and hasattr(model, "state"):
+        model.state = [tuple(np.asarray(a, dtype=model.dtype) for a in layer) for layer in saved]
 
 
 def initial_weights(cfg, model):
