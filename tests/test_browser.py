@@ -31,7 +31,9 @@ WORDS = "the king doth speak of love and night where shall we meet again my lord
 # occur in its text, have become unlikely: its replies run to max_tokens instead of ending early.
 TRAIN = ["--max-iters", "150", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2",
          "--set", "block_size=64", "--set", "sample_tokens=0", "--no-progress"]
-LONG_REPLY = 1024  # max tokens of the reply that is stopped: far more than it streams before Stop
+# max tokens of the reply that is stopped: far more than it can stream before Stop (a quiet
+# machine streams a 1024-token reply in well under a second, faster than the page can watch it)
+LONG_REPLY = 100_000
 API_KEY = "sesame-key"
 
 
@@ -156,7 +158,8 @@ def wait_for_idle(url, timeout=10):
 
 # ---------------------------------------------------------------- the tests
 def test_chat_page_streams_stops_and_continues(run_dir, tmp_path):
-    with browser_page() as (page, problems), serve(run_dir, tmp_path / "serve.log") as url:
+    with browser_page() as (page, problems), serve(run_dir, tmp_path / "serve.log", "--max-tokens-cap",
+                                                   str(LONG_REPLY)) as url:
         sent = chat_requests(page)
         page.goto(url + "/")
 
