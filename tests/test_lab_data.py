@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from lab_checks import numbers
 from vintagelm import cli
 from vintagelm.data.clean import split_paragraphs
 from vintagelm.data.period import PeriodFilter, load_terms
@@ -36,18 +37,6 @@ def quality(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     return run_quick("tokenizers", tmp_path_factory)
-
-
-def numbers(value, where="results"):
-    """Every (place, number) in a JSON structure, None included."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from numbers(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from numbers(v, f"{where}[{i}]")
-    elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        yield where, value
 
 
 def check_page(out, results, figures):

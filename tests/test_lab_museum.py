@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 
+from lab_checks import numbers
 from vintagelm import cli
 from vintagelm.lab.museum import ARCHS, state_gradient_norms
 from vintagelm.museum.lstm import LSTMConfig, LSTMLM
@@ -35,18 +36,6 @@ def museum(tmp_path_factory):
         assert cli.main(["--threads", "1", "lab", "museum", "--quick", "--out", str(out), "--no-progress"]) == 0
     sentences = [line for line in printed.getvalue().splitlines() if line and not line.startswith("wrote ")]
     return out, json.loads((out / "results.json").read_text(encoding="utf-8")), sentences
-
-
-def numbers(value, where="results"):
-    """Every (place, number) in a JSON structure, None included."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from numbers(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from numbers(v, f"{where}[{i}]")
-    elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        yield where, value
 
 
 def none_allowed(results, where):

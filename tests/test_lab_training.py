@@ -16,6 +16,7 @@ import re
 
 import pytest
 
+from lab_checks import numbers
 from vintagelm import cli
 from vintagelm.lab.lr_batch import run_name
 
@@ -51,18 +52,6 @@ def lr_batch(cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scaling(cache, tmp_path_factory):
     return run_quick("scaling", cache, tmp_path_factory)
-
-
-def numbers(value, where="results"):
-    """Every (place, number) in a JSON structure, None included."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from numbers(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from numbers(v, f"{where}[{i}]")
-    elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        yield where, value
 
 
 def check_page(out, results, sentences, figures, none_allowed):

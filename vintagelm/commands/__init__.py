@@ -11,3 +11,11 @@ def non_negative(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
+
+
+def positive(text):
+    """argparse type: an integer >= 1 (a count of workers, a size limit)."""
+    value = non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

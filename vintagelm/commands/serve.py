@@ -3,20 +3,8 @@
 HELP = "serve a model: a chat page in the browser and an OpenAI-compatible API (chat and completions)"
 
 
-def positive(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def add_arguments(p):
-    from vintagelm.commands import non_negative
+    from vintagelm.commands import non_negative, positive
 
     p.add_argument("run", metavar="RUN", help="a run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--host", default="127.0.0.1",
