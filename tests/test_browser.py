@@ -23,10 +23,10 @@ from contextlib import contextmanager
 import pytest
 
 from browser import browser_page
+from verse import WORDS
 from vintagelm.cli import main
 
 SCREENSHOT_COPY = "/tmp/vintagelm_browser.png"
-WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
 # A base model (no fine-tuning), trained long enough that <|end|> and <|endoftext|>, which never
 # occur in its text, have become unlikely: its replies run to max_tokens instead of ending early.
 TRAIN = ["--max-iters", "150", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2",

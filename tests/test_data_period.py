@@ -66,7 +66,7 @@ def test_terms_match_whole_words_only(text):
 
 def test_builtin_list_is_sane():
     terms = load_terms()
-    assert 50 <= len(terms) <= 100
+    assert 100 <= len(terms) <= 200
     years = {t.text: t.year for t in terms}
     assert years["telephone"] == 1876 and years["railway"] == 1825 and years["internet"] == 1990
     assert all(t.year is None or 1500 <= t.year <= 2030 for t in terms)

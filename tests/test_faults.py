@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from verse import WORDS
 from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.cli import main
 from vintagelm.common import UserError
@@ -25,7 +26,6 @@ from vintagelm.config import resolve_config, valid_keys
 from vintagelm.data.loader import load_dataset
 from vintagelm.data.prepare import prepare_dataset
 
-WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
 TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=16",
         "--batch-size", "2", "--set", "eval_iters=1", "--set", "sample_tokens=0", "--no-progress",
         "--set", "backend=reference"]

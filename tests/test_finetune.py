@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from verse import WORDS
 from vintagelm.chat.dataset import load_chat_dataset
 from vintagelm.checkpoint import load_checkpoint
 from vintagelm.cli import main
@@ -16,7 +17,6 @@ from vintagelm.config import resolve_config
 from vintagelm.evaluate import evaluate_batches, token_byte_lengths
 from vintagelm.train import train
 
-WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
 GREETINGS = ["Good morrow", "Well met", "Hail", "Fair day"]
 
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from verse import verse
 from vintagelm.checkpoint import find_latest, load_checkpoint
 
 MODEL = ["--set", "n_layer=2", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=32",
@@ -40,9 +41,7 @@ def mpirun(n):
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    words = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
-    (tmp_path / "verse.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(400)) + "\n")
+    (tmp_path / "verse.txt").write_text(verse(400))
     monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path

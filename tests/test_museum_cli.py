@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from verse import verse
 from vintagelm.checkpoint import load_checkpoint
 from vintagelm.cli import main
 
@@ -22,9 +23,7 @@ COMMON = ["--set", "block_size=16", "--set", "sample_tokens=0", "--set", "eval_i
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    words = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
-    (tmp_path / "verse.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)) + "\n")
+    (tmp_path / "verse.txt").write_text(verse(300))
     monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -21,9 +21,9 @@ from vintagelm import models
 from vintagelm.checkpoint import load_checkpoint, save_checkpoint
 from vintagelm.generate import generate
 from vintagelm.gradcheck import TOLERANCE, central_differences, relative_error
-from vintagelm.museum.lstm import LSTMConfig, LSTMLM
-from vintagelm.museum.mlp import MLPConfig, MLPLM
-from vintagelm.museum.rnn import RNNConfig, RNNLM
+from vintagelm.museum.lstm import LSTMLM
+from vintagelm.museum.mlp import MLPLM
+from vintagelm.museum.rnn import RNNLM
 from vintagelm.optim import AdamW
 from vintagelm.train import training_step
 
@@ -187,22 +187,28 @@ def detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm"])
-@pytest.mark.parametrize("n_layer", [1, 2])
-def test_matches_torch(arch, n_layer, parity):
-    model = make(arch, n_layer=n_layer, seed=n_layer)
-    idx, targets = batch(B=3, T=9, seed=5, n_ignored=3)
+def check_against_torch(model, idx, targets, parity, rtol, grad_rtol):
+    """One forward and backward of ours and of TorchRecurrent with the same weights: loss,
+    logits and every parameter's gradient compared."""
     logits, loss = model.forward(idx, targets)
     grads = model.backward()
     ref = TorchRecurrent(model)
     ref_logits, _ = ref(idx)
     ref_loss = ref.loss(ref_logits, targets)
     ref_loss.backward()
-    parity.check("loss", loss, ref_loss.item(), rtol=1e-12)
-    parity.check("logits", logits, ref_logits.detach().numpy(), rtol=1e-12)
+    parity.check("loss", loss, ref_loss.item(), rtol=rtol)
+    parity.check("logits", logits, ref_logits.detach().numpy(), rtol=rtol)
     for name, g in ref.our_grads(model).items():
-        parity.check(name, grads[name], g, rtol=1e-10)
+        parity.check(name, grads[name], g, rtol=grad_rtol)
     parity.assert_ok()
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm"])
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_matches_torch(arch, n_layer, parity):
+    model = make(arch, n_layer=n_layer, seed=n_layer)
+    idx, targets = batch(B=3, T=9, seed=5, n_ignored=3)
+    check_against_torch(model, idx, targets, parity, rtol=1e-12, grad_rtol=1e-10)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm"])
@@ -212,17 +218,7 @@ def test_float32_at_init_matches_torch(arch, parity):
     its rounding grows; that is the recurrence, not the code.)"""
     model = make(arch, dtype=np.float32, randomize=False, n_embd=32)
     idx, targets = batch(B=4, T=32, seed=13)
-    logits, loss = model.forward(idx, targets)
-    grads = model.backward()
-    ref = TorchRecurrent(model)
-    ref_logits, _ = ref(idx)
-    ref_loss = ref.loss(ref_logits, targets)
-    ref_loss.backward()
-    parity.check("loss", loss, ref_loss.item(), rtol=1e-5)
-    parity.check("logits", logits, ref_logits.detach().numpy(), rtol=1e-5)
-    for name, g in ref.our_grads(model).items():
-        parity.check(name, grads[name], g, rtol=1e-5)
-    parity.assert_ok()
+    check_against_torch(model, idx, targets, parity, rtol=1e-5, grad_rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm"])

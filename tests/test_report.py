@@ -7,10 +7,10 @@ console errors and a picture that is not blank; a lab page renders the same way.
 import re
 import shutil
 
-import numpy as np
 import pytest
 
 from browser import browser_page
+from verse import verse
 from vintagelm.cli import main
 
 SCREENSHOTS = "/tmp/vintagelm_report.png", "/tmp/vintagelm_lab_page.png"  # copies to look at
@@ -19,9 +19,7 @@ SCREENSHOTS = "/tmp/vintagelm_report.png", "/tmp/vintagelm_lab_page.png"  # copi
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    rng = np.random.default_rng(0)
-    words = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
-    (root / "verse.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(400)) + "\n")
+    (root / "verse.txt").write_text(verse(400))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VINTAGELM_CACHE", str(root / "cache"))
         assert main(["--threads", "1", "train", "--data", str(root / "verse.txt"), "--out", str(root / "run"),

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from verse import WORDS
 from vintagelm import GPT, GPTConfig
 from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.common import UserError
@@ -22,7 +23,6 @@ from vintagelm.evaluate import evaluate_split
 from vintagelm.optim import AdamW, clip_grad_norm
 from vintagelm.train import Trainer, accumulate_gradients, train, training_step
 
-WORDS = "the king doth speak of love and night where shall we meet again my lord fair sweet".split()
 
 
 def write_corpus(path, n_lines=400, seed=0):

@@ -24,17 +24,18 @@ Shapes: B batch, T time, C channels (n_embd), V vocabulary, L layers.
 This file does not sample text or train; see generate.py and train.py.
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from vintagelm.backend import load_ops, resolve_backend
+from vintagelm.configio import ConfigIO
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.embedding import sinusoidal_table
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigIO):
     vocab_size: int = 65  # number of token ids (V)
     block_size: int = 64  # longest context the model sees (T max)
     n_layer: int = 4  # transformer blocks (L)
@@ -60,35 +61,16 @@ class GPTConfig:
     }
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        self.check(positive=("vocab_size", "block_size", "n_layer", "n_head", "n_embd"), booleans=("bias", "tie_weights"))
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"GPTConfig.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 def param_shapes(config):

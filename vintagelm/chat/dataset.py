@@ -9,8 +9,6 @@ training loop draws from, `batch`, like data/loader.PreparedDataset.
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vintagelm.chat.format import read_conversations, render, training_arrays, windows
 from vintagelm.common import UserError
 

@@ -33,7 +33,6 @@ def add_arguments(p):
 
 
 def run(args):
-    import json
     from pathlib import Path
 
     import numpy as np

@@ -36,8 +36,6 @@ def add_arguments(p):
 
 
 def run(args, page):
-    import numpy as np
-
     from vintagelm.common import UserError
     from vintagelm.generate import encode_prompt
     from vintagelm.lab.embeddings import load_run, token_label

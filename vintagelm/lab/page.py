@@ -85,9 +85,7 @@ class LabPage:
         for caption, header, rows in self.tables:
             parts.append(table_html(caption, header, rows))
         for file, caption in self.figures:
-            data = base64.b64encode((self.out_dir / file).read_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+            parts.append(figure_tag((self.out_dir / file).read_bytes(), caption))
         parts.append('<p class="meta">Every number on this page is in results.json beside it.</p>')
         return page_html(self.title, "\n".join(parts))
 
@@ -107,6 +105,13 @@ def page_html(title, body):
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def figure_tag(png, caption):
+    """A PNG's bytes as an inlined <figure>: the page needs no file beside it and no network."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
 def table_html(caption, header, rows):

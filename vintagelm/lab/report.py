@@ -7,7 +7,6 @@ the attention maps of the latest checkpoint for a prompt. Every picture is drawn
 matplotlib into memory and inlined as a data: URL, so the file opens in a browser with no
 server and no network.
 """
-import base64
 import io
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 from vintagelm.common import atomic_file, read_json
 from vintagelm.lab import doctor
-from vintagelm.lab.page import esc, matplotlib_pyplot, page_html, table_html
+from vintagelm.lab.page import esc, figure_tag, matplotlib_pyplot, page_html, table_html
 from vintagelm.plots import smooth
 
 SAMPLE_TOKENS = 200
@@ -28,9 +27,7 @@ def figure_html(fig, caption):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return figure_tag(buffer.getvalue(), caption)
 
 
 def curves(run):

@@ -235,7 +235,7 @@ def say_findings(page, models, best, params_fit, isoflop, frontier, frontier_fit
                  f"size is at or below the smallest measured.")
     handoffs = [(F, a, b) for F, a, b in zip(frontier["flops"][1:], frontier["model"], frontier["model"][1:]) if a != b]
     epochs = max(m["epochs"] for m in finished)
-    page.say(f"The frontier (the lowest loss any size reached at each compute) "
+    page.say("The frontier (the lowest loss any size reached at each compute) "
              + ("passed " + ", ".join(f"from {a} to {b} at about {F:.2g} FLOPs" for F, a, b in handoffs)
                 if handoffs else f"belonged to {frontier['model'][0]} throughout")
              + f" and follows loss ~ C^{frontier_fit['a']:.3f} (r² {frontier_fit['r2']:.2f}). Extended to "

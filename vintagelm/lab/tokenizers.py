@@ -145,6 +145,8 @@ def describe_model(record, data, size, seed, config):
 
 
 def draw(page, rows, char_row, models, size):
+    import numpy as np
+
     fig, ax = page.figure("bytes_per_token", "Bytes of held-out text per token against vocabulary size")
     ax.semilogx([r["vocab_size"] for r in rows], [r["bytes_per_token"] for r in rows], "o-", base=2, label="byte-level BPE")
     ax.semilogx([char_row["vocab_size"]], [char_row["bytes_per_token"]], "s", color="C3", base=2, label="characters")

@@ -1,6 +1,6 @@
 """What the museum's models share, so that each architecture file holds only its own mathematics.
 
-    ConfigIO        to_dict / from_dict for the config dataclasses, and their field checks
+    RecurrentConfig the fields rnn.py's and lstm.py's configs share (each is a named subclass)
     MuseumModel     the flat parameter and gradient buffers, train/eval, the idx check
     RecurrentLM     embedding -> recurrent layers -> linear head, for rnn.py and lstm.py: the
                     carried state of truncated BPTT and the decoding state live here
@@ -9,11 +9,12 @@
 Shapes: B batch, T time, C hidden size (n_embd), V vocabulary, L layers.
 """
 import math
-from dataclasses import asdict, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from vintagelm.backend import resolve_backend
+from vintagelm.configio import ConfigIO
 from vintagelm.model import flat_views
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
@@ -21,33 +22,19 @@ from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
 
 
 # ---------------------------------------------------------------- configs
-class ConfigIO:
-    """Mixin for a config dataclass: JSON-able dict out, checked dict in, field validation."""
+@dataclass
+class RecurrentConfig(ConfigIO):
+    """The shape of an rnn or lstm model; RNNConfig and LSTMConfig name it per architecture
+    (a checkpoint's config records which), and their fields are these."""
+    vocab_size: int = 65  # number of token ids (V)
+    block_size: int = 64  # the window the training loop cuts (the BPTT length); no positions
+    n_embd: int = 256  # hidden size (C), also the embedding size; an LSTM's cell has it too
+    n_layer: int = 1  # stacked recurrent layers (L)
+    dropout: float = 0.0  # on the embedding output, between layers and before the head
+    carry_state: bool = False  # training: start each window from the previous one's final state
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def check(self, positive=(), booleans=()):
-        """ValueError naming the field when a positive integer, a bool or dropout is wrong."""
-        name = type(self).__name__
-        for f in positive:
-            value = getattr(self, f)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{name}.{f} must be a positive integer, got {value!r}")
-        for f in booleans:
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{name}.{f} must be true or false, got {getattr(self, f)!r}")
-        p = self.dropout
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {p!r}")
+    def __post_init__(self):
+        self.check(positive=("vocab_size", "block_size", "n_embd", "n_layer"), booleans=("carry_state",))
 
 
 def uniform(rng, shape, bound):

@@ -29,21 +29,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.museum.common import ConfigIO, RecurrentLM, uniform
+from vintagelm.museum.common import RecurrentConfig, RecurrentLM, uniform
 from vintagelm.nn.linear import LinearCache, linear_backward, linear_forward
 
 
 @dataclass
-class LSTMConfig(ConfigIO):
-    vocab_size: int = 65  # number of token ids (V)
-    block_size: int = 64  # the window the training loop cuts (the BPTT length); no positions
-    n_embd: int = 256  # hidden and cell size (C), also the embedding size
-    n_layer: int = 1  # stacked LSTM layers (L)
-    dropout: float = 0.0  # on the embedding output, between layers and before the head
-    carry_state: bool = False  # training: start each window from the previous one's final (h, c)
-
-    def __post_init__(self):
-        self.check(positive=("vocab_size", "block_size", "n_embd", "n_layer"), booleans=("carry_state",))
+class LSTMConfig(RecurrentConfig):
+    """The shape of an LSTM (the carried state is (h, c)): RecurrentConfig's fields (museum/common.py)."""
 
 
 def sigmoid(a):

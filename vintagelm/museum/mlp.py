@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.museum.common import ConfigIO, MuseumModel, uniform
+from vintagelm.configio import ConfigIO
+from vintagelm.museum.common import MuseumModel, uniform
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward

@@ -42,7 +42,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vintagelm.model import flat_views
-from vintagelm.museum.common import ConfigIO, MuseumModel
+from vintagelm.configio import ConfigIO
+from vintagelm.museum.common import MuseumModel
 from vintagelm.nn.loss import IGNORE_INDEX
 
 MAX_ORDER = 6
@@ -60,11 +61,8 @@ class NgramConfig(ConfigIO):
     contexts: tuple = ()  # M_k, distinct contexts of level k (set by fit)
 
     def __post_init__(self):
+        self.check(positive=("vocab_size", "block_size", "order"))
         name = type(self).__name__
-        for f in ("vocab_size", "block_size", "order"):
-            value = getattr(self, f)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{name}.{f} must be a positive integer, got {value!r}")
         if self.order > MAX_ORDER:
             raise ValueError(f"{name}.order must be 1..{MAX_ORDER}, got {self.order}")
         if int(self.vocab_size) ** self.order > EXACT:
