@@ -9,6 +9,7 @@ from vintagelm import GPT, GPTConfig, UserError
 from vintagelm.chat.format import (
     Message, parse_rendered, read_conversations, render, special_ids, training_arrays, windows,
 )
+from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
 from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
 TEXT = "Good morrow, my lord. And to you, fair sir. What news? None, my liege."
@@ -62,6 +63,12 @@ def test_the_loss_and_gradient_come_from_the_assistant_alone():
     learn = [t for t in range(len(ids) - 1) if mask[t + 1]]
     assert loss == pytest.approx(-np.mean([logp[t, ids[t + 1]] for t in learn]), rel=1e-12)
     assert (y >= 0).sum() == len(learn)  # every other target, padding included, is ignored
+    # the gradient reaching the logits is exactly zero at every position whose target is not
+    # the assistant's (system, user, role tokens, padding), and not zero at the assistant's
+    _, ce_cache = cross_entropy_forward(logits, y)
+    dlogits = cross_entropy_backward(1.0, ce_cache)[0]  # (T, V)
+    silent = [t for t in range(T) if t not in learn]
+    assert silent and not dlogits[silent].any() and all(dlogits[t].any() for t in learn)
     grads = {k: g.copy() for k, g in model.backward().items()}
     # masked positions contribute exactly nothing: another padding token (the inputs and
     # targets of the masked tail) leaves every gradient as it was, bit for bit

@@ -949,3 +949,41 @@ def test_sigterm_stops_the_server_even_during_a_long_stream(runs):
             response.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- the museum's models behind the same API
+MUSEUM = {"ngram": ["--set", "order=3"], "lstm": ["--set", "n_embd=32", "--max-iters", "60"]}
+
+
+@pytest.fixture(scope="module", params=list(MUSEUM))
+def museum_server(runs, request):
+    """An n-gram (a count model: no KV cache, its context is its order) and an LSTM (its state is
+    the cache), trained on the char run's text and served like any run."""
+    arch, name = request.param, f"museum-{request.param}"
+    if not (runs / name).exists():
+        with threadpool_limits(1, user_api="blas"):
+            assert main(["train", "--arch", arch, "--data", str(runs / "verse.txt"), "--out", str(runs / name),
+                         "--set", f"block_size={BLOCK_SIZE}", "--set", "sample_tokens=0", "--no-progress",
+                         *MUSEUM[arch]]) == 0
+    yield from serving(runs, name)
+
+
+def test_a_museum_model_is_served_and_scored_like_the_gpt(museum_server):
+    name = museum_server.run.name
+    assert museum_server.health()["model"] == name
+    client = museum_server.client()
+    # a stream that runs to its limit, and the same answer without streaming, for one seed
+    chunks = list(client.chat.completions.create(model=name, messages=HELLO, max_tokens=12, seed=4, stream=True,
+                                                 stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    plain = client.chat.completions.create(model=name, messages=HELLO, max_tokens=12, seed=4)
+    assert plain.choices[0].message.content == streamed and finals == [plain.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens <= 12
+    # echo + logprobs: the model's own log-probabilities of the prompt, by one direct forward pass
+    prompt = "Where shall we meet again, my lord?"
+    ids = ChatModel.load(museum_server.run).tokenizer.encode(prompt)
+    lp = client.completions.create(model=name, prompt=prompt, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
+    logp = direct_logprobs(museum_server.run, ids)
+    assert lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx([logp[t - 1, ids[t]] for t in range(1, len(ids))], abs=1e-4)
