@@ -185,5 +185,8 @@ def test_the_doctor_names_the_gradients_runs_for_what_they_are(tmp_path, monkeyp
             assert "diverged" in found, (name, found)
         elif expected == "exploding":  # N(0, 1) init: the loss starts far above ln V
             assert "bad-start" in found, (name, found)
+        elif expected == "vanishing":  # post-norm at depth: the lower blocks get almost nothing
+            assert "vanishing-gradients" in found, (name, found)
         elif expected == "healthy":
-            assert "diverged" not in found and "bad-start" not in found, (name, found)
+            assert not {"diverged", "bad-start", "vanishing-gradients"} & set(found), (name, found)
+    assert "vanishing" in {expected for _, expected in runs.values()}  # the rule is exercised

@@ -4,7 +4,8 @@ with its evidence (numbers from this run) and what to try.
 Every rule is a function of the run (`Run`: the metrics rows in step order and the config)
 that returns a Finding or None. Rules look only at what metrics.jsonl records: the training
 loss at every step, the gradient norm, validation loss on evaluation steps, throughput, a
-`resumed` mark on the first step after a resume, skipped (non-finite) steps. The rules are
+`resumed` mark on the first step after a resume, skipped (non-finite) steps, and each layer's
+gradient norm every layer_norm_interval steps. The rules are
 checked against the known-bad runs the lab makes (lr-batch, gradients, data-quality).
 """
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vintagelm.common import UserError, read_json
+from vintagelm.lab.gradients import VANISHING_RATIO  # the lab names a run vanishing by this same rule
 from vintagelm.plots import read_metrics
 
 MIN_STEPS = 20  # fewer steps than this: too early to diagnose
@@ -207,6 +209,38 @@ def gradient_spike(run):
     return None
 
 
+def vanishing_gradients(run):
+    """Some blocks get a hundred times less gradient than others, step after step: the layer
+    gradient norms that training records (layer_norm_interval) are two decades apart or more."""
+    ratios, lows = [], []
+    for r in run.rows:
+        norms = r.get("layer_grad_norms")
+        if not isinstance(norms, dict):
+            continue
+        blocks = sorted((k for k in norms if k.startswith("h.") and k[2:].isdigit()), key=lambda k: int(k[2:]))
+        values = [norms[b] for b in blocks]
+        if len(blocks) < 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+            continue
+        ratios.append(max(values) / min(values))
+        lows.append(blocks[int(np.argmin(values))])
+    if len(ratios) < 3 or float(np.median(ratios)) <= VANISHING_RATIO:
+        return None
+    ratio = float(np.median(ratios))
+    starved = max(set(lows), key=lows.count)
+    model = run.config.get("model", {})
+    depth, norm = model.get("n_layer"), model.get("norm")
+    if norm == "post":
+        advice = (f"post-norm at depth {depth} divides the gradient at every normalisation on its way down: use "
+                  "pre-norm (--set norm=pre), or a warm-up (warmup_iters) and fewer layers.")
+    elif norm == "none":
+        advice = "without layer norm the residual stream's scale runs away: use pre-norm (--set norm=pre)."
+    else:
+        advice = "fewer layers, a smaller init or a warm-up; check the blocks that get no gradient for a bug."
+    return Finding("vanishing-gradients", "Some layers get almost no gradient",
+                   f"over {len(ratios)} recorded steps the blocks' gradient norms were a median {ratio:.3g}x apart "
+                   f"(largest / smallest); {starved} got the least most often", advice)
+
+
 def throughput_drop(run):
     """Tokens per second fell in the middle of the run."""
     steps, tps = run.series("tokens_per_s")
@@ -223,7 +257,8 @@ def throughput_drop(run):
                    "the CPU is throttling, or memory ran short and the system swaps.")
 
 
-RULES = (diverged, bad_start, never_learned, plateau, overfitting, val_jump_after_resume, gradient_spike, throughput_drop)
+RULES = (diverged, bad_start, never_learned, vanishing_gradients, plateau, overfitting, val_jump_after_resume,
+         gradient_spike, throughput_drop)
 
 
 def diagnose(run):
@@ -232,7 +267,8 @@ def diagnose(run):
         return []
     findings = [f for f in (rule(run) for rule in RULES) if f is not None]
     if any(f.name == "diverged" for f in findings):  # a plateau or an overfit of a diverged run means nothing
-        findings = [f for f in findings if f.name in ("diverged", "bad-start", "gradient-spike", "slowdown")]
+        findings = [f for f in findings if f.name in ("diverged", "bad-start", "vanishing-gradients", "gradient-spike",
+                                                      "slowdown")]
     return findings
 
 

@@ -25,7 +25,7 @@ NORMS = ("pre", "post", "none")
 NORM_NAMES = {"pre": "pre-norm", "post": "post-norm", "none": "no norm"}
 INITS = ("gpt2", "normal")
 # the rules that name what a run shows (results["expected_rules"] repeats them for the reader)
-VANISHING_RATIO = 100.0  # median early max/min ratio of block gradient norms: two decades
+VANISHING_RATIO = 100.0  # median max/min ratio of block gradient norms: two decades (doctor's rule too)
 EXPLODING_GRAD_NORM = 100.0  # global gradient norm at step 0
 PLATEAU_MARGIN = 0.05  # nats either side of the unigram entropy: learned letter frequencies and no more
 LEARNED_MARGIN = 0.25  # nats below it that the best run must reach before "plateau" means anything
@@ -97,8 +97,9 @@ def run(args, page):
             "diverged": "the loss became non-finite or rose above 1.5x its start and ln V + 1 (the run stopped)",
             "exploding": f"did not diverge, but the first loss is above ln V + 1 or the global gradient norm at "
                          f"step 0 is above {EXPLODING_GRAD_NORM:g} (weights far too large: bad init)",
-            "vanishing": f"the median early max/min ratio of block gradient norms is above {VANISHING_RATIO:g}: "
-                         f"some blocks get under 1/{VANISHING_RATIO:g} of the gradient others get",
+            "vanishing": f"the median max/min ratio of block gradient norms over the recorded steps is above "
+                         f"{VANISHING_RATIO:g}: some blocks get under 1/{VANISHING_RATIO:g} of the gradient others "
+                         f"get (the rule of `vintage doctor`'s vanishing-gradients finding)",
             "plateau": f"finished with a final training loss within {PLATEAU_MARGIN:g} nats of the unigram entropy "
                        f"(letter frequencies only, no context) while the best run got {LEARNED_MARGIN:g} nats below "
                        f"it",
@@ -123,19 +124,22 @@ def describe_run(record, depth, early):
     layers = list(record.layer_norms[0][1]) if record.layer_norms else []
     steps = [step for step, _ in record.layer_norms]
     norms = [[n[layer] for layer in layers] for _, n in record.layer_norms]  # (recorded steps, layers)
-    spreads, ratios = [], []
+    spreads, ratios, all_ratios = [], [], []
     for step, n in record.layer_norms:
         values = [n[b] for b in blocks]
-        if step < early and all(v is not None and v > 0 for v in values):
+        if all(v is not None and v > 0 for v in values):
             logs = np.log10(values)
-            spreads.append(float(np.std(logs)))
-            ratios.append(float(10 ** (logs.max() - logs.min())))
+            all_ratios.append(float(10 ** (logs.max() - logs.min())))
+            if step < early:
+                spreads.append(float(np.std(logs)))
+                ratios.append(all_ratios[-1])
     finite_norms = [g for g in record.grad_norms if g is not None]
     return {"steps_run": len(record.losses), "diverged": record.diverged,
             "first_loss": record.losses[0], "final_loss": record.final_loss(),
             "grad_norm_first": record.grad_norms[0], "grad_norm_max": max(finite_norms) if finite_norms else None,
             "early_spread": float(np.mean(spreads)) if spreads else None,
             "early_ratio": float(np.median(ratios)) if ratios else None,
+            "ratio": float(np.median(all_ratios)) if len(all_ratios) >= 3 else None,
             "layers": layers, "norm_steps": steps, "layer_norms": norms,
             "losses": record.losses, "grad_norms": record.grad_norms}
 
@@ -160,7 +164,7 @@ def health(m, ln_vocab, unigram, best_loss):
         return "diverged"
     if m["first_loss"] > ln_vocab + 1 or m["grad_norm_first"] > EXPLODING_GRAD_NORM:
         return "exploding"
-    if m["early_ratio"] is not None and m["early_ratio"] > VANISHING_RATIO:
+    if m["ratio"] is not None and m["ratio"] > VANISHING_RATIO:
         return "vanishing"
     if best_loss is not None and best_loss < unigram - LEARNED_MARGIN and \
             abs(m["final_loss"] - unigram) < PLATEAU_MARGIN:

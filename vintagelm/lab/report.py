@@ -71,7 +71,9 @@ def curves(run):
         ax.set_yticks(range(len(layers)), layers)
         ax.set(xlabel="step", title="log10 gradient norm per layer")
         fig.colorbar(image, ax=ax)
-        parts.append(figure_html(fig, f"Gradient norm of each layer, recorded at {len(recorded)} steps"))
+        steps = [step for step, _ in recorded]
+        parts.append(figure_html(fig, f"Gradient norm of each layer, recorded {len(recorded)} times, "
+                                      f"from step {steps[0]} to step {steps[-1]}"))
     return "\n".join(parts)
 
 
