@@ -18,7 +18,8 @@ import pytest
 
 from lab_checks import numbers
 from vintagelm import cli
-from vintagelm.lab.museum import ARCHS, state_gradient_norms
+from vintagelm.lab.museum import ARCHS, draw_samples_figure, state_gradient_norms
+from vintagelm.lab.page import LabPage
 from vintagelm.museum.lstm import LSTMConfig, LSTMLM
 from vintagelm.museum.rnn import RNNConfig, RNNLM
 
@@ -140,3 +141,13 @@ def test_state_gradients_match_finite_differences(cls, config_class):
             up, down = last_loss(model, x, y[0, -1], t, h + step), last_loss(model, x, y[0, -1], t, h - step)
             grad[j] = (up - down) / (2 * eps)
         assert norms[t] == pytest.approx(np.linalg.norm(grad), rel=1e-6, abs=1e-9), t
+
+
+def test_a_sample_with_dollar_signs_is_drawn_as_text(tmp_path):
+    """A sampled "$...$" is text, not mathtext: it once failed the page with a ParseException."""
+    measured = {arch: {"sample": 'XI56:WKX4]X5[VJ$22WCEPH["L&66$KHEN', "copy_share": 0.5, "params": 1000,
+                       "config": {"order": 5}} for arch in ARCHS}
+    page = LabPage(tmp_path / "page", "museum", "samples")
+    draw_samples_figure(page, measured, shown=200)
+    page.write()
+    assert (tmp_path / "page" / "samples.png").stat().st_size > 0

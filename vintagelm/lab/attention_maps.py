@@ -156,8 +156,8 @@ def draw_maps(page, maps, labels):
             image = ax.imshow(maps[i][h], cmap="viridis", norm=norm, interpolation="nearest")
             ax.set_title(f"layer {i} head {h}", fontsize=9)
             if ticks:
-                ax.set_xticks(range(T), labels, fontsize=5 if T > 24 else 7, rotation=90)
-                ax.set_yticks(range(T), labels, fontsize=5 if T > 24 else 7)
+                ax.set_xticks(range(T), labels, fontsize=5 if T > 24 else 7, rotation=90, parse_math=False)
+                ax.set_yticks(range(T), labels, fontsize=5 if T > 24 else 7, parse_math=False)
             else:
                 ax.set(xlabel="key position", ylabel="query position")
     fig.colorbar(image, cax=fig.add_subplot(grid[:, H]), label="attention weight")

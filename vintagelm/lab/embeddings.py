@@ -256,7 +256,7 @@ def draw_pca(page, p, labels, texts, chosen, labelled):
     for i, label in enumerate(labels):
         if len(labels) <= labelled or i in chosen or i in far:
             ax.annotate(label, xy[i], fontsize=9 if i in chosen else 7, xytext=(2, 2), textcoords="offset points",
-                        fontweight="bold" if i in chosen else "normal")
+                        fontweight="bold" if i in chosen else "normal", parse_math=False)
     ax.set(xlabel=f"component 1 ({100 * p['share'][0]:.1f}%)", ylabel=f"component 2 ({100 * p['share'][1]:.1f}%)")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)

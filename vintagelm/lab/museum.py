@@ -484,8 +484,9 @@ def draw_samples_figure(page, measured, shown):
     for ax, arch in zip(axes, ARCHS):
         m = measured[arch]
         lines = [textwrap.fill(line, 34) for line in m["sample"][:shown].split("\n")]
+        # parse_math=False: a sample is text, and two "$" in it would otherwise be read as mathtext
         ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7,
-                transform=ax.transAxes)
+                transform=ax.transAxes, parse_math=False)
         ax.set_title(f"{label(arch, m)}\ncopied 8-grams {percent(m['copy_share'])}", fontsize=9)
         ax.axis("off")
 
