@@ -76,7 +76,8 @@ def short_run(config, data, steps, lr, batch_size=16, seed=0, warmup=0, grad_cli
               layer_norm_every=0, eval_every=0, eval_batches=4, seconds=None, dtype=np.float32,
               backend="auto", progress=None):
     """Train a fresh model of `config` on data.train for `steps` steps (or until `seconds` of
-    training wall time: the validation passes are not counted) -> RunRecord. Divergence (a non-finite loss, or a loss above 1.5x the first and
+    training wall time: the validation passes are not counted) -> RunRecord. Divergence (a
+    non-finite loss, or a loss above 1.5x the first and
     above ln V + 1) ends the run early."""
     model = model_for(config)(config, seed=seed, dtype=dtype, backend=backend)
     optimizer = AdamW(model.params, lr, (0.9, 0.99), weight_decay=0.1, backend=backend)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vintagelm.common import UserError, read_json
-from vintagelm.lab.gradients import VANISHING_RATIO  # the lab names a run vanishing by this same rule
+from vintagelm.lab.gradients import VANISHING_RATIO, block_norm_ratio  # the lab's rule for "vanishing"
 from vintagelm.plots import read_metrics
 
 MIN_STEPS = 20  # fewer steps than this: too early to diagnose
@@ -214,15 +214,11 @@ def vanishing_gradients(run):
     gradient norms that training records (layer_norm_interval) are two decades apart or more."""
     ratios, lows = [], []
     for r in run.rows:
-        norms = r.get("layer_grad_norms")
-        if not isinstance(norms, dict):
-            continue
-        blocks = sorted((k for k in norms if k.startswith("h.") and k[2:].isdigit()), key=lambda k: int(k[2:]))
-        values = [norms[b] for b in blocks]
-        if len(blocks) < 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-            continue
-        ratios.append(max(values) / min(values))
-        lows.append(blocks[int(np.argmin(values))])
+        ratio = block_norm_ratio(r.get("layer_grad_norms"))
+        if ratio is not None:
+            norms = r["layer_grad_norms"]
+            ratios.append(ratio)
+            lows.append(min((k for k in norms if k.startswith("h.") and k[2:].isdigit()), key=norms.get))
     if len(ratios) < 3 or float(np.median(ratios)) <= VANISHING_RATIO:
         return None
     ratio = float(np.median(ratios))

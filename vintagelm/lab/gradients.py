@@ -124,15 +124,14 @@ def describe_run(record, depth, early):
     layers = list(record.layer_norms[0][1]) if record.layer_norms else []
     steps = [step for step, _ in record.layer_norms]
     norms = [[n[layer] for layer in layers] for _, n in record.layer_norms]  # (recorded steps, layers)
-    spreads, ratios, all_ratios = [], [], []
+    spreads, ratios = [], []
     for step, n in record.layer_norms:
         values = [n[b] for b in blocks]
-        if all(v is not None and v > 0 for v in values):
+        if step < early and all(v is not None and v > 0 for v in values):
             logs = np.log10(values)
-            all_ratios.append(float(10 ** (logs.max() - logs.min())))
-            if step < early:
-                spreads.append(float(np.std(logs)))
-                ratios.append(all_ratios[-1])
+            spreads.append(float(np.std(logs)))
+            ratios.append(float(10 ** (logs.max() - logs.min())))
+    all_ratios = [r for r in (block_norm_ratio(n) for _, n in record.layer_norms) if r is not None]
     finite_norms = [g for g in record.grad_norms if g is not None]
     return {"steps_run": len(record.losses), "diverged": record.diverged,
             "first_loss": record.losses[0], "final_loss": record.final_loss(),
@@ -142,6 +141,20 @@ def describe_run(record, depth, early):
             "ratio": float(np.median(all_ratios)) if len(all_ratios) >= 3 else None,
             "layers": layers, "norm_steps": steps, "layer_norms": norms,
             "losses": record.losses, "grad_norms": record.grad_norms}
+
+
+def block_norm_ratio(norms):
+    """Largest / smallest gradient norm of the blocks h.0 .. h.L-1 in one per-layer record
+    ({layer: norm}), or None unless there are two blocks or more and every norm is finite and
+    positive. The lab's "vanishing" label and the doctor's finding are its median over a run."""
+    import math
+
+    if not isinstance(norms, dict):
+        return None
+    values = [v for k, v in norms.items() if k.startswith("h.") and k[2:].isdigit()]
+    if len(values) < 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        return None
+    return max(values) / min(values)
 
 
 def unigram_entropy(tokens, vocab_size):
