@@ -12,6 +12,8 @@ import pytest
 
 from vintagelm import models
 from vintagelm.checkpoint import load_checkpoint, save_checkpoint
+from vintagelm.cli import main
+from vintagelm.common import UserError
 from vintagelm.generate import ContextWindow, generate
 from vintagelm.museum import ngram
 from vintagelm.museum.ngram import NgramConfig, NgramLM
@@ -257,3 +259,79 @@ def test_discounts_fall_back_where_the_closed_form_fails():
     np.testing.assert_allclose(ngram.kn_discounts(np.array([1, 2, 3, 3, 3, 3, 3, 4])), [1 / 3, 1.0, 41 / 15])
     # no singletons: D1 undefined (fallback 0.5), Y = 0 so D2 = 2 and D3+ = 3
     np.testing.assert_allclose(ngram.kn_discounts(np.array([2, 2, 3])), [0.5, 2.0, 3.0])
+
+
+# ---------------------------------------------------------------- tables read from a file
+def tamper(path, change):
+    """Rewrite path/model.safetensors with change({name: array}) applied, keeping its metadata:
+    the header and the shapes stay valid, only the numbers lie."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    file = path / "model.safetensors"
+    with safe_open(file, framework="np") as f:
+        meta, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    change(tensors)
+    save_file(tensors, file, metadata=meta)
+
+
+def negate_counts(t):
+    for name in t:
+        if name.endswith(".counts"):
+            t[name] = -t[name]
+
+
+def zero_everything(t):
+    for name in t:
+        t[name] = np.zeros_like(t[name])
+
+
+def shuffle_keys(t):
+    for name in t:
+        if name.endswith(".keys") and not name.endswith("context_keys"):
+            t[name] = np.random.default_rng(0).permutation(t[name])
+
+
+def nan_gamma(t):
+    t["2gram.gammas"][0] = np.nan
+
+
+def key_out_of_range(t):
+    t["3gram.keys"][-1] = 9.0 ** 3  # one past the largest 3-gram of 9 tokens, still sorted
+
+
+def swap_counts_across_contexts(t):
+    t["3gram.counts"][[0, -1]] = t["3gram.counts"][[-1, 0]] + [0, 1]  # totals no longer add up
+
+
+@pytest.mark.parametrize("change, table, problem", [
+    (negate_counts, "1gram.counts", "has negative counts"),
+    (zero_everything, "1gram.keys", "is not sorted and unique"),
+    (shuffle_keys, "1gram.keys", "is not sorted and unique"),
+    (nan_gamma, "2gram.gammas", "holds nan or inf"),
+    (key_out_of_range, "3gram.keys", "not 3-grams of 9 tokens"),
+    (swap_counts_across_contexts, "3gram.context_totals", "does not match"),
+])
+def test_a_corrupt_table_is_refused_on_load_naming_the_file_and_table(ngram_registered, tmp_path, capsys,
+                                                                       change, table, problem):
+    """Fuzz C6: tables whose header and shapes are valid but whose numbers break the lookup's
+    invariants gave an IndexError traceback (negative counts), nan logits (all zero) or a quietly
+    wrong loss (shuffled keys). Each is now refused when the checkpoint is loaded."""
+    model = fitted(random_text(7, 300, 8), 3, 9)
+    path = save_checkpoint(tmp_path, 1, model, AdamW({}, lr=0.0), {})
+    tamper(path, change)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path, with_optimizer=False)
+    message = str(e.value)
+    assert message.startswith(f"{path / 'model.safetensors'}: the n-gram table {table} ")
+    assert problem in message and "corrupt" in message
+    assert main(["sample", str(path), "--max-new-tokens", "5"]) == 2  # one line, no traceback
+    assert "the checkpoint is corrupt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_every_fitted_table_passes_the_load_check(order):
+    """Fuzz C6: the check refuses no table that fit() makes (long text, short text, one token)."""
+    for text in (random_text(order, 500, 7), random_text(order, 3, 7), [4]):
+        fitted(text, order, 7).check_params()
+    NgramLM(NgramConfig(vocab_size=7, order=order)).check_params()  # unfitted: empty tables

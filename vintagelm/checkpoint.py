@@ -169,6 +169,11 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto", finit
         if not np.issubdtype(t.dtype, np.floating):
             raise UserError(f"{model_file}: {name} holds {t.dtype} numbers, not floating point; it is not our weights file")
         model.params[name][...] = t
+    if hasattr(model, "check_params"):  # invariants beyond shapes that a model's lookups rely on (n-gram tables)
+        try:
+            model.check_params()
+        except ValueError as e:
+            raise UserError(f"{model_file}: {e}; the checkpoint is corrupt: train the run again") from None
     if finite and not np.isfinite(model.flat_params).all():
         raise UserError(f"checkpoint {ckpt} has non-finite weights (nan or inf): the run diverged; use an earlier "
                         "checkpoint, or train again with a lower learning rate")

@@ -270,6 +270,38 @@ class NgramLM(MuseumModel):
                 self.params[f"{k}gram.{name}"][...] = array  # int64 -> float64, exact below 2^53
         return self
 
+    def check_params(self):
+        """ValueError naming the first table that breaks what forward's lookups assume of a
+        fitted model: keys whole, in range, sorted and unique (searchsorted finds a context's
+        followers); counts whole and >= 1; discounts 0 <= D_r <= r; and each context table
+        exactly what its keys, counts and discounts make (totals > 0, so every p_k sums to 1).
+        A loaded checkpoint is only shape-checked: a table edited or corrupted in place would
+        otherwise index out of bounds, give nan, or quietly score wrong."""
+        V = self.config.vocab_size
+        for k in range(1, self.config.order + 1):
+            table = {name: self.params[f"{k}gram.{name}"] for name in
+                     ("keys", "counts", "context_keys", "context_totals", "gammas", "discounts")}
+            for name, values in table.items():
+                if not np.isfinite(values).all():
+                    raise ValueError(f"the n-gram table {k}gram.{name} holds nan or inf")
+            keys, counts, discounts = table["keys"], table["counts"], table["discounts"]
+            if (keys != np.floor(keys)).any() or (keys < 0).any() or (keys >= float(V) ** k).any():
+                raise ValueError(f"the n-gram table {k}gram.keys holds keys that are not {k}-grams "
+                                 f"of {V} tokens (whole numbers 0 .. {V}^{k} - 1)")
+            if (np.diff(keys) <= 0).any():
+                raise ValueError(f"the n-gram table {k}gram.keys is not sorted and unique")
+            if (counts < 0).any():
+                raise ValueError(f"the n-gram table {k}gram.counts has negative counts")
+            if (counts != np.floor(counts)).any() or (counts < 1).any():
+                raise ValueError(f"the n-gram table {k}gram.counts has counts that are not whole numbers >= 1")
+            if ((discounts < 0) | (discounts > np.arange(1, 4))).any():
+                raise ValueError(f"the n-gram table {k}gram.discounts is outside 0 <= D_r <= r: {discounts.tolist()}")
+            made = context_table(keys.astype(np.int64), counts.astype(np.int64), V, discounts)
+            for name, want in zip(("context_keys", "context_totals", "gammas"), made):
+                if table[name].shape != want.shape or not np.allclose(table[name], want, rtol=1e-12, atol=0):
+                    raise ValueError(f"the n-gram table {k}gram.{name} does not match {k}gram.keys and "
+                                     f"{k}gram.counts")
+
     def num_ngrams(self):
         """Distinct k-grams stored, all levels together (num_params counts every number)."""
         return sum(self.config.ngrams)
