@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.common import atomic_file, read_json
+from vintagelm.common import UserError, atomic_file, read_json
 from vintagelm.lab import doctor
 from vintagelm.lab.page import esc, figure_tag, matplotlib_pyplot, page_html, table_html
 from vintagelm.plots import smooth
@@ -160,10 +160,11 @@ def build_report(run_dir, prompt=None):
     cfg = run.config
     parts = [f"<h1>Report card: {esc(run_dir.resolve().name)}</h1>",
              f'<p class="meta">{esc(run_dir.resolve())} · {esc(doctor.summary(run))}</p>', "<h2>Doctor</h2>"]
+    parts += [f"<p><i>Note: {esc(note)}.</i></p>" for note in run.notes]
     if findings:
         parts += [f"<p><b>{esc(f.title)}.</b> {esc(f.evidence)}. <i>Try:</i> {esc(f.advice)}</p>" for f in findings]
     else:
-        parts.append("<p>No problems found: the loss fell, stayed finite, and nothing looks unusual.</p>")
+        parts.append(f"<p>{esc(doctor.verdict(run).capitalize())}</p>")
     parts.append("<h2>Curves</h2>")
     parts.append(curves(run))
     model_rows = [[k, json.dumps(v)] for k, v in cfg.get("model", {}).items()]
@@ -187,6 +188,9 @@ def build_report(run_dir, prompt=None):
 def write_report(run_dir, out=None, prompt=None):
     out = Path(out) if out else Path(run_dir) / "report.html"
     text = build_report(run_dir, prompt)
-    with atomic_file(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    try:
+        with atomic_file(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:  # a full disk, say; atomic_file has removed its temporary and left `out` as it was
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     return out
