@@ -3,7 +3,7 @@
 For every 2-D weight matrix inside the network (muon_params says which), one step is
     B <- mu B + G                                   (momentum, buffer starts at 0)
     U <- G + mu B   (nesterov)   or   U <- B
-    O <- NewtonSchulz5(U)                           (~ the nearest semi-orthogonal matrix, U V^T of U's SVD)
+    O <- NewtonSchulz5(U)                           (~ the semi-orthogonal factor of U's polar decomposition)
     p <- p * (1 - lr wd)                            (decoupled decay; wd 0 by default, as published)
     p <- p - lr * sqrt(max(1, fan_out / fan_in)) * O
 Every other parameter (embeddings, the output head, gains, biases) takes AdamW's step with
@@ -11,9 +11,9 @@ the run's AdamW settings, through an inner optim.AdamW over those parameters onl
 
 Orthogonalising replaces the update's singular values by ~1 and keeps its singular vectors,
 so no direction of a matrix's update dominates the others. The published recipe keeps the
-embedding and the head in AdamW: a lookup table's rows are not a linear map of the hidden
-state, and the head maps onto the vocabulary, whose rare rows should not move as much as
-common ones.
+embedding and the head in AdamW, which it found to train them better; an embedding's rows are
+looked up one at a time, not applied as a linear map of the hidden state, so an orthogonal
+update means nothing for it.
 
 Differences from the published code, neither of which changes the mathematics:
 - its Newton-Schulz runs in bfloat16 on a GPU; ours runs in the parameter dtype (float32 or
