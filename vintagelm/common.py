@@ -189,3 +189,84 @@ def read_json(path, what="file"):
         raise UserError(f"{what} {path} is not valid JSON ({e}); re-create it") from None
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to be one of ours; re-create it") from None
+
+
+PROBE = "write-probe"  # the small file check_output_folder writes and removes (a hidden temporary)
+
+
+def check_output_folder(path, ours, what="--out"):
+    """The folder a command is about to write into, checked before any work starts -> its
+    resolved Path (a link to a folder is followed, so the folder itself is written, not the link).
+
+    `ours(folder)` returns the names in an existing folder that this command wrote there (an
+    earlier run of it), or raises its own UserError; any other name is the user's and the folder
+    is refused, naming it. A missing folder is created. Then a small file is written in it and
+    removed, so that a read-only folder or a full disk fails now rather than after the work.
+    Every refusal is a one-line UserError: a file, under a file, cannot be created, not ours."""
+    folder = Path(os.path.realpath(path))  # (not Path.resolve: a link loop would raise there)
+    try:
+        refuse_unusable_folder(folder, ours, f"{what} {path}")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # /proc/x, a folder we may not list or enter
+        raise UserError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    probe_writable(folder, f"{what} {path}")
+    return folder
+
+
+def refuse_unusable_folder(folder, ours, what):
+    """A UserError when `folder` is a file, lies under a file, or holds files that are not
+    ours(folder) (named, up to 3); an OSError when it cannot be looked at."""
+    restore_interrupted(folder)  # an atomic_dir swap killed halfway: the old folder comes back first
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} is a file; give a folder")
+    blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{what} is under {blocker}, which is a file; give a folder")
+    if folder.is_dir():
+        remove_stale_temporaries(folder / PROBE)
+        foreign = foreign_files(folder, ours)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"{what} holds files vintagelm did not write ({shown}); choose a new folder or empty it")
+
+
+def foreign_files(folder, ours):
+    """The sorted names in `folder` that are not ours(folder): a link is never ours (we make
+    none), and the hidden temporary of one of our files (a write that was killed) is ours."""
+    mine = set(ours(folder))
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.is_symlink() or (p.name not in mine and temporary_of(p.name) not in mine | {PROBE}))
+
+
+def temporary_of(name):
+    """The file whose temporary (temporary_prefix: .NAME.PID.XXXX.tmp) `name` is, else None."""
+    parts = name[1:-len(".tmp")].rsplit(".", 2) if name.startswith(".") and name.endswith(".tmp") else []
+    return parts[0] if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def probe_writable(folder, what):
+    """Write a few KiB in `folder` and remove them: a one-line UserError naming `what` when the
+    folder is read-only or its disk is full (a full disk refuses the data, not the empty file)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(Path(folder) / PROBE), suffix=".tmp", dir=folder)
+        try:
+            os.write(fd, bytes(4096))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write in {what}: {e.strerror or e}") from None
+
+
+@contextmanager
+def disk_errors(path):
+    """Turn what a disk says when it refuses a write in the body (full, over quota, read-only,
+    file too large) into a one-line UserError naming `path`; any other OSError stays a bug."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            raise
+        raise UserError(f"cannot write {path}: {e.strerror}") from None

@@ -2,7 +2,10 @@
 
 Each experiment is one module here with TITLE, HELP, add_arguments(parser) and
 run(args, page) (page: page.LabPage). A module imports nothing heavy at import time (NumPy,
-the model, matplotlib come inside `run`), so `vintage --help` stays fast.
+the model, matplotlib come inside `run`), so `vintage --help` stays fast. An experiment writes
+files only under page.out_dir (its run folders, for instance): while it runs that is a private
+folder, which replaces --out when the page is complete (page.py), so whatever it writes there
+belongs to the page.
 """
 # experiment name -> module under vintagelm.lab (in the order `vintage lab --help` lists them)
 EXPERIMENTS = {

@@ -95,8 +95,8 @@ def run(args, page):
     unigram = unigram_entropy(data.val, V)
     label_runs(measured, math.log(V), unigram)
     if not any(m["batch_size"] == B0 and not m["diverged"] for m in measured):
-        raise UserError(f"every learning rate diverged at batch {B0} (runs in {page.out_dir / 'runs'}); "
-                        f"add smaller ones with --lrs")
+        # (no folder to point at: a failed experiment's staged page, runs/ included, is removed)
+        raise UserError(f"every learning rate diverged at batch {B0}; add smaller ones with --lrs")
 
     sweep = sorted((m for m in measured if m["batch_size"] == B0), key=lambda m: m["lr"])
     by_batch = {B: sorted((m for m in measured if m["batch_size"] == B and m["lr"] in size["grid_lrs"]),

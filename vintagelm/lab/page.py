@@ -8,6 +8,13 @@
     page.say(f"Naive attention's memory grows as T^{a:.2f} ...")            # a sentence of the reading
     page.write()
 
+`vintage lab` checks its --out before the experiment starts (check_out) and runs the experiment
+inside page.staged(folder): everything (figures, results.json, index.html, runs/) is written into a
+private folder beside --out, which replaces --out in one swap when the page is complete. A failed
+experiment, a kill or a full disk leaves an earlier page whole. results.json carries a mark (MARK:
+the experiment and every file the page wrote), by which a later run knows the folder is its own to
+replace; a folder holding anything else is the user's and is refused.
+
 index.html is self-contained: the PNGs are inlined as data: URLs and nothing is fetched, so it
 opens from disk, in any browser, with no server and no network. Every number in results.json
 must be finite (a NaN is a failed measurement, never a result), except where the experiment
@@ -17,10 +24,16 @@ import base64
 import html
 import json
 import math
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from vintagelm.common import UserError, atomic_file, write_json_atomic
+from vintagelm.common import (UserError, atomic_dir, atomic_file, check_output_folder, foreign_files,
+                              probe_writable, write_json_atomic)
+
+MARK = "vintagelm_lab"  # results.json key: {"version", "experiment", "files"}: a lab page wrote this folder
+VERSION = 1
 
 
 def matplotlib_pyplot():
@@ -42,7 +55,7 @@ class LabPage:
         self.figures = []  # (file name, caption)
         self.tables = []  # (caption, header, rows)
         self.sentences = []
-        self._figs = {}  # the folder is made by write(): a failed experiment leaves none behind
+        self._figs = {}
 
     def figure(self, name, caption, ncols=1, size=(6.4, 4.0)):
         """A new matplotlib figure saved as NAME.png by write() -> (fig, axes)."""
@@ -58,8 +71,19 @@ class LabPage:
     def say(self, sentence):
         self.sentences.append(sentence)
 
+    @contextmanager
+    def staged(self, folder):
+        """Run the body (the experiment, then write()) with this page writing into a private
+        folder beside `folder`, which replaces `folder` when the body succeeds (common.atomic_dir).
+        `folder` must have passed check_out."""
+        with atomic_dir(folder, is_ours=lambda f: not foreign_files(f, own_files(self.name, folder))) as tmp:
+            tmp.mkdir()
+            self.out_dir = tmp
+            yield
+        self.out_dir = Path(folder)
+
     def write(self):
-        """Save every figure, results.json and index.html -> the index.html path."""
+        """Save every figure, results.json (with the MARK) and index.html -> the index.html path."""
         plt = matplotlib_pyplot()
         check_finite(self.results)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +94,9 @@ class LabPage:
             plt.close(fig)
         self._figs.clear()
         self.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        # every file in the folder is this page's: staged() gives the experiment a private one
+        files = {p.name for p in self.out_dir.iterdir()} | {"results.json", "index.html"}
+        self.results[MARK] = {"version": VERSION, "experiment": self.name, "files": sorted(files)}
         write_json_atomic(self.out_dir / "results.json", self.results)
         index = self.out_dir / "index.html"
         with atomic_file(index) as tmp:
@@ -140,6 +167,52 @@ def check_finite(value, where="results"):
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             check_finite(v, f"{where}[{i}]")
+
+
+def check_out(out, name):
+    """`vintage lab NAME --out OUT`, checked before the experiment runs -> the folder to stage.
+
+    OUT may be new, empty, or a page of the same experiment (its results.json's MARK lists every
+    file in it); anything else is refused in one line. The staged folder is made beside OUT and
+    swapped in by renames, so the folder above OUT must be writable and OUT not a mount point."""
+    missing = not os.path.lexists(out)
+    folder = check_output_folder(out, own_files(name, out))
+    if folder.is_mount():
+        raise UserError(f"--out {out} is a mount point; give a folder inside it (the lab swaps in a new folder)")
+    probe_writable(folder.parent, f"the folder above --out {out} (the page is made there, then moved in)")
+    if missing:
+        folder.rmdir()  # the staged page becomes it: a failed experiment leaves no empty folder behind
+    return folder
+
+
+def own_files(name, out):
+    """ours() for check_output_folder: the names a page of experiment `name` wrote in a folder,
+    as its MARK lists them (none for a folder no page marked); a page of another experiment is
+    refused rather than replaced."""
+    def ours(folder):
+        mark = page_mark(folder)
+        if mark is None:
+            return ()
+        if mark["experiment"] != name:
+            raise UserError(f"--out {out} holds the page of `vintage lab {mark['experiment']}`; choose another folder")
+        return mark["files"]
+
+    return ours
+
+
+def page_mark(folder):
+    """The MARK of folder/results.json when a lab page wrote it, else None (no such file, a link,
+    not JSON, no mark, another version)."""
+    file = Path(folder) / "results.json"
+    if file.is_symlink() or not file.is_file():
+        return None
+    try:
+        mark = json.loads(file.read_text(encoding="utf-8")).get(MARK)
+    except (OSError, ValueError, RecursionError, AttributeError):  # AttributeError: not a JSON object
+        return None
+    valid = (isinstance(mark, dict) and mark.get("version") == VERSION and isinstance(mark.get("experiment"), str)
+             and isinstance(mark.get("files"), list) and all(isinstance(f, str) for f in mark["files"]))
+    return mark if valid else None
 
 
 def load_results(out_dir):
