@@ -86,22 +86,31 @@ def cache_dir(path=None):
     return Path(path) if path is not None else cache_root() / "gutenberg"
 
 
-def download(book_id, *, cache=None, base_url=None, timeout=TIMEOUT_S):
+def mirror_url(base_url=None):
+    """The site books come from: `base_url`, else $VINTAGELM_GUTENBERG_URL, else
+    https://www.gutenberg.org (no trailing slash)."""
+    return (base_url or os.environ.get("VINTAGELM_GUTENBERG_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def download(book_id, *, cache=None, base_url=None, timeout=TIMEOUT_S, before_request=None):
     """Path of the raw text of Project Gutenberg book `book_id`, downloading it on first use.
 
-    `base_url` (default $VINTAGELM_GUTENBERG_URL, else https://www.gutenberg.org) is tried with
-    each of URL_FORMS in turn; the first answer that is plain text is written atomically to
-    `cache_dir(cache)/pg{id}.txt`, and later calls read that file without touching the network.
+    `mirror_url(base_url)` is tried with each of URL_FORMS in turn; the first answer that is
+    plain text is written atomically to `cache_dir(cache)/pg{id}.txt`, and later calls read that
+    file without touching the network. `before_request`, if given, is called before each request
+    (the catalog downloader paces its requests with it).
     """
     book_id = int(book_id)
     target = cache_dir(cache) / f"pg{book_id}.txt"
     if target.is_file():
         return target
-    base = (base_url or os.environ.get("VINTAGELM_GUTENBERG_URL") or DEFAULT_BASE_URL).rstrip("/")
+    base = mirror_url(base_url)
     tried = []
     for form in URL_FORMS:
         url = base + form.format(id=book_id)
-        data = _fetch(url, timeout)
+        if before_request is not None:
+            before_request()
+        data = fetch(url, timeout)
         if data is None:
             tried.append(url)
             continue
@@ -114,7 +123,7 @@ def download(book_id, *, cache=None, base_url=None, timeout=TIMEOUT_S):
     )
 
 
-def _fetch(url, timeout):
+def fetch(url, timeout=TIMEOUT_S):
     """Body of `url`, or None when the server has no such file (404/410, or an HTML page in
     place of the text). Network failures are the user's to fix, so they raise UserError."""
     request = urllib.request.Request(url, headers={"User-Agent": "vintagelm"})
