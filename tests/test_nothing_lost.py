@@ -13,8 +13,9 @@ from vintagelm.cli import main
 from vintagelm.common import atomic_dir, restore_interrupted
 from vintagelm.config import resolve_config
 from vintagelm.data.prepare import prepare_dataset
+from vintagelm.rundir import run_lock
 from vintagelm.tokenizers import CharTokenizer
-from vintagelm.train import run_lock, train
+from vintagelm.train import train
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 

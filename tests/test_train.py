@@ -282,6 +282,19 @@ def test_run_directory_errors(tmp_path, dataset_dir):
     assert train(replace(cfg, max_iters=4), resume=True, progress=False, say=quiet).step == 4  # allowed change
 
 
+def test_a_run_that_stops_before_writing_leaves_no_folder(tmp_path, dataset_dir):
+    """The lock comes first (it creates the folder); a run refused after it, here for data too
+    short for its block, removes the folder it made and nothing else."""
+    cfg = tiny_config(tmp_path / "runs" / "new", dataset_dir, block_size=5000)
+    with pytest.raises(UserError, match="fewer than block_size"):
+        train(cfg, progress=False, say=quiet)
+    assert not (tmp_path / "runs" / "new").exists()
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    with pytest.raises(UserError, match="fewer than block_size"):
+        train(replace(cfg, out=str(tmp_path / "runs" / "mine")), progress=False, say=quiet)
+    assert (tmp_path / "runs" / "mine").is_dir()  # not made by the run: kept, with its lock
+
+
 # ---------------------------------------------------------------- data
 def test_a_source_spec_is_prepared_once_then_cached(tmp_path):
     text = write_corpus(tmp_path / "t.txt", n_lines=50)

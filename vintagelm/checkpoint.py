@@ -12,6 +12,11 @@ into place only when every file is complete, so a kill at any moment leaves the 
 checkpoints intact and never a half-written one under a step_ name. Only safetensors and
 JSON are read back: loading cannot run code (no pickle). Anything truncated, corrupt or
 inconsistent is a UserError that names the file.
+
+A step_ entry of checkpoints/ that is a symbolic link was not made here (a checkpoint is always
+a real folder): it is skipped, never loaded as the run's latest and never removed by the
+rotation, and the link itself is left in place (train.py says so once). Removing the run's
+own folders never follows a link inside them either.
 """
 import json
 import re
@@ -67,7 +72,7 @@ def save_checkpoint(run_dir, step, model, optimizer, train_state, tokenizer=None
     }
     final = root / f"step_{step:06d}"
     try:
-        with atomic_dir(final, is_ours=lambda p: (p / "state.json").is_file()) as tmp:
+        with atomic_dir(final, is_ours=lambda p: not p.is_symlink() and (p / "state.json").is_file()) as tmp:
             tmp.mkdir()
             save_file(dict(model.params), tmp / "model.safetensors",
                       metadata={"format": MODEL_FORMAT, "version": FILE_VERSION})
@@ -93,23 +98,34 @@ def remove_dir(path):
 
 
 def remove_leftovers(root):
-    """Hidden temporaries of a save or delete that was killed midway."""
+    """Hidden temporaries of a save or delete that was killed midway. One that is a link (a
+    linked step dir renamed by an older version's rotation) loses the link only."""
     for p in root.glob(".step_*"):
         if p.suffix in (".tmp", ".deleting"):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_symlink():
+                p.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def list_checkpoints(run_dir):
-    """Complete checkpoint directories of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
+    """Complete checkpoint directories of a run, oldest first (links skipped: module docstring)."""
     found = []
-    for p in root.iterdir():
-        m = STEP_DIR.fullmatch(p.name)
-        if m and p.is_dir() and all((p / f).is_file() for f in REQUIRED):
-            found.append((int(m.group(1)), p))
+    for p in step_entries(run_dir):
+        if not p.is_symlink() and p.is_dir() and all((p / f).is_file() for f in REQUIRED):
+            found.append((int(STEP_DIR.fullmatch(p.name).group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def linked_checkpoints(run_dir):
+    """The step_ entries of a run's checkpoints/ that are symbolic links, sorted (skipped)."""
+    return sorted(p for p in step_entries(run_dir) if p.is_symlink())
+
+
+def step_entries(run_dir):
+    """Everything in RUN_DIR/checkpoints/ named like a checkpoint, links included."""
+    root = Path(run_dir) / "checkpoints"
+    return [p for p in root.iterdir() if STEP_DIR.fullmatch(p.name)] if root.is_dir() else []
 
 
 def find_latest(run_dir):
@@ -129,7 +145,8 @@ def resolve_checkpoint(path):
         latest = find_latest(path)
         if latest is None:
             raise UserError(f"run directory {path} has no complete checkpoint in {path / 'checkpoints'}")
-        newer = [p.name for p in sorted((path / "checkpoints").glob("step_*")) if p.is_dir() and p.name > latest.name]
+        newer = [p.name for p in sorted(step_entries(path))
+                 if not p.is_symlink() and p.is_dir() and p.name > latest.name]
         if newer:  # a file was removed by hand: say what is skipped rather than fall back in silence
             print(f"note: {', '.join(newer)} in {path / 'checkpoints'} lacks one of {', '.join(REQUIRED)}; "
                   f"using {latest.name}", file=sys.stderr)

@@ -270,3 +270,35 @@ def disk_errors(path):
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
             raise
         raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def open_nofollow(path, mode="a"):
+    """Open the regular file `path` as open(path, mode, encoding="utf-8") would, for mode "r",
+    "a" or "a+" ("a" and "a+" create it), but never through a symbolic link: a link left where
+    a program writes its own file (a lock, a log) would have it write into, or truncate, the
+    user's file at the other end. A link, a second name (hard link) of a file written to, or
+    something that is not a regular file is a one-line UserError, and nothing is touched.
+    O_NOFOLLOW makes the check and the open one step: no link can be swapped in between."""
+    flags = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+             "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND}[mode]
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for its other end (it is refused below)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if path.is_symlink():
+            raise link_refused(path) from None
+        raise UserError(f"cannot open {path}: {e.strerror or e}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (mode != "r" and info.st_nlink > 1):
+        os.close(fd)
+        what = "has another name (a hard link)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise UserError(f"{path} {what}; this program writes only a file of its own there: remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, encoding="utf-8")
+
+
+def link_refused(path):
+    """The UserError for a symbolic link found where this program keeps a file or folder of its own."""
+    return UserError(f"{path} is a symbolic link (to {os.readlink(path)}); this program does not read or write "
+                     "its own files through links: remove the link (what it points to is left as it is)")

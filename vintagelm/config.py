@@ -327,7 +327,10 @@ def validate(cfg):
 
 def resume_conflicts(saved, new):
     """Fields (other than RESUMABLE ones) where `new` differs from the run's `saved` config,
-    as ['field: run has X, now Y', ...]; the model's vocab_size is the tokenizer's, so skipped."""
+    as ['field: run has X, now Y', ...]; the model's vocab_size is the tokenizer's, so skipped.
+    Two architectures' model fields do not compare: another arch is that one difference."""
+    if saved.arch != new.arch:
+        return [f"arch: run has {saved.arch!r}, now {new.arch!r}"]
     old_d, new_d = saved.to_dict(), new.to_dict()
     old_m, new_m = old_d.pop("model"), new_d.pop("model")
     old_m.pop("vocab_size"), new_m.pop("vocab_size")

@@ -2,8 +2,8 @@
 
 train.py, generate.py, checkpoint.py, evaluate.py and the commands use a model only through
 `LanguageModel`; none of them names GPT. A new architecture is a class with these members,
-registered in ARCHITECTURES under the name its checkpoints record; `vintage train`,
-`sample`, `eval` and checkpoints then work for it unchanged.
+registered in ARCHITECTURES under the name its checkpoints record, with its memory estimate
+in TRAINING_BYTES; `vintage train`, `sample`, `eval` and checkpoints then work for it unchanged.
 """
 import importlib
 from typing import Any, Protocol
@@ -18,6 +18,17 @@ ARCHITECTURES = {
     "mlp": "vintagelm.museum.mlp:MLPLM",
     "rnn": "vintagelm.museum.rnn:RNNLM",
     "lstm": "vintagelm.museum.lstm:LSTMLM",
+}
+
+# architecture -> "module:function" estimating the peak bytes of training it from its config,
+# before anything is allocated: function(config, batch_size, itemsize, train_tokens); see
+# training_bytes. A new architecture registers one here too (memory.check_fits needs it).
+TRAINING_BYTES = {
+    "gpt": "vintagelm.memory:gpt_training_bytes",
+    "ngram": "vintagelm.memory:ngram_training_bytes",
+    "mlp": "vintagelm.museum.mlp:MLPLM.training_bytes",
+    "rnn": "vintagelm.museum.rnn:RNNLM.training_bytes",
+    "lstm": "vintagelm.museum.lstm:LSTMLM.training_bytes",
 }
 
 
@@ -60,8 +71,16 @@ def model_class(architecture):
     """The class registered under `architecture` -> a LanguageModel class; ValueError if none."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    module, name = ARCHITECTURES[architecture].split(":")
-    return getattr(importlib.import_module(module), name)
+    return imported(ARCHITECTURES[architecture])
+
+
+def imported(ref):
+    """"module:name" or "module:Class.attribute" -> that object, its module imported."""
+    module, path = ref.split(":")
+    found = importlib.import_module(module)
+    for name in path.split("."):
+        found = getattr(found, name)
+    return found
 
 
 def model_for(config):
@@ -71,3 +90,12 @@ def model_for(config):
         if type(config) is cls.config_class:
             return cls
     raise ValueError(f"no registered architecture takes a {type(config).__name__}")
+
+
+def training_bytes(config, batch_size, itemsize, train_tokens=0):
+    """Estimated peak memory, in bytes, of training a model of `config` (any registered
+    architecture) with `batch_size` sequences per micro-batch, `itemsize` bytes per number, on
+    `train_tokens` tokens of text (a count model's tables grow with it), made from the config
+    alone, without building the model (TRAINING_BYTES)."""
+    estimate = imported(TRAINING_BYTES[model_for(config).architecture])
+    return estimate(config, batch_size, itemsize, train_tokens)

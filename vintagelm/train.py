@@ -39,15 +39,17 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from vintagelm.checkpoint import find_latest, list_checkpoints, load_checkpoint, read_state, save_checkpoint
-from vintagelm.common import UserError, atomic_file, make_parent, write_json_atomic
-from vintagelm.config import TrainConfig, format_config, resume_conflicts
+from vintagelm.checkpoint import find_latest, linked_checkpoints, load_checkpoint, save_checkpoint
+from vintagelm.common import UserError, make_parent, open_nofollow, write_json_atomic
+from vintagelm.config import format_config, resume_conflicts
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.dist import LOCAL, RankRows, ZeroAdamW, rows_of, world as current_world
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.memory import check_fits
 from vintagelm.models import model_for
 from vintagelm.optim import AdamW, clip_factor, grad_norm, layer_grad_norms, lr_at
+from vintagelm.rundir import (LOCK_FILE, METRICS_FILE, check_run_dir, read_saved_config, refuse_existing_run,
+                              remove_if_unused, run_lock, trim_metrics)
 
 
 # ---------------------------------------------------------------- one step
@@ -282,7 +284,7 @@ class Trainer:
         if self.world.rank == 0:
             row = {"step": self.step, "loss": val["loss"], "lr": 0.0, "grad_norm": 0.0, "val_loss": val["loss"],
                    "val_bpb": val["bits_per_byte"], "tokens_per_s": len(self.data.train) / seconds}
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+            with open_nofollow(self.run_dir / METRICS_FILE) as metrics:
                 metrics.write(json.dumps(row) + "\n")
             self.say(f"counted {len(self.data.train):,} tokens in {seconds:.1f} s: "
                      f"{self.model.num_ngrams():,} n-grams; val loss {val['loss']:.4f}, {val['bits_per_byte']:.3f} bits/byte")
@@ -295,12 +297,12 @@ class Trainer:
         if hasattr(self.model, "fit"):
             return self.count()
         tokens_per_step = cfg.batch_size * cfg.model.block_size
-        val, metrics_file = None, self.run_dir / "metrics.jsonl"
+        val, metrics_file = None, self.run_dir / METRICS_FILE
         # disable=None: a bar only on a terminal, none in a log file
         writer = self.world.rank == 0
         bar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step",
                    disable=None if progress and writer else True, dynamic_ncols=True)
-        metrics = open(metrics_file, "a", encoding="utf-8") if writer else open(os.devnull, "w", encoding="utf-8")
+        metrics = open_nofollow(metrics_file) if writer else open(os.devnull, "w", encoding="utf-8")
         stopping = False  # a stop signal seen by any rank (every rank then stops after the same step)
         with bar, metrics, stop_on_interrupt(self.say) as stop:
             while self.step < cfg.max_iters and not stopping:
@@ -353,137 +355,53 @@ def fmt(loss):
     return "nan" if loss is None else f"{loss:.4f}"
 
 
-def saved_config(run_dir):
-    """The TrainConfig a run was trained with (from its latest checkpoint)."""
-    latest = find_latest(run_dir)
-    if latest is None:
-        raise UserError(f"--resume: no checkpoint to resume in {Path(run_dir) / 'checkpoints'}")
-    state = read_state(latest / "state.json")
-    if "train_config" not in state:
-        raise UserError(f"{latest / 'state.json'} has no train_config; it was not written by `vintage train`")
-    return TrainConfig.from_dict(state["train_config"], source=str(latest / "state.json"))
-
-
-def trim_metrics(file, step):
-    """Drop metrics lines after `step` (written after the checkpoint a run resumes from) and a
-    partial last line, so the file reads as one uninterrupted run."""
-    if not file.is_file():
-        return
-    kept = []
-    for line in file.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    with atomic_file(file) as tmp:
-        tmp.write_text("".join(kept), encoding="utf-8")
-
-
-LOCK_FILE = "train.lock"
-RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", LOCK_FILE)  # what a run dir holds
-
-
-def check_new_run_dir(run_dir):
-    """A fresh run may go into a new or empty folder, or one holding only what an earlier
-    `vintage train` there wrote before its first checkpoint; never into a folder of the user's
-    (its config.json or tokenizer.json would be overwritten)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
-    if foreign or (run_dir / "config.json").is_file() and not is_run_config(run_dir / "config.json"):
-        shown = ", ".join(foreign[:3]) or "config.json"
-        raise UserError(f"--out {run_dir} holds files that are not a vintagelm run ({shown}); choose a new folder")
-
-
-def is_run_config(file):
-    """Whether `file` is a config.json that `vintage train` wrote (a training config)."""
-    try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("model"), dict) and "max_iters" in doc
-
-
-@contextmanager
-def run_lock(run_dir):
-    """Hold the run directory's lock while training: a second `vintage train` on the same
-    folder stops with a clear error instead of interleaving checkpoints and metrics. The lock
-    is the kernel's (flock), so it goes away with the process, even after kill -9."""
-    import fcntl
-
-    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise UserError(f"{run_dir} is in use by another vintage train (pid {holder}); wait for it to finish "
-                            "or train into another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
-
-
 def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
     """Train as `cfg` says (resuming the run in cfg.out when `resume`) -> TrainResult.
     Writes cfg.out/config.json, tokenizer.json, metrics.jsonl and checkpoints/.
     dataset: the data to train on (e.g. a chat.dataset.ChatDataset); None resolves cfg.data.
-    Under mpirun every rank calls this; rank 0 alone prepares data, speaks and writes (dist.py)."""
+    Under mpirun every rank calls this; rank 0 alone prepares data, speaks and writes (dist.py).
+
+    The run's lock is taken first (rundir.py), before its saved config, its checkpoints or the
+    data are read, and the memory a step needs is checked before the model is made."""
     world = current_world()
     if world.rank != 0:
         say = lambda msg: None  # noqa: E731
     run_dir = Path(cfg.out)
-    ckpt = None
     if cfg.batch_size % (world.size * cfg.grad_accum):
         raise UserError(f"batch_size {cfg.batch_size} does not divide into {world.size} ranks x grad_accum "
                         f"{cfg.grad_accum}: batch_size is the global batch; make it a multiple of "
                         f"{world.size * cfg.grad_accum}")
-    if resume:
-        conflicts = resume_conflicts(saved_config(run_dir), cfg)
-        if conflicts:
-            raise UserError(f"--resume: these settings differ from the run in {run_dir} ({'; '.join(conflicts)}); "
-                            "only max_iters, the backend and the logging/checkpoint settings may change on resume; "
-                            "drop the other flags or train into a new --out")
-        ckpt = load_checkpoint(find_latest(run_dir), dtype=cfg.dtype, backend=cfg.backend)
-    elif list_checkpoints(run_dir):
-        raise UserError(f"{run_dir} already holds a run (latest {find_latest(run_dir).name}); pass --resume to "
-                        "continue it, or choose a new --out")
-    else:
-        check_new_run_dir(run_dir)
-    world.barrier()  # every rank has checked the folder before rank 0 writes into it
-
-    if dataset is None:
-        if world.rank == 0:  # prepares into the cache once; the others then open what it made
-            dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say)
-        world.barrier()
-        if world.rank != 0:
-            dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, False, say)
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
-    if cfg.arch == "gpt":  # memory.py models the transformer's activations
-        check_fits(cfg.model, cfg.batch_size // (world.size * cfg.grad_accum), np.dtype(cfg.dtype).itemsize)
-    if getattr(cfg.model, "carry_state", False) and cfg.grad_accum > 1:
-        raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
-    dataset.check(cfg.model.block_size)
-    fingerprint = dataset.tokenizer.fingerprint()
-    if ckpt is not None and ckpt.tokenizer is not None and ckpt.tokenizer.fingerprint() != fingerprint:
-        raise UserError(f"--resume: the dataset {dataset.location} uses a different tokenizer than {ckpt.path}")
-    say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
+    check_run_dir(run_dir, resume)
     with run_files(run_dir, world) as writer:
+        # from here on no other train can rotate the checkpoints or rewrite the files read below
+        if resume:
+            check_resumable(run_dir, cfg)
+        else:
+            refuse_existing_run(run_dir)
+        for link in linked_checkpoints(run_dir):
+            say(f"note: {link} is a symbolic link; training neither loads nor removes it")
+        world.barrier()  # every rank has checked the folder before rank 0 writes into it
+        if dataset is None:
+            dataset = shared_dataset(cfg, world, progress, say)
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=dataset.tokenizer.vocab_size))
+        check_trainable(cfg, dataset, world)
+        ckpt = load_checkpoint(run_dir, dtype=cfg.dtype, backend=cfg.backend) if resume else None
+        if ckpt is not None and ckpt.tokenizer is not None and \
+                ckpt.tokenizer.fingerprint() != dataset.tokenizer.fingerprint():
+            raise UserError(f"--resume: the dataset {dataset.location} uses a different tokenizer than {ckpt.path}")
+        say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
         if writer:
             write_json_atomic(run_dir / "config.json", cfg.to_dict())
             dataset.tokenizer.save(run_dir / "tokenizer.json")
         trainer = Trainer(cfg, dataset, ckpt, say, world)
         if resume:
             if writer:
-                trim_metrics(run_dir / "metrics.jsonl", trainer.step)
+                trim_metrics(run_dir / METRICS_FILE, trainer.step)
             say(f"resuming {run_dir} at step {trainer.step} of {cfg.max_iters}")
             if trainer.step >= cfg.max_iters:
                 say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
         elif writer:  # a run that died before its first checkpoint left these rows: not this run's
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
         ranks = f", {world.size} ranks (MPI){', ZeRO-1' if cfg.zero and world.size > 1 else ''}" if world.size > 1 else ""
         say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: {dataset.describe()}, "
             f"vocab {cfg.model.vocab_size}{ranks}")
@@ -493,15 +411,63 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
                        time.perf_counter() - t0)
 
 
+def check_resumable(run_dir, cfg):
+    """A UserError unless `cfg` continues the run in run_dir: the same architecture, and no
+    setting changed but those a resume may change (config.RESUMABLE). Call it holding the lock."""
+    saved = read_saved_config(run_dir)
+    if saved.arch != cfg.arch:
+        raise UserError(f"--resume: the run in {run_dir} is {with_article(saved.arch)}, not {with_article(cfg.arch)}")
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise UserError(f"--resume: these settings differ from the run in {run_dir} ({'; '.join(conflicts)}); "
+                        "only max_iters, the backend and the logging/checkpoint settings may change on resume; "
+                        "drop the other flags or train into a new --out")
+
+
+def with_article(name):
+    """'gpt' -> 'a gpt', 'lstm' -> 'an lstm': "an" before a vowel sound, as a letter's name is
+    read aloud (el, em, en, ar, es, ef, ex, aitch)."""
+    return f"{'an' if name[:1].lower() in 'aefhilmnorsx' else 'a'} {name}"
+
+
+def shared_dataset(cfg, world, progress, say):
+    """cfg.data, resolved (and prepared into the cache when it is a source spec): rank 0 prepares
+    it once, then the other ranks open what it made."""
+    dataset = resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, progress, say) if world.rank == 0 else None
+    world.barrier()
+    return dataset if world.rank == 0 else resolve_dataset(cfg.data, cfg.tokenizer, cfg.vocab_size, False, say)
+
+
+def check_trainable(cfg, dataset, world):
+    """What must hold before the model is made: a step fits in memory (whatever the architecture:
+    models.training_bytes), the settings go together, and the data is long enough."""
+    micro_batch = cfg.batch_size // (world.size * cfg.grad_accum)
+    check_fits(cfg.model, micro_batch, np.dtype(cfg.dtype).itemsize, train_tokens=token_count(dataset.train))
+    if getattr(cfg.model, "carry_state", False) and cfg.grad_accum > 1:
+        raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
+    dataset.check(cfg.model.block_size)
+
+
+def token_count(split):
+    """Tokens in a train split: a prepared dataset's ids (N,), or a chat dataset's (x, y) windows."""
+    return split[0].size if isinstance(split, tuple) else len(split)
+
+
 @contextmanager
 def run_files(run_dir, world):
     """Rank 0 holds the run directory's lock (run_lock) while every rank trains -> whether this
     rank writes the run's files."""
     if world.rank == 0:
+        made = not run_dir.exists()
         make_parent(run_dir / LOCK_FILE)
         with run_lock(run_dir):
-            world.barrier()
-            yield True
+            try:
+                world.barrier()
+                yield True
+            except BaseException:
+                if made:  # stopped before writing anything (bad data, too large): leave no folder behind
+                    remove_if_unused(run_dir)
+                raise
     else:
         world.barrier()  # after rank 0 took the lock: a second job on the same folder fails there first
         yield False

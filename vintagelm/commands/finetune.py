@@ -46,7 +46,8 @@ def run(args):
     from vintagelm.common import UserError
     from vintagelm.config import TrainConfig, resolve_config
     from vintagelm.tokenizers import load_tokenizer
-    from vintagelm.train import saved_config, train
+    from vintagelm.rundir import saved_config
+    from vintagelm.train import train
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<base>-chat")

@@ -36,7 +36,8 @@ def run(args):
     from vintagelm.config import resolve_config
     from vintagelm.dist import world
     from vintagelm.generate import sample_text
-    from vintagelm.train import saved_config, train
+    from vintagelm.rundir import saved_config
+    from vintagelm.train import train
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<preset>")

@@ -79,6 +79,11 @@ class MuseumModel:
     def param_shapes(config):
         raise NotImplementedError
 
+    @classmethod
+    def param_count(cls, config):
+        """Parameters a model of `config` has, counted from its shapes (nothing allocated)."""
+        return sum(math.prod(s) for s in cls.param_shapes(config).values())
+
     def train(self, mode=True):
         """Dropout (and, for a recurrent model, carried state) on, or off. Returns self."""
         self.training = mode
@@ -152,10 +157,24 @@ class RecurrentLM(MuseumModel):
     """
 
     n_state = 1
+    n_gates = 1  # pre-activations per hidden unit: 1 (Elman: tanh), 4 (LSTM: i, f, o, g)
 
     def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):
         super().__init__(config, seed, dtype, backend)
         self.state = None  # the carried state (training with carry_state only)
+
+    @classmethod
+    def training_bytes(cls, config, batch_size, itemsize, train_tokens=0):
+        """Estimated peak bytes of one training step, from the config alone (memory.check_fits,
+        models.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
+        and v) and, at every position of the batch, what forward keeps for backward and
+        backward makes: per layer the input products, gate values and their gradients
+        (n_gates C numbers each) and about six C-wide arrays (states, cells, dropout, the
+        input's gradient), then the head's logits, probabilities and their gradient (V each).
+        The length of the text (train_tokens) plays no part."""
+        C, L, V = config.n_embd, config.n_layer, config.vocab_size
+        per_position = L * (3 * cls.n_gates * C + 6 * C) + 3 * V
+        return itemsize * (4 * cls.param_count(config) + batch_size * config.block_size * per_position)
 
     def reset_state(self):
         """Forget the carried state: the next training forward starts from zeros."""

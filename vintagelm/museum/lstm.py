@@ -124,6 +124,7 @@ class LSTMLM(RecurrentLM):
     architecture = "lstm"  # the name checkpoints record (models.py)
     config_class = LSTMConfig
     n_state = 2  # (h, c)
+    n_gates = 4  # i, f, o, g
 
     @staticmethod
     def param_shapes(config):

@@ -123,6 +123,18 @@ class MLPLM(MuseumModel):
             shapes["direct.weight"] = (nE, V)
         return shapes
 
+    @classmethod
+    def training_bytes(cls, config, batch_size, itemsize, train_tokens=0):
+        """Estimated peak bytes of one training step, from the config alone (memory.check_fits,
+        models.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
+        and v) and, at every position of the batch, the n E-wide context, its gradient and the
+        embeddings' copy; the tanh layer's pre-activation, output, dropout and their gradients
+        (H each); the logits, probabilities and their gradient (V each, one more with direct
+        connections). The length of the text (train_tokens) plays no part."""
+        nE, H, V = config.context * config.n_embd, config.hidden, config.vocab_size
+        per_position = 3 * nE + 6 * H + (4 if config.direct else 3) * V
+        return itemsize * (4 * cls.param_count(config) + batch_size * config.block_size * per_position)
+
     def _init_weights(self, rng):
         """Embeddings N(0, 1); every matrix U(±1/sqrt(fan_in)) (torch's Linear default), so a
         tanh pre-activation starts with variance about 1/3 (its linear range); biases 0."""
