@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.config import resolve_config
+from vintagelm.train_config import resolve_config
 from vintagelm.model import GPTConfig
 
 BENCHMARKS = Path(__file__).resolve().parent

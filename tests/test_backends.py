@@ -9,7 +9,7 @@ import pytest
 
 from vintagelm import GPT
 from vintagelm import backend as backends
-from vintagelm.config import tiny_model
+from vintagelm.train_config import tiny_model
 from vintagelm.optim import AdamW, clip_factor, grad_norm
 
 

@@ -13,7 +13,7 @@ from verse import WORDS
 from vintagelm.chat.dataset import load_chat_dataset
 from vintagelm.checkpoint import load_checkpoint
 from vintagelm.cli import main
-from vintagelm.config import resolve_config
+from vintagelm.train_config import resolve_config
 from vintagelm.evaluate import evaluate_batches, token_byte_lengths
 from vintagelm.train import train
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from vintagelm import models
+from vintagelm import architectures
 from vintagelm.checkpoint import load_checkpoint, save_checkpoint
 from vintagelm.generate import generate
 from vintagelm.gradcheck import TOLERANCE, central_differences, relative_error
@@ -57,7 +57,7 @@ def batch(B, T, seed, n_ignored=2):
 @pytest.fixture
 def museum_registered(monkeypatch):
     for arch, cls in CLASSES.items():
-        monkeypatch.setitem(models.ARCHITECTURES, arch, f"{cls.__module__}:{cls.__name__}")
+        monkeypatch.setitem(architectures.ARCHITECTURES, arch, f"{cls.__module__}:{cls.__name__}")
 
 
 # ---------------------------------------------------------------- gradients vs finite differences
@@ -348,9 +348,9 @@ def test_trains_checkpoints_and_generates(case, museum_registered, tmp_path):
     overrides, lr = TRAIN[case]
     chars = sorted(set(TEXT))
     ids = np.array([chars.index(ch) for ch in TEXT])
-    cls = models.model_class(arch)
+    cls = architectures.model_class(arch)
     config = cls.config_class(**{**SMALL[arch], "vocab_size": len(chars), "block_size": 16, **overrides})
-    model = models.model_for(config)(config, seed=0)  # float32, the default
+    model = architectures.model_for(config)(config, seed=0)  # float32, the default
     optimizer = AdamW(model.params, lr=lr, betas=(0.9, 0.99))
     B, T, rng = 4, 16, np.random.default_rng(0)
     stream = len(ids) // B  # carry_state: row b reads its own quarter of the text, window after window

@@ -10,7 +10,7 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from vintagelm import models
+from vintagelm import architectures
 from vintagelm.checkpoint import load_checkpoint, save_checkpoint
 from vintagelm.cli import main
 from vintagelm.common import UserError
@@ -211,7 +211,7 @@ def test_config_checks_and_json_round_trip():
 # ---------------------------------------------------------------- the loops
 @pytest.fixture
 def ngram_registered(monkeypatch):
-    monkeypatch.setitem(models.ARCHITECTURES, "ngram", "vintagelm.museum.ngram:NgramLM")
+    monkeypatch.setitem(architectures.ARCHITECTURES, "ngram", "vintagelm.museum.ngram:NgramLM")
 
 
 def test_checkpoint_round_trip(ngram_registered, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from vintagelm import GPT, GPTConfig, UserError
 from vintagelm.cli import main
 from vintagelm.common import atomic_dir, restore_interrupted
-from vintagelm.config import resolve_config
+from vintagelm.train_config import resolve_config
 from vintagelm.data.prepare import prepare_dataset
 from vintagelm.rundir import run_lock
 from vintagelm.tokenizers import CharTokenizer

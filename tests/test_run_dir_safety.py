@@ -19,8 +19,8 @@ from verse import verse
 from vintagelm import memory
 from vintagelm.cli import main
 from vintagelm.common import UserError
-from vintagelm.config import resolve_config, resume_conflicts
-from vintagelm.models import ARCHITECTURES, model_class, training_bytes
+from vintagelm.train_config import resolve_config, resume_conflicts
+from vintagelm.architectures import ARCHITECTURES, model_class, training_bytes
 from vintagelm.rundir import run_lock
 from vintagelm.train import train
 

@@ -16,7 +16,7 @@ from verse import WORDS
 from vintagelm import GPT, GPTConfig
 from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.common import UserError
-from vintagelm.config import resolve_config
+from vintagelm.train_config import resolve_config
 from vintagelm.data.prepare import prepare_dataset
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import evaluate_split

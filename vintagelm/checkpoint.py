@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from vintagelm.common import UserError, atomic_dir, read_json
-from vintagelm.models import model_class
+from vintagelm.architectures import model_class
 
 FORMAT = "vintagelm-checkpoint"  # state.json
 VERSION = 1
@@ -45,7 +45,7 @@ REQUIRED = ("model.safetensors", "optimizer.safetensors", "state.json")
 class Checkpoint:
     path: Path  # the step_NNNNNN directory
     step: int  # optimizer steps completed
-    model: object  # a models.LanguageModel, parameters and dropout RNG state restored
+    model: object  # a architectures.LanguageModel, parameters and dropout RNG state restored
     tokenizer: object  # vintagelm tokenizer, or None when the checkpoint has none
     optimizer_state: dict  # name -> array for optimizer.load_state_dict (None if not loaded)
     state: dict  # state.json as read

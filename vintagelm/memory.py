@@ -2,7 +2,7 @@
 allocated, so an impossible size is a one-line error instead of a MemoryError minutes in, or
 the kernel's OOM killer picking a process.
 
-Every architecture has its own count (models.TRAINING_BYTES); the GPT's and the n-gram's are
+Every architecture has its own count (architectures.TRAINING_BYTES); the GPT's and the n-gram's are
 here, the museum's neural models' next to their parameters (museum/mlp.py, museum/common.py).
 
 A GPT step holds four copies of the parameters (weights, gradients, AdamW's m and v) and,
@@ -13,7 +13,7 @@ probabilities (the naive and blocked forms keep them; tiled keeps none).
 import os
 
 from vintagelm.common import UserError
-from vintagelm.models import training_bytes
+from vintagelm.architectures import training_bytes
 
 ACTIVATIONS_PER_LAYER = 17  # (B, T, C) arrays kept per layer for backward (see above)
 USABLE = 0.8  # of physical memory: the OS and the rest of the process need some

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vintagelm.backend import load_ops, resolve_backend
-from vintagelm.configio import ConfigIO
+from vintagelm.checked_config import ConfigIO
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.embedding import sinusoidal_table
 
@@ -115,7 +115,7 @@ def flat_views(flat, shapes):
 class GPT:
     """A GPT language model in NumPy. See the module docstring for parameter names."""
 
-    architecture = "gpt"  # the name checkpoints record (models.py)
+    architecture = "gpt"  # the name checkpoints record (architectures.py)
     config_class = GPTConfig
 
     def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vintagelm.checkpoint import find_latest, read_state
 from vintagelm.common import UserError, atomic_file, link_refused, open_nofollow
-from vintagelm.config import TrainConfig
+from vintagelm.train_config import TrainConfig
 from vintagelm.dist import world as current_world
 
 LOCK_FILE = "train.lock"

@@ -41,12 +41,12 @@ from tqdm import tqdm
 
 from vintagelm.checkpoint import find_latest, linked_checkpoints, load_checkpoint, save_checkpoint
 from vintagelm.common import UserError, make_parent, open_nofollow, write_json_atomic
-from vintagelm.config import format_config, resume_conflicts
+from vintagelm.train_config import format_config, resume_conflicts
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.dist import LOCAL, RankRows, ZeroAdamW, rows_of, world as current_world
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.memory import check_fits
-from vintagelm.models import model_for
+from vintagelm.architectures import model_for
 from vintagelm.optim import AdamW, clip_factor, grad_norm, layer_grad_norms, lr_at
 from vintagelm.rundir import (LOCK_FILE, METRICS_FILE, check_run_dir, read_saved_config, refuse_existing_run,
                               remove_if_unused, run_lock, trim_metrics)
@@ -135,7 +135,7 @@ class TrainResult:
     step: int  # steps completed
     interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
     val: dict  # the last evaluation (evaluate_batches' dict), or None
-    model: object  # a models.LanguageModel
+    model: object  # a architectures.LanguageModel
     tokenizer: object
     seconds: float
 

@@ -33,7 +33,7 @@ def run(args):
     import numpy as np
 
     from vintagelm.common import UserError, print0
-    from vintagelm.config import resolve_config
+    from vintagelm.train_config import resolve_config
     from vintagelm.dist import world
     from vintagelm.generate import sample_text
     from vintagelm.rundir import saved_config

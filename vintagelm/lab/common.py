@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from vintagelm.data.loader import get_batch
 from vintagelm.evaluate import evaluate_batches, token_byte_lengths
-from vintagelm.models import model_for
+from vintagelm.architectures import model_for
 from vintagelm.optim import AdamW, layer_grad_norms, lr_at
 from vintagelm.train import training_step
 

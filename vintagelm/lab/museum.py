@@ -1,6 +1,6 @@
 """museum: the language models before the transformer, on the same text, budget and measuring stick.
 
-Five architectures (models.ARCHITECTURES) get the same wall-clock budget on the same corpus
+Five architectures (architectures.ARCHITECTURES) get the same wall-clock budget on the same corpus
 (builtin Shakespeare, character level) and are measured in bits per byte on the same
 validation windows:
     ngram   interpolated Kneser-Ney counts (museum/ngram.py). Its "training" is model.fit()
@@ -135,7 +135,7 @@ def run(args, page):
 
 # ---------------------------------------------------------------- models and training
 def make_config(arch, vocab_size, block_size, fields):
-    from vintagelm.models import model_class
+    from vintagelm.architectures import model_class
 
     return model_class(arch).config_class(vocab_size=vocab_size, block_size=block_size, **fields)
 
@@ -190,7 +190,7 @@ def train_for(config, data, size, seed, byte_lengths, backend, progress):
     import numpy as np
 
     from vintagelm.lab.common import validate
-    from vintagelm.models import model_for
+    from vintagelm.architectures import model_for
     from vintagelm.optim import AdamW
     from vintagelm.train import training_step
 
@@ -317,7 +317,7 @@ def state_gradient_norms(model, x, y):
     The weight gradients it accumulates on the way are those of a float64 copy, thrown away."""
     import numpy as np
 
-    from vintagelm.models import model_for
+    from vintagelm.architectures import model_for
 
     if model.config.n_layer != 1:
         raise ValueError("state_gradient_norms reads a one-layer recurrent model")
@@ -343,7 +343,7 @@ def vanishing_gradients(model, config, data, n_windows, seed):
     time on n_windows fixed validation windows of block_size."""
     import numpy as np
 
-    from vintagelm.models import model_for
+    from vintagelm.architectures import model_for
 
     x, y = data.batch("val", n_windows, config.block_size, np.random.default_rng([seed, 5]))
     out = {"window": config.block_size, "windows": n_windows}
@@ -405,7 +405,7 @@ def generation_cost(trained, configs, text, repeats, seed, backend):
 
     import numpy as np
 
-    from vintagelm.models import model_for
+    from vintagelm.architectures import model_for
 
     tokens = np.asarray(text, dtype=np.int64)
     length = len(tokens)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vintagelm.backend import resolve_backend
-from vintagelm.configio import ConfigIO
+from vintagelm.checked_config import ConfigIO
 from vintagelm.model import flat_views
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
@@ -166,7 +166,7 @@ class RecurrentLM(MuseumModel):
     @classmethod
     def training_bytes(cls, config, batch_size, itemsize, train_tokens=0):
         """Estimated peak bytes of one training step, from the config alone (memory.check_fits,
-        models.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
+        architectures.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
         and v) and, at every position of the batch, what forward keeps for backward and
         backward makes: per layer the input products, gate values and their gradients
         (n_gates C numbers each) and about six C-wide arrays (states, cells, dropout, the

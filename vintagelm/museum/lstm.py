@@ -121,7 +121,7 @@ def lstm_backward(dhs, cache, dw_xh, dw_hh, db):
 class LSTMLM(RecurrentLM):
     """An LSTM language model. See the module docstring for the parameters."""
 
-    architecture = "lstm"  # the name checkpoints record (models.py)
+    architecture = "lstm"  # the name checkpoints record (architectures.py)
     config_class = LSTMConfig
     n_state = 2  # (h, c)
     n_gates = 4  # i, f, o, g

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.configio import ConfigIO
+from vintagelm.checked_config import ConfigIO
 from vintagelm.museum.common import MuseumModel, uniform
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
@@ -105,7 +105,7 @@ class TokenHistory:
 class MLPLM(MuseumModel):
     """Bengio's MLP language model. See the module docstring for the parameters."""
 
-    architecture = "mlp"  # the name checkpoints record (models.py)
+    architecture = "mlp"  # the name checkpoints record (architectures.py)
     config_class = MLPConfig
 
     @staticmethod
@@ -126,7 +126,7 @@ class MLPLM(MuseumModel):
     @classmethod
     def training_bytes(cls, config, batch_size, itemsize, train_tokens=0):
         """Estimated peak bytes of one training step, from the config alone (memory.check_fits,
-        models.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
+        architectures.TRAINING_BYTES): four copies of the parameters (weights, gradients, AdamW's m
         and v) and, at every position of the batch, the n E-wide context, its gradient and the
         embeddings' copy; the tanh layer's pre-activation, output, dropout and their gradients
         (H each); the logits, probabilities and their gradient (V each, one more with direct

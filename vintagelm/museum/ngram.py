@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vintagelm.model import flat_views
-from vintagelm.configio import ConfigIO
+from vintagelm.checked_config import ConfigIO
 from vintagelm.museum.common import MuseumModel
 from vintagelm.nn.loss import IGNORE_INDEX
 
@@ -218,7 +218,7 @@ class NgramHistory:
 class NgramLM(MuseumModel):
     """Interpolated modified Kneser-Ney n-gram model. fit(tokens), then forward as any model."""
 
-    architecture = "ngram"  # the name checkpoints record (models.py)
+    architecture = "ngram"  # the name checkpoints record (architectures.py)
     config_class = NgramConfig
 
     def __init__(self, config, seed=0, dtype=np.float64, backend="auto"):

@@ -87,7 +87,7 @@ def elman_backward(dhs, cache, dw_xh, dw_hh, db):
 class RNNLM(RecurrentLM):
     """An Elman RNN language model. See the module docstring for the parameters."""
 
-    architecture = "rnn"  # the name checkpoints record (models.py)
+    architecture = "rnn"  # the name checkpoints record (architectures.py)
     config_class = RNNConfig
     n_state = 1  # (h,)
 

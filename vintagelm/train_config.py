@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError, regular_file
 from vintagelm.model import GPTConfig
-from vintagelm.models import model_class
+from vintagelm.architectures import model_class
 
 DTYPES = ("float32", "float64")
 
@@ -32,7 +32,7 @@ class TrainConfig:
     """Everything a training run needs. The defaults ARE the `tiny` preset."""
 
     model: GPTConfig = field(default_factory=tiny_model)  # the config class of `arch`
-    arch: str = "gpt"  # the architecture (models.ARCHITECTURES): gpt, or the museum's ngram, mlp, rnn, lstm
+    arch: str = "gpt"  # the architecture (architectures.ARCHITECTURES): gpt, or the museum's ngram, mlp, rnn, lstm
     # data
     data: str = "builtin:shakespeare"  # a source spec (prepared once, then cached) or a prepared dataset folder
     tokenizer: str = "char"  # "char", "bpe" or a tokenizer file; used when preparing a source spec
@@ -111,7 +111,7 @@ def train_fields():
 
 
 def model_config_class(arch):
-    """The config dataclass of architecture `arch` (models.ARCHITECTURES); a UserError naming the
+    """The config dataclass of architecture `arch` (architectures.ARCHITECTURES); a UserError naming the
     known ones for another name."""
     try:
         return model_class(arch).config_class

@@ -1,4 +1,4 @@
-"""The model interface (vintagelm/models.py): an architecture that is not a GPT plugs into
+"""The model interface (vintagelm/architectures.py): an architecture that is not a GPT plugs into
 checkpoints, training steps and generation without any change to those loops. The one here is
 a bigram table (next-token logits from the current token alone), written for this test."""
 from dataclasses import asdict, dataclass, fields
@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pytest
 
-from vintagelm import models
+from vintagelm import architectures
 from vintagelm.checkpoint import load_checkpoint, save_checkpoint
 from vintagelm.generate import generate
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
@@ -95,12 +95,12 @@ class Bigram:
 
 @pytest.fixture
 def bigram_registered(monkeypatch):
-    monkeypatch.setitem(models.ARCHITECTURES, "bigram", f"{__name__}:Bigram")
+    monkeypatch.setitem(architectures.ARCHITECTURES, "bigram", f"{__name__}:Bigram")
 
 
 def test_a_second_architecture_trains_checkpoints_and_generates(bigram_registered, tmp_path):
     config = BigramConfig()
-    model = models.model_for(config)(config, seed=0)
+    model = architectures.model_for(config)(config, seed=0)
     assert isinstance(model, Bigram)
     optimizer = AdamW(model.params, lr=0.1, betas=(0.9, 0.99))
     text = np.array([0, 1, 2, 3, 4, 5, 6] * 20)
@@ -120,6 +120,6 @@ def test_a_second_architecture_trains_checkpoints_and_generates(bigram_registere
 
 def test_an_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown architecture 'transformer-xl'; known: gpt, ngram, mlp, rnn, lstm"):
-        models.model_class("transformer-xl")
+        architectures.model_class("transformer-xl")
     with pytest.raises(ValueError, match="no registered architecture takes a BigramConfig"):
-        models.model_for(BigramConfig())
+        architectures.model_for(BigramConfig())

@@ -12,7 +12,7 @@ from vintagelm import backend
 from vintagelm.backend import default_backend
 from vintagelm.cli import main
 from vintagelm.common import UserError
-from vintagelm.config import PRESETS, RESUMABLE, TrainConfig, format_config, resolve_config, resume_conflicts
+from vintagelm.train_config import PRESETS, RESUMABLE, TrainConfig, format_config, resolve_config, resume_conflicts
 
 
 def write_toml(tmp_path, text):
