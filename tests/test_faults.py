@@ -3,7 +3,9 @@ a one-line error with exit status 2 and no traceback, and a kill -9 at any momen
 nothing (the latest complete checkpoint loads, --resume gives the losses of a run that was
 never stopped; a killed prepare leaves the old dataset or a complete new one).
 
-The kill trials are random; `pytest -m slow` runs many more of them (20 and 16) than the
+Each kill follows a point the process under test shows itself (its Nth metrics line, a file of
+prepare's appearing in its temporary folder), never a sleep, so the trials hold on a machine
+of any speed, however busy. `pytest -m slow` runs many more of them (20 and 16) than the
 default run (3 and 2), and each asserts that most of its kills really cut the work short.
 """
 import json
@@ -22,7 +24,7 @@ from verse import WORDS
 from vintagelm.checkpoint import find_latest, load_checkpoint
 from vintagelm.cli import main
 from vintagelm.common import UserError
-from vintagelm.config import resolve_config, valid_keys
+from vintagelm.train_config import resolve_config, valid_keys
 from vintagelm.data.loader import load_dataset
 from vintagelm.data.prepare import prepare_dataset
 
@@ -321,15 +323,16 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(files, uninterrupted):
     run = files / "terminated"
     proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(0.6 * uninterrupted[1])  # past start-up (the handler is in place), before the end
+    # halfway: the loop runs (its handler is in place) and has steps left
+    assert wait_for(proc, lambda: metrics_lines(run) >= STEPS // 2), proc.communicate()[0]
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130 and "SIGTERM: finishing this step" in out
     stopped_at = int(find_latest(run).name.split("_")[1])
-    assert 0 < stopped_at < STEPS
+    assert STEPS // 2 <= stopped_at < STEPS
     subprocess.run(vintage("train", "--resume", "--data", files / "ds", "--out", run, *TRAIN), check=True,
                    capture_output=True)
-    assert losses(run) == uninterrupted[0]
+    assert losses(run) == uninterrupted
 
 
 # ---------------------------------------------------------------- kill -9
@@ -342,29 +345,63 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in rows}
 
 
-STEPS = 300  # ~1 s in all, a checkpoint every step: a kill lands while one is being written
+def metrics_lines(run_dir):
+    """-> the complete lines of run_dir/metrics.jsonl (one a finished step; a step's line is
+    written just before its checkpoint), or -1 before the training loop has opened it."""
+    try:
+        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return -1
+
+
+def newest_checkpoint(run_dir):
+    """-> the step of the newest checkpoint in place (its folder renamed in), or -1."""
+    return max((int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")), default=-1)
+
+
+HANG_GUARD = 600  # seconds: only a process that hangs takes this long; the pace is always its own
+
+
+def wait_for(proc, seen):
+    """Poll until `seen()` holds -> True, or False when `proc` ends first."""
+    deadline = time.monotonic() + HANG_GUARD
+    while not seen():
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{proc.args} made no progress in {HANG_GUARD} s")
+        time.sleep(0.001)
+    return True
+
+
+STEPS = 300  # a checkpoint every step: a kill lands while one is being written, or between two
 TRAIN = [*TINY, "--max-iters", STEPS, "--set", "checkpoint_interval=1", "--set", "keep_checkpoints=2",
          "--set", "eval_interval=50"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(files):
-    """-> (the losses of a run never stopped, its wall time: the kills land within it)."""
-    started = time.perf_counter()
+    """-> the losses of a run never stopped."""
     subprocess.run(vintage("train", "--data", files / "ds", "--out", files / "whole", *TRAIN), check=True,
                    capture_output=True)
-    return losses(files / "whole"), time.perf_counter() - started
+    return losses(files / "whole")
 
 
 def kill_train_trial(files, uninterrupted, trial):
-    reference, seconds = uninterrupted
-    """-> whether the kill stopped the run before its end."""
+    """kill -9 right after the run shows a step drawn from the first nine tenths done: its
+    metrics line written (the kill lands while that step's checkpoint is being written; a tenth
+    of the trials, as soon as the loop began) or its checkpoint in place (the kill lands in the
+    next step) -> whether the kill stopped the run before its end."""
     run = files / f"killed{trial}"
+    rng = random.Random(trial)
+    after = max(0, rng.randrange(-STEPS // 10, STEPS * 9 // 10))
+    shown = rng.choice([metrics_lines, newest_checkpoint])
     proc = subprocess.Popen(vintage("train", "--data", files / "ds", "--out", run, *TRAIN),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(trial).uniform(0.1, 0.9) * seconds)  # (~1 s here: start-up, then 300 steps)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for(proc, lambda: shown(run) >= after), proc.communicate()[1]
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     latest = find_latest(run)
     interrupted = latest is None or not latest.name.endswith(f"{STEPS:06d}")
     if latest is not None:
@@ -373,7 +410,7 @@ def kill_train_trial(files, uninterrupted, trial):
     else:  # killed before its first checkpoint: a fresh start in the same folder is allowed
         again = vintage("train", "--data", files / "ds", "--out", run, *TRAIN)
     subprocess.run(again, check=True, capture_output=True)
-    assert losses(run) == reference  # bit for bit: resuming is as if it had never stopped
+    assert losses(run) == uninterrupted  # bit for bit: resuming is as if it had never stopped
     return interrupted
 
 
@@ -386,30 +423,47 @@ def test_kill_9_during_training_loses_nothing_20_trials(files, uninterrupted):
     assert sum(kill_train_trial(files, uninterrupted, trial) for trial in range(100, 120)) >= 15
 
 
+# what a kill of prepare follows: the path in its temporary dataset folder that shows a stage
+# begun (trial N takes stage N mod 5). The last one shows a complete dataset, its renames next:
+# the kill may land between them, or after, and the new dataset is in place.
+PREPARE_STAGES = (
+    "",                 # the temporary folder is made; pass 1 reads the sources
+    "documents.jsonl",  # the cleaned text is being staged
+    "tokenizer.json",   # the tokenizer is trained and saved; encoding begins
+    "train.bin",        # the ids are being written
+    "meta.json",        # complete; the renames are next
+)
+
+
 def kill_prepare_trial(files, big_corpus, trial):
+    """kill -9 `vintage prepare` (replacing a dataset) once it shows a stage begun -> whether
+    the old dataset was kept (the kill came before the new one was complete)."""
     out = files / f"prep{trial}"
     prepare_dataset([str(files / "verse.txt")], "char", out, progress=False)
     old = (out / "meta.json").read_text()
-    proc = subprocess.Popen(vintage("prepare", "--source", files / "big.txt", "--tokenizer", "char", "--out", out),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(trial).uniform(0.1, 0.9) * big_corpus)  # within a whole prepare's time
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(vintage("prepare", "--source", big_corpus, "--tokenizer", "char", "--out", out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stage = PREPARE_STAGES[trial % len(PREPARE_STAGES)]
+
+    def stage_begun():
+        return any((nest / out.name / stage).exists() for nest in files.glob(f".{out.name}.{proc.pid}.*.tmp"))
+
+    if wait_for(proc, stage_begun):
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode in (0, -signal.SIGKILL), err  # it finished first only if it was all right
     ds = load_dataset(out)  # the old dataset, or the complete new one: never half of either
     kept_old = (out / "meta.json").read_text() == old
-    assert kept_old or json.loads((out / "meta.json").read_text())["sources"] == [str(files / "big.txt")]
+    assert kept_old or json.loads((out / "meta.json").read_text())["sources"] == [str(big_corpus)]
     assert len(ds.train) > 0
     return kept_old
 
 
 @pytest.fixture(scope="module")
 def big_corpus(files):
-    """A ~3 MB corpus -> the seconds one whole `vintage prepare` of it takes (~0.4 s here)."""
+    """A ~3 MB corpus: each of prepare's stages takes long enough for a poll to see it begun."""
     (files / "big.txt").write_text(verse(60000, seed=1))
-    started = time.perf_counter()
-    subprocess.run(vintage("prepare", "--source", files / "big.txt", "--tokenizer", "char", "--out", files / "big_ds"),
-                   check=True, capture_output=True)
-    return time.perf_counter() - started
+    return files / "big.txt"
 
 
 def test_kill_9_during_prepare_loses_nothing(files, big_corpus):
@@ -423,8 +477,9 @@ def test_kill_9_during_prepare_loses_nothing_16_trials(files, big_corpus):
 
 def test_two_prepares_into_one_folder_leave_one_complete_dataset(files, big_corpus):
     out = files / "twice"
-    procs = [subprocess.Popen(vintage("prepare", "--source", files / src, "--tokenizer", "char", "--out", out),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for src in ("verse.txt", "big.txt")]
+    procs = [subprocess.Popen(vintage("prepare", "--source", src, "--tokenizer", "char", "--out", out),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for src in (files / "verse.txt", big_corpus)]
     codes = [p.wait() for p in procs]
     assert 0 in codes  # at least one finished; the other finished too or refused in one line
     ds = load_dataset(out)

@@ -2,10 +2,12 @@
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
 This file only wires them together and turns a `UserError` into one line on stderr with
-exit status 2. Heavy imports happen inside each `run`, so `vintage --help` stays fast.
+exit status 2, and a reader that closes the pipe early into a quiet exit (status 141, as for any
+program `head` stops). Heavy imports happen inside each `run`, so `vintage --help` stays fast.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from vintagelm.common import UserError, set_blas_threads
@@ -26,6 +28,7 @@ COMMANDS = {
     "report": "report",
     "doctor": "doctor",
 }
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: how a shell reports a program that wrote into a closed pipe
 
 
 def build_parser():
@@ -56,6 +59,28 @@ def abort_other_ranks(code):
 
 
 def main(argv=None):
+    try:
+        try:
+            return run_command(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered goes out here, where a closed pipe is caught
+    except BrokenPipeError:
+        return reader_went_away()
+
+
+def reader_went_away():
+    """The reader of our output closed it (`vintage doctor RUN | head -3`): stop without a word,
+    as a C program killed by SIGPIPE does, and with the status a shell gives that program (what
+    `set -o pipefail` sees). Standard output now points at /dev/null so that the interpreter's
+    own flush at exit does not meet the closed pipe again (the recipe in Python's documentation
+    of the signal module, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    abort_other_ranks(SIGPIPE_STATUS)
+    return SIGPIPE_STATUS
+
+
+def run_command(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
