@@ -116,12 +116,15 @@ def reply_text(page, n):
 
 def wait_for_reply_end(page, n):
     """Wait until the n-th reply has ended (data-state set) -> its state."""
-    page.wait_for_function(f"document.querySelectorAll('[data-testid=reply]')[{n}]?.dataset.state !== undefined")
+    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=reply]')[{n}]?.dataset.state !== undefined")
     return page.get_by_test_id("reply").nth(n).get_attribute("data-state")
 
 
 def wait_for_model_name(page, name):
-    page.wait_for_function(f"document.querySelector('[data-testid=model-name]').textContent === {json.dumps(name)}")
+    # Predicates are functions, not bare expressions: Playwright evaluates a bare expression again at
+    # every poll with eval, which the page's Content-Security-Policy forbids; a function only once.
+    page.wait_for_function(f"() => document.querySelector('[data-testid=model-name]').textContent === "
+                           f"{json.dumps(name)}")
 
 
 # Runs in the page: read the first reply every 10 ms while it streams and, once it has taken

@@ -68,30 +68,37 @@ class ChatModel:
         """[Message, ...] ending with the user's turn -> (ids, turns left out, characters dropped):
         the rendered conversation followed by <|assistant|>, in at most block_size - reserve tokens
         (reserve: room for the reply). The oldest turns after the system message go first, then the
-        system message; a last turn still too long keeps its end."""
+        system message; a last turn still too long keeps its end. Characters dropped are those of
+        the turns kept.
+
+        The turns are taken from the newest back while they fit, so each is encoded at most once,
+        and the turns before the first one that does not fit are never encoded at all: the work
+        grows with the context, not with the length of the conversation."""
         roles, end = special_ids(self.tokenizer)
         budget = max(2, self.block_size - max(1, reserve))
-        dropped, turns = [], []
-        for m in messages:
+
+        def turn(m):
             content, lost = self.encode_text(m.content)
-            dropped.append(lost)
-            turns.append([roles[m.role], *content, end])
-        system = turns[0] if messages and messages[0].role == "system" else []
-        rest = turns[1:] if system else turns
+            return [roles[m.role], *content, end], lost
+
         head, tail = [self.tokenizer.eot_id], [roles["assistant"]]
-
-        def size(kept, sys):
-            return len(head) + len(sys) + sum(len(t) for t in kept) + len(tail)
-
-        left_out = 0
-        while len(rest) > 1 and size(rest, system) > budget:
-            rest, left_out = rest[1:], left_out + 1
-        if system and size(rest, system) > budget:
-            system, left_out = [], left_out + 1
-        ids = head + system + [i for t in rest for i in t] + tail
+        system, system_lost = turn(messages[0]) if messages and messages[0].role == "system" else ([], "")
+        rest = messages[1:] if system else messages
+        kept, lost, room = [], [], budget - len(head) - len(system) - len(tail)  # kept, lost: newest first
+        for m in reversed(rest):
+            t, dropped = turn(m)
+            if kept and len(t) > room:
+                break
+            kept.append(t)
+            lost.append(dropped)
+            room -= len(t)
+        left_out = len(rest) - len(kept)
+        if system and room < 0:  # the newest turn alone does not fit beside it
+            system, system_lost, left_out = [], "", left_out + 1
+        ids = head + system + [i for t in reversed(kept) for i in t] + tail
         if len(ids) > budget:  # one turn longer than the window: keep its end
             ids = head + ids[len(ids) - budget + 1:]
-        return ids, left_out, "".join(dropped)
+        return ids, left_out, system_lost + "".join(reversed(lost))
 
     def chat_rules(self):
         """(banned ids, stop ids) for a chat reply: <|end|> or <|endoftext|> ends it, and no other

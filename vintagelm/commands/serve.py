@@ -1,6 +1,35 @@
 """`vintage serve RUN`: a chat page at http://127.0.0.1:8000/ and an OpenAI-compatible API
 (/v1/chat/completions, /v1/completions, /v1/models) over the run's latest checkpoint."""
+import argparse
+
 HELP = "serve a model: a chat page in the browser and an OpenAI-compatible API (chat and completions)"
+
+
+def port(text):
+    """argparse type: a TCP port, 0 to 65535 (0: any free one)."""
+    from vintagelm.commands import non_negative
+
+    value = non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
+def api_key(text):
+    """argparse type: a key a client can send. HTTP drops spaces around a header's value, so an
+    empty key, or one that starts or ends with a space, could never be given."""
+    if not text or text != text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty key without spaces at its ends "
+                                         "(no client could ever send it)")
+    return text
+
+
+def host_name(text):
+    """argparse type: a bare host name for --allowed-host (no scheme, port or path)."""
+    name = text.strip().lower().rstrip(".")
+    if not name or any(c in name for c in ":/@[] "):
+        raise argparse.ArgumentTypeError(f"must be a host name such as my-box.lan (no scheme or port), got {text!r}")
+    return name
 
 
 def add_arguments(p):
@@ -10,9 +39,14 @@ def add_arguments(p):
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
                         "network, so give --api-key too)")
-    p.add_argument("--port", type=non_negative, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--name", help="the model's name in the API (default: the run folder's name)")
-    p.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on every /v1 request")
+    p.add_argument("--api-key", metavar="KEY", type=api_key,
+                   help="require `Authorization: Bearer KEY` on every /v1 request")
+    p.add_argument("--allowed-host", metavar="NAME", type=host_name, action="append", default=[],
+                   help="a host name clients may reach this server by (repeatable). Requests whose Host header "
+                        "names another site are refused, against DNS rebinding; localhost, IP addresses and "
+                        "--host are always allowed")
     p.add_argument("--parallel", type=positive, default=2, help="replies generated at once (default 2)")
     p.add_argument("--queue", type=non_negative, default=16,
                    help="requests that may wait beyond those; more get 503 with Retry-After (default 16)")
@@ -39,7 +73,8 @@ def run(args):
     chat_model = ChatModel.load(args.run, name=args.name, backend=args.backend)
     settings = Settings(api_key=args.api_key, parallel=args.parallel, queue=args.queue,
                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
-                        default_max_tokens=min(200, args.max_tokens_cap))
+                        default_max_tokens=min(200, args.max_tokens_cap),
+                        allowed_hosts=(args.host, *args.allowed_host))
     app = create_app(chat_model, settings)
     # bind first, so the address printed is one that already accepts connections (and --port 0 works)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -1,25 +1,36 @@
 """`vintage serve`: the chat page and an OpenAI-compatible API over one model (FastAPI).
 
-Routes: GET / (the page), GET /health, GET /v1/models, POST /v1/chat/completions and
-POST /v1/completions (protocol.py holds the wire format). How requests share one model:
-  * a reply is generated in worker threads, one piece of text per call, so the event loop
-    stays free to accept, stream and notice a client that went away;
+Routes: GET / (the page), GET /health, GET /v1/models (each also HEAD), POST /v1/chat/completions
+and POST /v1/completions (protocol.py holds the wire format). How requests share one model:
+  * a request takes its place (or gets a 503 with Retry-After) before any work on its prompt;
+    the prompt is then tokenized, and the reply generated one piece of text per call, in worker
+    threads, so the event loop stays free to accept, stream and notice a client that went away;
   * at most `parallel` replies run at once (they take turns token by token on the model's lock,
-    chat/reply.py); up to `queue` more wait; beyond that a 503 with Retry-After;
-  * a stream whose client disconnects is cancelled between two pieces: its generation stops
-    and its place goes to the next.
+    chat/reply.py); up to `queue` more wait;
+  * a request whose client disconnects, streamed or not, is cancelled between two pieces: its
+    generation stops and its place goes to the next.
+What a web page in the user's browser may do to a server on this machine is limited too: a POST
+must say `Content-Type: application/json` (which a page cannot send to another site without
+asking first), a Host header must name this server (DNS rebinding), and the chat page cannot
+be framed.
 """
 import asyncio
+import base64
+import hashlib
+import ipaddress
 import json
+import re
 import secrets
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib.resources import files
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vintagelm.chat.reply import Reply
 from vintagelm.common import UserError
@@ -29,6 +40,9 @@ from vintagelm.serve.protocol import ApiError
 
 DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 200}  # what the page starts with
 RETRY_AFTER_S = "2"
+# A refused body is still read (and dropped) up to this many bytes: a client that writes its whole
+# body before reading the answer (Python's urllib) then gets the 413, not a reset connection.
+DISCARD_BYTES = 10_000_000
 
 
 @dataclass
@@ -39,6 +53,7 @@ class Settings:
     max_tokens_cap: int = 1024
     max_body_bytes: int = 1_000_000
     default_max_tokens: int = 200  # chat, when a request gives none
+    allowed_hosts: tuple = ()  # host names a Host header may give besides localhost and IP addresses
 
 
 class Admission:
@@ -96,18 +111,71 @@ class ReleasingStream(StreamingResponse):
             self.release()
 
 
+class HostCheck:
+    """ASGI middleware: a request whose Host header names another site is a 400. A web page the
+    user visits can make its own name resolve to 127.0.0.1 (DNS rebinding) and then read this
+    server's answers as its own; its requests still carry its name in Host."""
+
+    def __init__(self, app, allowed_hosts):
+        self.app, self.allowed_hosts = app, {h.lower().rstrip(".") for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host and not self.allowed(host):
+                error = ApiError(400, f"this server does not answer to the host name in `Host: {host}`; start it "
+                                      "with --allowed-host NAME to allow a name", code="invalid_host")
+                await JSONResponse(error.body(), status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def allowed(self, host):
+        """An IP address (no name to rebind), a localhost name (browsers resolve those to this
+        machine themselves), or a name given to the server."""
+        try:
+            name = urlsplit("//" + host).hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        name = name.rstrip(".")
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return name == "localhost" or name.endswith(".localhost") or name in self.allowed_hosts
+
+
+def page_headers(page):
+    """The chat page's headers: it may not be framed (it keeps the API key), and it may run only
+    its own inline script and style (allowed by their hashes) and talk only to this server."""
+    def hashes(tag):
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies)
+
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+              "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": policy, "X-Frame-Options": "DENY"}
+
+
 def create_app(chat_model, settings=None):
     """The ASGI app serving `chat_model` (a chat.reply.ChatModel)."""
     settings = settings or Settings()
     admission = Admission(settings.parallel, settings.queue)
     name, tokenizer = chat_model.name, chat_model.tokenizer
     page = files("vintagelm.serve").joinpath("page.html").read_text(encoding="utf-8")
+    headers_of_page = page_headers(page)
     # no /docs, /redoc or /openapi.json: they load their scripts from a CDN
     app = FastAPI(title="vintagelm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, e):  # nobody reads this answer, and nothing is logged
+        return Response(status_code=499)  # nginx's "client closed request"
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e):
@@ -122,42 +190,58 @@ def create_app(chat_model, settings=None):
                             status_code=500)
 
     def authorize(request):
+        """The `Authorization: Bearer KEY` check: the scheme in any case (RFC 7235), the key exactly."""
         if settings.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # compare_digest on the key, whatever the scheme, so that timing tells nothing about it
+        key_ok = secrets.compare_digest(given.strip().encode(), settings.api_key.encode())
+        if not (key_ok and scheme.lower() == "bearer"):
             raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer <key>`",
                            type="authentication_error", code="invalid_api_key")
 
     async def read_body(request):
-        """The request's JSON, refusing a body over max_body_bytes before reading all of it."""
-        limit = settings.max_body_bytes
+        """An authorized POST's JSON. Refused before its body is read: a wrong key, a Content-Type
+        other than JSON, and a Content-Length over max_body_bytes; a body that grows past that
+        limit is refused as soon as it does. The rest of a refused body is then read and dropped
+        (when it is at most DISCARD_BYTES), so that a client still writing it sees the refusal."""
+        chunks = request.stream()
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            raise ApiError(413, f"the request body has {length} bytes, more than this server's limit of {limit}",
-                           code="request_too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"the request body is larger than this server's limit of {limit} bytes",
-                               code="request_too_large")
+        declared = int(length) if length.isdigit() else None
+        try:
+            authorize(request)
+            check_json_content_type(request)
+            body = await read_limited(chunks, declared, settings.max_body_bytes)
+        except ApiError:
+            if declared is None or declared <= DISCARD_BYTES:
+                await discard(chunks)
+            raise
         try:
             return json.loads(body)
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(page)
+    async def admitted(build):
+        """Take a place (or a 503), then run `build` (tokenizing a prompt: CPU work, as long as
+        the prompt) in a worker thread -> (its result, the function that gives the place back)."""
+        leave = admission.enter()
+        try:
+            return await anyio.to_thread.run_sync(build), leave
+        except BaseException:
+            leave()
+            raise
 
-    @app.get("/health")
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page, headers=headers_of_page)
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": name, "context_length": chat_model.block_size, "active": admission.active,
                 "waiting": admission.in_flight - admission.active, "max_tokens_cap": settings.max_tokens_cap,
                 "api_key_required": settings.api_key is not None, "defaults": DEFAULTS}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request):
         authorize(request)
         return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "vintagelm",
@@ -165,21 +249,23 @@ def create_app(chat_model, settings=None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        authorize(request)
         req = protocol.chat_request(await read_body(request), name, settings.default_max_tokens, settings.max_tokens_cap)
         s = req.sampling
-        try:
-            prompt, _, _ = chat_model.chat_prompt(req.messages, reserve=min(s.max_tokens, chat_model.block_size // 2))
-            reply = make_reply(prompt, s, chat_model.chat_rules())
-        except UserError as e:  # a tokenizer without the role tokens: this model cannot chat
-            raise ApiError(400, str(e), "model") from None
+
+        def chat_reply():
+            try:
+                reserve = min(s.max_tokens, chat_model.block_size // 2)
+                prompt, _, _ = chat_model.chat_prompt(req.messages, reserve=reserve)
+            except UserError as e:  # a tokenizer without the role tokens: this model cannot chat
+                raise ApiError(400, str(e), "model") from None
+            return make_reply(prompt, s, chat_model.chat_rules())
+
+        reply, leave = await admitted(chat_reply)
         meta = {"id": protocol.new_id("chatcmpl"), "created": protocol.now(), "model": name}
-        leave = admission.enter()
         if s.stream:
             return event_stream(chat_chunks(reply, s, meta), leave)
         try:
-            async with admission.running():
-                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+            text = await generated(request, lambda: whole_text(reply))
         finally:
             leave()
         logprobs = protocol.chat_logprobs(tokenizer, reply.tokens) if s.logprobs is not None else None
@@ -187,6 +273,15 @@ def create_app(chat_model, settings=None):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                              "finish_reason": reply.finish_reason}],
                 "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
+
+    async def generated(request, work):
+        """-> await work() (a coroutine function that generates) in one of the `parallel` places;
+        ClientDisconnect as soon as the client leaves, waiting or generating (`work` is cancelled,
+        which stops a generation between two pieces)."""
+        async def in_place():
+            async with admission.running():
+                return await work()
+        return await unless_client_leaves(request, in_place())
 
     async def chat_chunks(reply, s, meta):
         """The events of one streamed chat reply (see protocol.py for the shape)."""
@@ -210,29 +305,35 @@ def create_app(chat_model, settings=None):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        authorize(request)
         req = protocol.completion_request(await read_body(request), name, settings.max_tokens_cap)
         s = req.sampling
-        try:
-            ids = encode_prompt(tokenizer, req.prompt)
-        except UserError as e:
-            raise ApiError(400, str(e), "prompt") from None
-        if req.truncate_prompt_tokens is not None:
-            ids = ids[-req.truncate_prompt_tokens:]
-        if len(ids) > chat_model.block_size:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens, more than the model's context of "
-                                f"{chat_model.block_size}; shorten it or pass truncate_prompt_tokens", "prompt",
-                           code="context_length_exceeded")
-        echoed = tokenizer.decode(ids) if req.echo else ""
+
+        def prompt_ids():
+            try:
+                ids = encode_prompt(tokenizer, req.prompt)
+            except UserError as e:
+                raise ApiError(400, str(e), "prompt") from None
+            if req.truncate_prompt_tokens is not None:
+                ids = ids[-req.truncate_prompt_tokens:]
+            if len(ids) > chat_model.block_size:
+                raise ApiError(400, f"the prompt has {len(ids)} tokens, more than the model's context of "
+                                    f"{chat_model.block_size}; shorten it or pass truncate_prompt_tokens", "prompt",
+                               code="context_length_exceeded")
+            return ids
+
+        ids, leave = await admitted(prompt_ids)
+        # an empty prompt is generated from <|endoftext|> (encode_prompt), which the client never sent
+        echoed = tokenizer.decode(ids) if req.echo and req.prompt else ""
         reply = make_reply(ids, s, chat_model.text_rules())
         meta = {"id": protocol.new_id("cmpl"), "created": protocol.now(), "model": name}
-        leave = admission.enter()
         if s.stream:
             return event_stream(completion_chunks(reply, s, meta, ids, echoed), leave)
+
+        async def scored_then_generated():
+            return await scored_prompt(ids, s, echoed), await whole_text(reply)
+
         try:
-            async with admission.running():
-                prompt_entries = await scored_prompt(ids, s, echoed)
-                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+            prompt_entries, text = await generated(request, scored_then_generated)
         finally:
             leave()
         logprobs = None
@@ -285,6 +386,68 @@ def create_app(chat_model, settings=None):
 
     started = protocol.now()
     return app
+
+
+def check_json_content_type(request):
+    """A POST body must be declared JSON: a web page can send another site a text/plain POST
+    without asking, but not an application/json one (the browser asks the site first)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "the request body must be JSON sent with `Content-Type: application/json`, not "
+                            f"{media_type or 'no Content-Type'}", code="unsupported_media_type")
+
+
+async def read_limited(chunks, declared, limit):
+    """The body from its chunks (request.stream()) -> bytes; a 413 when its declared length or
+    what arrives is over `limit` bytes, as soon as that is known."""
+    if declared is not None and declared > limit:
+        raise ApiError(413, f"the request body has {declared} bytes, more than this server's limit of {limit}",
+                       code="request_too_large")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                           code="request_too_large")
+    return body
+
+
+async def discard(chunks):
+    """Read and drop what is left of a body (request.stream()), at most DISCARD_BYTES of it."""
+    dropped = 0
+    with suppress(ClientDisconnect):  # then the refusal goes to nobody: fine
+        async for chunk in chunks:
+            dropped += len(chunk)
+            if dropped > DISCARD_BYTES:
+                return
+
+
+async def whole_text(reply):
+    return "".join([piece async for piece in pieces(reply)])
+
+
+async def unless_client_leaves(request, work):
+    """-> the result of the coroutine `work`, or ClientDisconnect as soon as the client leaves;
+    `work` is then cancelled and waited for (a piece being generated in a worker thread ends
+    first), so that its places are given back before the request is over."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def disconnected(request):
+    """Return once the client has gone (the request's body must have been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def pieces(reply):

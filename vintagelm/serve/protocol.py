@@ -3,8 +3,11 @@ into plain dataclasses, and the JSON objects of responses and stream chunks.
 
 Every mistake in a request is an ApiError that names the field (`param`), so a client sees
 {"error": {"message", "type", "param", "code"}} with a 4xx, never a 500. Fields a client may
-send that change nothing here (`user`, penalties of 0, ...) are accepted and ignored.
+send that change nothing here (`user`, penalties of 0, an empty `tools` list, ...) are accepted
+and ignored; a field that asks for what this server does not do (a nonzero penalty, tools, a
+response format, logit_bias, best_of, suffix) is a 400 that names it, never silently ignored.
 """
+import json
 import numbers
 import secrets
 import time
@@ -13,6 +16,17 @@ from dataclasses import dataclass, field
 from vintagelm.chat.format import ROLES, Message
 
 MAX_STOPS = 4  # as OpenAI: up to 4 stop strings
+MAX_MESSAGES = 2048  # as OpenAI; far more than any context here holds (each turn takes 2 tokens at least)
+PENALTIES = ("presence_penalty", "frequency_penalty")
+# what this server does not do, each with the values that ask for nothing (those are accepted)
+UNSUPPORTED = {
+    "logit_bias": [{}],
+    "tools": [[]], "tool_choice": ["none", "auto"], "functions": [[]], "function_call": ["none", "auto"],
+    "response_format": [{"type": "text"}],
+    "best_of": [1], "suffix": [""],
+}
+UNSUPPORTED_CHAT = ("logit_bias", "tools", "tool_choice", "functions", "function_call", "response_format")
+UNSUPPORTED_COMPLETIONS = ("logit_bias", "best_of", "suffix")
 MAX_TOP_LOGPROBS = {"chat": 20, "completions": 5}
 
 
@@ -103,6 +117,23 @@ def stop_strings(doc):
     return [s for s in value if s]
 
 
+def refuse_unsupported(doc, names):
+    """A 400 for a nonzero penalty, or for the first of `names` (fields of UNSUPPORTED) that asks
+    for something this server does not do."""
+    for name in PENALTIES:
+        value = doc.get(name)
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, type(None))):
+            raise ApiError(400, f"{name} must be a number, got {value!r}", name)
+        if value:  # NaN too
+            raise ApiError(400, f"{name} is not supported by this server: leave it out or send 0, got {value}", name)
+    for name in names:
+        value = doc.get(name)
+        neutral = UNSUPPORTED[name]
+        if value is not None and not any(type(value) is type(v) and value == v for v in neutral):
+            accepted = " or ".join(json.dumps(v) for v in neutral)
+            raise ApiError(400, f"{name} is not supported by this server: leave it out or send {accepted}", name)
+
+
 def sampling(doc, max_tokens, max_tokens_cap, logprobs):
     if doc.get("n") is not None and doc.get("n") != 1:
         raise ApiError(400, f"n must be 1 (one reply per request), got {doc.get('n')!r}", "n")
@@ -141,6 +172,10 @@ def chat_request(doc, name, default_max_tokens, max_tokens_cap):
     raw = doc.get("messages")
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+    if len(raw) > MAX_MESSAGES:
+        raise ApiError(400, f"messages holds {len(raw)} messages, more than this server's limit of {MAX_MESSAGES}",
+                       "messages")
+    refuse_unsupported(doc, UNSUPPORTED_CHAT)
     messages = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
@@ -173,6 +208,7 @@ def completion_request(doc, name, max_tokens_cap):
         prompt = prompt[0]  # a batch of one
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string (one prompt per request)", "prompt")
+    refuse_unsupported(doc, UNSUPPORTED_COMPLETIONS)
     echo = boolean(doc, "echo")
     max_tokens = integer(doc, "max_tokens", 16, 0)
     if max_tokens == 0 and not echo:
