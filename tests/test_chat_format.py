@@ -125,3 +125,57 @@ def test_evaluation_counts_the_assistant_tokens_only():
     assert result["tokens"] == sum(mask[1:]) and result["loss"] == pytest.approx(loss, rel=1e-12)
     text_bytes = len("And to you.".encode()) + len("None.".encode())  # the two <|end|> are no text
     assert result["bytes"] == text_bytes
+
+
+def chat_line(user="hi", assistant="ho"):
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+
+
+def test_a_lone_surrogate_is_a_bad_line_named_by_its_line_and_skipped(tmp_path):
+    """Fuzz U5: a "\\ud800" escape (half a surrogate pair) became a str that no tokenizer can
+    encode, refused later under its index in the train split and never skipped. It is now a
+    bad line of its own, by its line number, with advice about the escape."""
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join([chat_line(), chat_line(), chat_line("Hello \ud800 there")]) + "\n")
+    with pytest.raises(UserError, match=r"1 bad line\(s\): line 3: message 0 has a lone surrogate '\\ud800'.*"
+                                        r"fix or remove that escape"):
+        read_conversations(path)
+    conversations, skipped = read_conversations(path, skip_bad=True)
+    assert len(conversations) == 2 and skipped == 1
+
+
+def test_a_character_the_tokenizer_never_saw_is_a_bad_line_by_its_line(tmp_path):
+    """Fuzz U5: a character a char tokenizer never saw is named with the file's line number and
+    --skip-bad skips it; the lines kept come back rendered."""
+    tok = CharTokenizer.train(TEXT)
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join([chat_line("Good morrow."), chat_line("What €uros?"), chat_line("None.")]) + "\n")
+    with pytest.raises(UserError, match=r"line 2: characters the base model's tokenizer never saw: '€'; remove them"):
+        read_conversations(path, tokenizer=tok)
+    rendered, skipped = read_conversations(path, skip_bad=True, tokenizer=tok)
+    assert skipped == 1
+    assert rendered == [render(tok, [Message("user", q), Message("assistant", "ho")]) for q in ("Good morrow.", "None.")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_file_is_named_as_utf16(tmp_path, encoding):
+    """Fuzz U6: json.loads(bytes) guessed an encoding per line ("'utf-16-le' codec can't decode
+    ..."); each line is now decoded as UTF-8, and a UTF-16 file is called so at its first line."""
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes(("\n".join([chat_line()] * 3) + "\n").encode(encoding))
+    with pytest.raises(UserError, match=r"chat.jsonl: line 1 is not UTF-8 \(the file looks like UTF-16\)"):
+        read_conversations(path, skip_bad=True)
+
+
+def test_nul_bytes_and_other_encodings_are_bad_lines_that_say_so(tmp_path):
+    """Fuzz U6: a line of NUL bytes gave "'utf-32-be' codec can't decode"; a Latin-1 line and
+    NULs are now named as what they are, a UTF-8 byte-order mark on line 1 is no error."""
+    latin = json.dumps({"messages": [{"role": "user", "content": "caf\u00e9"}]}, ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + chat_line().encode() + b"\n" + b"\0" * 100 + b"\n" + latin + b"\r\n"
+                     + chat_line().encode() + b"\r\n")
+    with pytest.raises(UserError) as e:
+        read_conversations(path)
+    assert "2 bad line(s): line 2: holds NUL bytes" in str(e.value)
+    assert f"line 3: not UTF-8 (byte 0xe9 at byte {latin.index(0xE9)}); save the file as UTF-8" in str(e.value)
+    assert read_conversations(path, skip_bad=True) == ([[Message("user", "hi"), Message("assistant", "ho")]] * 2, 2)

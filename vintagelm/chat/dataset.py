@@ -9,7 +9,7 @@ training loop draws from, `batch`, like data/loader.PreparedDataset.
 from dataclasses import dataclass
 from pathlib import Path
 
-from vintagelm.chat.format import read_conversations, render, training_arrays, windows
+from vintagelm.chat.format import read_conversations, render_encodable, training_arrays, windows
 from vintagelm.common import UserError
 
 PREFIX = "chat:"
@@ -63,34 +63,31 @@ def chat_spec(data):
 
 def load_chat_dataset(spec, tokenizer, block_size, skip_bad=False, log=print):
     """A chat spec -> ChatDataset for windows of block_size tokens."""
+    if not is_chat_spec(spec):
+        raise UserError(f"fine-tuning data must be a chat file (chat:FILE) or {BUILTIN}, not {spec!r}; give the "
+                        "conversations with --data CHAT.jsonl")
     if spec == BUILTIN:
-        from vintagelm.chat.builtin import builtin_conversations
-
-        split, skipped = builtin_conversations(), 0
+        split, skipped = builtin_rendered(tokenizer), 0
     else:
-        conversations, skipped = read_conversations(spec[len(PREFIX):], skip_bad)
+        path = spec[len(PREFIX):]
+        conversations, skipped = read_conversations(path, skip_bad, tokenizer)
         if len(conversations) < 2:
-            raise UserError(f"{spec[len(PREFIX):]} has {len(conversations)} usable conversation(s); fine-tuning needs at "
+            raise UserError(f"{path} has {len(conversations)} usable conversation(s); fine-tuning needs at "
                             "least 2 (one is held out for validation)")
         split = hold_out(conversations)
     if skipped:
         log(f"chat data: skipped {skipped} bad line(s) (--skip-bad)")
     arrays, summary = {}, {"conversations": {}, "windows": {}, "assistant_tokens": {}, "turns_dropped": {},
                            "bad_lines_skipped": skipped}
-    for name, conversations in split.items():
+    for name, rendered in split.items():
         pieces, dropped = [], 0
-        for n, messages in enumerate(conversations, 1):
-            try:
-                ids, mask = render(tokenizer, messages)
-            except UserError as e:  # a char tokenizer that never saw a character of this conversation
-                raise UserError(f"{spec}: {name} conversation {n}: {e}; the base model's tokenizer cannot encode "
-                                "it: remove the character, or train the base run on text that has it") from None
+        for ids, mask in rendered:
             kept, lost = windows(tokenizer, ids, mask, block_size)
             pieces += kept
             dropped += lost
         x, y = training_arrays(pieces, block_size, tokenizer.eot_id)
         arrays[name] = (x, y)
-        summary["conversations"][name] = len(conversations)
+        summary["conversations"][name] = len(rendered)
         summary["windows"][name] = len(pieces)
         summary["assistant_tokens"][name] = int((y >= 0).sum())
         summary["turns_dropped"][name] = dropped
@@ -99,6 +96,22 @@ def load_chat_dataset(spec, tokenizer, block_size, skip_bad=False, log=print):
         log(f"chat data: {dropped} turn(s) longer than the window of {block_size + 1} tokens (or answering one) "
             "were left out")
     return ChatDataset(spec, tokenizer, arrays["train"], arrays["val"], summary)
+
+
+def builtin_rendered(tokenizer):
+    """The builtin conversations, split and rendered -> {split: [(ids, mask), ...]}. Made by our
+    code, so a conversation the tokenizer cannot encode is an error, not a line to skip."""
+    from vintagelm.chat.builtin import builtin_conversations
+
+    split = {}
+    for name, conversations in builtin_conversations().items():
+        split[name] = []
+        for n, messages in enumerate(conversations, 1):
+            try:
+                split[name].append(render_encodable(tokenizer, messages))
+            except ValueError as e:
+                raise UserError(f"{BUILTIN}: {name} conversation {n}: {e}") from None
+    return split
 
 
 def hold_out(conversations):

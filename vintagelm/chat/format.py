@@ -10,6 +10,7 @@ The loss mask is 1 on the assistant's content AND its <|end|>, 0 everywhere else
 learns to answer and to stop, never to write the user's lines (nor to predict a role token,
 which the program, not the model, puts there). Shape legend: T tokens.
 """
+import codecs
 import json
 from dataclasses import dataclass
 
@@ -35,28 +36,67 @@ def parse_conversation(record):
     for i, m in enumerate(record["messages"]):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise ValueError(f'message {i} needs "role" ({", ".join(ROLES)}) and "content" (text)')
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud800" escape on its own: no character at all
+            raise ValueError(f"message {i} has a lone surrogate {e.object[e.start]!r} (a \\u escape that is half "
+                             "of a pair), which is not text; fix or remove that escape") from None
         messages.append(Message(m["role"], m["content"]))
     if not any(m.role == "assistant" for m in messages):
         raise ValueError("no assistant message: nothing to learn from")
     return messages
 
 
-def read_conversations(path, skip_bad=False):
+def read_conversations(path, skip_bad=False, tokenizer=None):
     """A JSONL file -> ([conversation, ...], number of bad lines skipped). A bad line is an error
-    that lists the first few by line number, unless skip_bad, which skips and counts them."""
+    that lists the first few by line number, unless skip_bad, which skips and counts them.
+
+    With a tokenizer, each conversation comes back rendered, as (ids, mask), and one the
+    tokenizer cannot encode is a bad line too. Each line is decoded strictly as UTF-8 here
+    (json.loads of bytes would guess another encoding line by line); a file that looks like
+    UTF-16 is refused at its first line, since every line of it is bad the same way."""
     conversations, bad = [], []
     with open(regular_file(path, "chat file"), "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for lineno, raw in enumerate(f, 1):
+            if looks_like_utf16(raw):
+                raise UserError(f"{path}: line {lineno} is not UTF-8 (the file looks like UTF-16); "
+                                "save it as UTF-8")
             try:
-                conversations.append(parse_conversation(json.loads(line)))
-            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+                line = decode_line(raw, first=lineno == 1)
+                if not line.strip():
+                    continue
+                messages = parse_conversation(json.loads(line))
+                conversations.append(messages if tokenizer is None else render_encodable(tokenizer, messages))
+            except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 bad.append(f"line {lineno}: {e}")
     if bad and not skip_bad:
         shown = "; ".join(bad[:BAD_LINES_SHOWN]) + (f"; and {len(bad) - BAD_LINES_SHOWN} more" if len(bad) > BAD_LINES_SHOWN else "")
         raise UserError(f"{path}: {len(bad)} bad line(s): {shown} (--skip-bad skips them)")
     return conversations, len(bad)
+
+
+def looks_like_utf16(raw):
+    """True for a line of bytes that is UTF-16 text: its byte-order mark, or ASCII with a NUL
+    in every other byte (a line of NULs alone is no text at all, and not taken for UTF-16)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    body = raw.rstrip(b"\r\n")
+    if len(body) < 2:
+        return False
+    shares = sorted(half.count(0) / len(half) for half in (body[0::2], body[1::2]))
+    return shares[0] < 0.1 and shares[1] > 0.5
+
+
+def decode_line(raw, first):
+    """A line's bytes -> str; ValueError saying why it is no JSON text: not UTF-8, or NUL
+    bytes. The first line may begin with UTF-8's byte-order mark."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start}); save the file as UTF-8") from None
+    if "\0" in line:
+        raise ValueError("holds NUL bytes, which a line of JSON text never has")
+    return line
 
 
 def special_ids(tokenizer):
@@ -79,6 +119,26 @@ def render(tokenizer, messages):
         ids += [roles[m.role], *content, end]
         mask += [0] + [learn] * (len(content) + 1)
     return ids, mask
+
+
+def render_encodable(tokenizer, messages):
+    """render(), with a ValueError that names the characters the tokenizer cannot encode (a char
+    tokenizer has only those of the text it was trained on)."""
+    special_ids(tokenizer)  # a tokenizer without the chat's tokens is refused as a whole, not line by line
+    try:
+        return render(tokenizer, messages)
+    except UserError:
+        unseen = sorted({c for m in messages for c in set(m.content) if not encodable(tokenizer, c)})
+        raise ValueError(f"characters the base model's tokenizer never saw: {''.join(unseen)!r}; remove them, or "
+                         "fine-tune a base run trained on text that has them") from None
+
+
+def encodable(tokenizer, text):
+    try:
+        tokenizer.encode(text, allowed_special="none")
+    except UserError:
+        return False
+    return True
 
 
 def parse_rendered(tokenizer, ids):

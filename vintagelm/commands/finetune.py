@@ -44,7 +44,8 @@ def run(args):
     from vintagelm.chat.reply import ChatModel, Reply
     from vintagelm.checkpoint import read_state, resolve_checkpoint
     from vintagelm.common import UserError
-    from vintagelm.config import TrainConfig, resolve_config
+    from vintagelm.train_config import TrainConfig, resolve_config
+    from vintagelm.era.metrics import run_dir
     from vintagelm.tokenizers import load_tokenizer
     from vintagelm.rundir import saved_config
     from vintagelm.train import train
@@ -52,7 +53,7 @@ def run(args):
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<base>-chat")
     base_dir = Path(args.base)
-    out = args.out or f"runs/{base_dir.resolve().name}-chat"
+    out = args.out or f"runs/{run_dir(base_dir.resolve()).name}-chat"  # a checkpoint's run names it
     flags = dict(max_iters=args.max_iters, batch_size=args.batch_size, learning_rate=args.learning_rate,
                  seed=args.seed, out=out)
     if args.resume:
@@ -66,6 +67,10 @@ def run(args):
         state = read_state(checkpoint / "state.json")
         if "train_config" not in state:
             raise UserError(f"{checkpoint / 'state.json'} has no train_config; it was not written by `vintage train`")
+        if state.get("architecture") == "ngram":
+            raise UserError(f"{checkpoint} is an n-gram (count) model, which cannot be fine-tuned: its tables are "
+                            "counted once from text, not learned by gradient steps; fine-tune a gpt, mlp, rnn or "
+                            "lstm run instead")
         base_cfg = TrainConfig.from_dict(state["train_config"], source=str(checkpoint / "state.json"))
         start = replace(base_cfg, data=chat_spec(args.data), init_from=str(checkpoint), skip_bad=args.skip_bad,
                         out=out, **FINETUNE_DEFAULTS)
