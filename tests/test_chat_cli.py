@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from vintagelm.config import resolve_config
+from vintagelm.train_config import resolve_config
 from vintagelm.train import train
 
 WORDS = "good morrow my lord what news from the court none liege king is well".split()
@@ -141,3 +141,16 @@ def test_a_bad_setting_is_a_one_line_error(run_dir):
     done = subprocess.run([sys.executable, "-m", "vintagelm", "chat", str(run_dir), "--top-p", "2"],
                           input="", capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "top_p must be" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("errors", ["surrogateescape", "strict"])
+def test_input_bytes_that_are_not_utf8_are_shown_as_bytes(run_dir, errors):
+    """Fuzz K9: `printf 'why \\xff\\xfe\\n' | vintage chat RUN` said "(left out characters the model
+    has never seen: '\\udcfe\\udcff')", the surrogate escapes of the bytes (and a terminal whose
+    stdin decodes strictly would end in a UnicodeDecodeError traceback)."""
+    env = {**os.environ, "PYTHONIOENCODING": f"utf-8:{errors}"}
+    done = subprocess.run([sys.executable, "-m", "vintagelm", "chat", str(run_dir), "--max-tokens", "2"],
+                          input=b"why \xff\xfe\n/quit\n", capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode("utf-8")
+    assert "(left out undecodable bytes \\xfe\\xff (not UTF-8))" in out and "\\udc" not in out

@@ -282,3 +282,29 @@ def test_lab_era_page(work, tmp_path):
     html = index.read_text(encoding="utf-8")
     assert len(page.sentences) >= 3 and all(escape(s) in html for s in page.sentences)
     assert f"{results['era']['surprise']['gap']:+.3f}" in html
+
+
+def test_a_long_text_is_scored_on_its_first_bytes_and_says_how_much(work, monkeypatch):
+    """Fuzz K8: `vintage eval --era --text huge.txt` scored all 22 MB with no word of how long it
+    would take. Each text's bits per byte now come from its first MAX_SURPRISE_BYTES (unless
+    --max-batches says otherwise), and the log says how many batches that is, and of what."""
+    ckpt = load(work.runs["gpt"])
+    text = work.period.read_text(encoding="utf-8")
+    monkeypatch.setattr(metrics, "MAX_SURPRISE_BYTES", 5000)
+    said = []
+    capped = metrics.text_surprise(ckpt.model, ckpt.tokenizer, text, "plays", log=said.append)
+    T = ckpt.model.config.block_size
+    assert capped["capped"] and capped["of_bytes"] == len(text.encode("utf-8"))
+    assert 5000 - 4 * T < capped["bytes"] <= 5000  # whole windows up to the cap (a character: 1-4 bytes)
+    windows = capped["tokens"] // T  # every window is whole
+    assert said == [f"era: plays: {-(-windows // 16)} batch(es) of 16 windows (its first 5,000 of "
+                    f"{capped['of_bytes']:,} bytes; --max-batches to choose)"]
+    chosen = metrics.text_surprise(ckpt.model, ckpt.tokenizer, text, "plays", max_batches=6)
+    assert not chosen["capped"] and chosen["tokens"] == 6 * 16 * T and chosen["bytes"] > 5000
+
+
+@pytest.mark.parametrize("samples", ["1001", "100000000000"])
+def test_samples_has_an_upper_bound(work, capsys, samples):
+    """Fuzz K8: --samples 100000000000 was accepted and ran until Ctrl-C."""
+    assert main(["eval", str(work.runs["gpt"]), "--era", "--samples", samples]) == 2
+    assert f"--samples must be 0 to 1000 (each is 200 sampled tokens), got {samples}" in capsys.readouterr().err

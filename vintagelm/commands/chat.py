@@ -20,6 +20,8 @@ def add_arguments(p):
 
 
 def run(args):
+    import sys
+
     from vintagelm.chat.format import Message
     from vintagelm.chat.reply import ChatModel, Reply
     from vintagelm.common import UserError
@@ -31,6 +33,8 @@ def run(args):
         raise UserError(str(e)) from None
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 are kept as escapes, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     chat = ChatModel.load(args.run, backend=args.backend)
     chat.chat_rules()  # a tokenizer without role tokens fails here, before the first question
     temperature, system, history, turn = args.temperature, args.system, [], 0
@@ -75,7 +79,7 @@ def run(args):
         messages = ([Message("system", system)] if system else []) + history + [Message("user", text)]
         prompt, left_out, dropped = chat.chat_prompt(messages, reserve=min(args.max_tokens, chat.block_size // 2))
         if dropped:
-            print(f"(left out characters the model has never seen: {''.join(sorted(set(dropped)))!r})")
+            print(f"(left out {describe_left_out(dropped)})")
         if left_out:
             print(f"({left_out} earlier message(s) left out: they no longer fit the context of {chat.block_size} tokens)")
         reply = Reply(chat, prompt, args.max_tokens, temperature, args.top_p, args.top_k, seed=args.seed + turn)
@@ -88,3 +92,15 @@ def run(args):
         except KeyboardInterrupt:
             print(" [stopped]")
         history += [Message("user", text), Message("assistant", reply.text)]
+
+
+def describe_left_out(dropped):
+    """Characters the tokenizer could not encode -> how to show them. Input bytes that were not
+    UTF-8 reach us as surrogate escapes (U+DC80..U+DCFF, errors="surrogateescape"); they are
+    shown as the bytes they were, \\xfe, not as the escapes."""
+    chars = sorted(set(dropped))
+    raw = [c for c in chars if 0xDC80 <= ord(c) <= 0xDCFF]
+    unseen = "".join(c for c in chars if c not in raw)
+    parts = ([f"characters the model has never seen: {unseen!r}"] if unseen else []) + (
+        ["undecodable bytes " + "".join(f"\\x{ord(c) - 0xDC00:02x}" for c in raw) + " (not UTF-8)"] if raw else [])
+    return " and ".join(parts)

@@ -19,12 +19,13 @@ def add_arguments(p):
     p.add_argument("--text", metavar="FILE", help="evaluate the whole of this UTF-8 text file instead of a split "
                                                   "(with --era: a period text the model never saw, scored too)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default 16)")
-    p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches (default: all)")
+    p.add_argument("--max-batches", type=int, default=None, metavar="N",
+                   help="stop after N batches (default: all; with --era, each text's first 1 MB)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--era", action="store_true",
                    help="the era card: is the model vintage? (also written to RUN/era.json)")
     p.add_argument("--samples", type=non_negative, default=20, metavar="N",
-                   help="with --era: samples checked for anachronisms (default 20)")
+                   help="with --era: samples checked for anachronisms (default 20, at most 1000)")
     p.add_argument("--before", type=int, metavar="YEAR",
                    help="with --era: the period filter's cut-off (default: the one the run's data was prepared "
                         "with, else 1900)")
@@ -45,6 +46,10 @@ def run(args):
 
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UserError("--batch-size and --max-batches must be at least 1")
+    if args.era:
+        from vintagelm.era.metrics import check_samples
+
+        check_samples(args.samples)  # before the checkpoint and the data are read
     ckpt = load_checkpoint(args.ckpt, with_optimizer=False, finite=True)
     tok = ckpt.tokenizer
     if tok is None:
@@ -114,7 +119,8 @@ def era(args, ckpt, quiet):
 
     dataset = run_dataset(ckpt, args.data, progress=not args.json, log=quiet)
     report = era_report(ckpt, dataset, text_file=args.text, samples=args.samples, before=args.before,
-                        seed=args.seed, batch_size=args.batch_size, max_batches=args.max_batches, log=quiet)
+                        seed=args.seed, batch_size=args.batch_size, max_batches=args.max_batches,
+                        progress=not args.json, log=quiet)
     out = run_dir(ckpt.path) / "era.json"
     write_json_atomic(out, report)
     if args.json:

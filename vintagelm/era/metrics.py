@@ -45,6 +45,8 @@ VERSION = 1
 DEFAULT_BEFORE = 1900  # the cut-off when the run's dataset was prepared without one
 PROMPTS = ("", "The ", "I ", "And ", "It was ", "She ", "When ", "We ")  # neutral sample openings
 SAMPLE_TOKENS = 200
+MAX_SAMPLES = 1000  # 200,000 sampled tokens: more says no more about a share, and takes hours
+MAX_SURPRISE_BYTES = 1_000_000  # each text's bits per byte from its first 1 MB (unless max_batches)
 SAMPLE_TEMPERATURE = 0.8  # as `vintage sample`
 CONTEXT_LINES = 4  # lines of context before a cloze or speaker item
 MIN_LINE_CHARS = 16  # a cloze line: at least this long, three words, some lower case
@@ -157,30 +159,51 @@ def split_unknown(tokenizer, text):
     return "".join(ch for ch in text if ch not in unknown), Counter(ch for ch in text if ch in unknown)
 
 
-def text_surprise(model, tokenizer, text, what, batch_size=16, max_batches=None):
-    """Bits per byte of `text` (unknown characters dropped and counted) -> dict."""
-    from vintagelm.evaluate import evaluate_split
-
+def text_surprise(model, tokenizer, text, what, batch_size=16, max_batches=None, progress=False, log=lambda m: None):
+    """Bits per byte of `text` (unknown characters dropped and counted) -> dict. Without
+    max_batches, only the first MAX_SURPRISE_BYTES of the text are read and scored."""
+    total_bytes = len(text.encode("utf-8"))
+    if max_batches is None:
+        text = text[:MAX_SURPRISE_BYTES]  # at least that many bytes: a character is one byte or more
     kept, dropped = split_unknown(tokenizer, text)
     ids = np.asarray(tokenizer.encode_ordinary(kept), dtype=np.int64)
     if len(ids) < model.config.block_size + 1:
         raise UserError(f"{what} has {len(ids)} tokens the model can read, fewer than block_size + 1 = "
                         f"{model.config.block_size + 1}; give a longer text")
-    result = evaluate_split(model, ids, tokenizer, batch_size, max_batches)
-    return {"what": what, "bits_per_byte": result["bits_per_byte"], "bytes": result["bytes"],
-            "tokens": result["tokens"], "chars": len(text), "unknown_chars": sum(dropped.values()),
+    return {**bits_per_byte(model, tokenizer, ids, what, batch_size, max_batches, progress, log, total_bytes),
+            "chars": len(text), "unknown_chars": sum(dropped.values()),
             "unknown_share": sum(dropped.values()) / max(1, len(text)),
             "unknown_examples": "".join(ch for ch, _ in dropped.most_common(10))}
 
 
-def split_surprise(model, tokenizer, tokens, what, batch_size=16, max_batches=None):
+def split_surprise(model, tokenizer, tokens, what, batch_size=16, max_batches=None, progress=False,
+                   log=lambda m: None):
     """Bits per byte of a prepared split (token ids, nothing unknown) -> dict like text_surprise."""
-    from vintagelm.evaluate import evaluate_split
+    return {**bits_per_byte(model, tokenizer, tokens, what, batch_size, max_batches, progress, log),
+            "chars": None, "unknown_chars": 0, "unknown_share": 0.0, "unknown_examples": ""}
 
-    result = evaluate_split(model, tokens, tokenizer, batch_size, max_batches)
+
+def bits_per_byte(model, tokenizer, ids, what, batch_size, max_batches, progress, log, total_bytes=None):
+    """Score ids, at most their first MAX_SURPRISE_BYTES of text unless max_batches bounds it,
+    saying first how much that is -> {what, bits_per_byte, bytes, tokens, of_bytes, capped}:
+    of_bytes is the whole text's size (total_bytes, else that of ids), capped says only its
+    beginning was scored."""
+    from vintagelm.evaluate import evaluate_split, token_byte_lengths
+
+    ids = np.asarray(ids)
+    ends = np.cumsum(token_byte_lengths(tokenizer)[ids[1:]])  # (N-1,) bytes of the targets up to each
+    if total_bytes is None:
+        total_bytes = int(ends[-1]) if ends.size else 0
+    capped = max_batches is None and total_bytes > MAX_SURPRISE_BYTES
+    if capped:
+        ids = ids[:max(model.config.block_size, int(np.searchsorted(ends, MAX_SURPRISE_BYTES, side="right"))) + 1]
+    windows = (len(ids) - 1) // model.config.block_size
+    batches = min(-(-windows // batch_size), max_batches or windows)
+    log(f"era: {what}: {batches:,} batch(es) of {batch_size} windows"
+        + (f" (its first {MAX_SURPRISE_BYTES:,} of {total_bytes:,} bytes; --max-batches to choose)" if capped else ""))
+    result = evaluate_split(model, ids, tokenizer, batch_size, max_batches, progress=progress)
     return {"what": what, "bits_per_byte": result["bits_per_byte"], "bytes": result["bytes"],
-            "tokens": result["tokens"], "chars": None, "unknown_chars": 0, "unknown_share": 0.0,
-            "unknown_examples": ""}
+            "tokens": result["tokens"], "of_bytes": total_bytes, "capped": capped}
 
 
 # ---------------------------------------------------------------- 2. anachronisms in samples
@@ -413,11 +436,13 @@ def default_before(dataset):
 
 
 def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0, batch_size=16,
-               max_batches=None, n_cloze=200, n_speakers=200, n_builtin=100, log=lambda msg: None):
+               max_batches=None, n_cloze=200, n_speakers=200, n_builtin=100, progress=False, log=lambda msg: None):
     """Every figure of the era card for checkpoint `ckpt` (checkpoint.Checkpoint) on its prepared
-    `dataset` (its val split is the held-out period text) -> a JSON-able dict."""
+    `dataset` (its val split is the held-out period text) -> a JSON-able dict. progress: a bar
+    while each text is scored (on a terminal)."""
     from vintagelm.data.period import PeriodFilter, load_terms
 
+    check_samples(samples)
     model, tok = ckpt.model, ckpt.tokenizer
     if dataset.tokenizer.fingerprint() != tok.fingerprint():
         raise UserError(f"{dataset.path} was tokenized with a different tokenizer than {ckpt.path}")
@@ -425,14 +450,12 @@ def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0
     period_filter = PeriodFilter(before, load_terms())
 
     log("era: bits per byte on the period and modern texts")
-    surprise = {"period": split_surprise(model, tok, dataset.val, f"{dataset.path} (val split)", batch_size,
-                                         max_batches),
-                "modern": text_surprise(model, tok, texts.modern_control_text(), "modern control text",
-                                        batch_size, max_batches),
+    scoring = dict(batch_size=batch_size, max_batches=max_batches, progress=progress, log=log)
+    surprise = {"period": split_surprise(model, tok, dataset.val, f"{dataset.path} (val split)", **scoring),
+                "modern": text_surprise(model, tok, texts.modern_control_text(), "modern control text", **scoring),
                 "text": None}
     if text_file is not None:
-        surprise["text"] = text_surprise(model, tok, read_text_file(text_file), str(text_file), batch_size,
-                                         max_batches)
+        surprise["text"] = text_surprise(model, tok, read_text_file(text_file), str(text_file), **scoring)
     surprise["gap"] = surprise["modern"]["bits_per_byte"] - surprise["period"]["bits_per_byte"]
     surprise["text_gap"] = (surprise["modern"]["bits_per_byte"] - surprise["text"]["bits_per_byte"]
                             if surprise["text"] else None)
@@ -451,6 +474,12 @@ def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0
             "architecture": getattr(model, "architecture", "gpt"), "data": str(dataset.path), "before": before,
             "seed": seed, "surprise": surprise, "samples": sampled, "pairs": pairs, "cloze": cloze,
             "speakers": speakers, "filter": filter_quality(period_filter, labelled)}
+
+
+def check_samples(n):
+    """A UserError unless 0 <= n <= MAX_SAMPLES (the number of samples checked for anachronisms)."""
+    if not 0 <= n <= MAX_SAMPLES:
+        raise UserError(f"--samples must be 0 to {MAX_SAMPLES} (each is {SAMPLE_TOKENS} sampled tokens), got {n}")
 
 
 def read_text_file(path):
@@ -494,7 +523,8 @@ def format_card(report):
             continue
         unknown = (f"; {r['unknown_chars']} unknown characters dropped ({_pct(r['unknown_share'])}: "
                    f"{r['unknown_examples']!r})" if r["unknown_chars"] else "")
-        lines.append(f"  {label:<24} {r['bits_per_byte']:.4f}  over {r['bytes']:,} bytes{unknown}")
+        part = f" (the first of {r['of_bytes']:,})" if r.get("capped") else ""
+        lines.append(f"  {label:<24} {r['bits_per_byte']:.4f}  over {r['bytes']:,} bytes{part}{unknown}")
     lines.append(f"  GAP modern - period      {s['gap']:+.4f} bits per byte"
                  + (f" (modern - --text {s['text_gap']:+.4f})" if s["text_gap"] is not None else ""))
     lines.append(f"anachronisms: {smp['dropped']} of {smp['n']} samples ({_pct(smp['share'])}) would be dropped "
