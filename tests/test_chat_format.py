@@ -150,7 +150,7 @@ def test_a_character_the_tokenizer_never_saw_is_a_bad_line_by_its_line(tmp_path)
     tok = CharTokenizer.train(TEXT)
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join([chat_line("Good morrow."), chat_line("What €uros?"), chat_line("None.")]) + "\n")
-    with pytest.raises(UserError, match=r"line 2: characters the base model's tokenizer never saw: '€'; remove them"):
+    with pytest.raises(UserError, match=r"line 2: characters the base model's tokenizer never saw: '€'; remove those"):
         read_conversations(path, tokenizer=tok)
     rendered, skipped = read_conversations(path, skip_bad=True, tokenizer=tok)
     assert skipped == 1
@@ -177,5 +177,18 @@ def test_nul_bytes_and_other_encodings_are_bad_lines_that_say_so(tmp_path):
     with pytest.raises(UserError) as e:
         read_conversations(path)
     assert "2 bad line(s): line 2: holds NUL bytes" in str(e.value)
-    assert f"line 3: not UTF-8 (byte 0xe9 at byte {latin.index(0xE9)}); save the file as UTF-8" in str(e.value)
+    assert str(e.value).endswith(f"line 3: not UTF-8 (byte 0xe9 at byte {latin.index(0xE9)}); save the file as UTF-8 "
+                                 "(--skip-bad skips them)")
     assert read_conversations(path, skip_bad=True) == ([[Message("user", "hi"), Message("assistant", "ho")]] * 2, 2)
+
+
+def test_advice_shared_by_many_bad_lines_is_given_once(tmp_path):
+    """Fuzz U5: every line with a character the tokenizer never saw repeated the same advice."""
+    tok = CharTokenizer.train(TEXT)
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(chat_line(f"Question {i}?") for i in range(8)) + "\n")
+    with pytest.raises(UserError) as e:
+        read_conversations(path, tokenizer=tok)
+    message = str(e.value)
+    assert "8 bad line(s): line 1: characters the base model's tokenizer never saw: '0Q'; line 2:" in message
+    assert message.count("remove those characters") == 1 and message.endswith("(--skip-bad skips them)")

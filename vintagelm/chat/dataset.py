@@ -9,7 +9,7 @@ training loop draws from, `batch`, like data/loader.PreparedDataset.
 from dataclasses import dataclass
 from pathlib import Path
 
-from vintagelm.chat.format import read_conversations, render_encodable, training_arrays, windows
+from vintagelm.chat.format import BadLine, read_conversations, render_encodable, training_arrays, windows
 from vintagelm.common import UserError
 
 PREFIX = "chat:"
@@ -109,8 +109,8 @@ def builtin_rendered(tokenizer):
         for n, messages in enumerate(conversations, 1):
             try:
                 split[name].append(render_encodable(tokenizer, messages))
-            except ValueError as e:
-                raise UserError(f"{BUILTIN}: {name} conversation {n}: {e}") from None
+            except BadLine as e:
+                raise UserError(f"{BUILTIN}: {name} conversation {n}: {e}; {e.advice}") from None
     return split
 
 

@@ -22,6 +22,15 @@ END = "<|end|>"
 BAD_LINES_SHOWN = 5  # how many bad lines an error lists by number
 
 
+class BadLine(ValueError):
+    """A line that is no usable conversation, for a reason whose advice is said once however
+    many lines share it."""
+
+    def __init__(self, reason, advice):
+        super().__init__(reason)
+        self.advice = advice
+
+
 @dataclass(frozen=True)
 class Message:
     role: str  # one of ROLES
@@ -55,7 +64,7 @@ def read_conversations(path, skip_bad=False, tokenizer=None):
     tokenizer cannot encode is a bad line too. Each line is decoded strictly as UTF-8 here
     (json.loads of bytes would guess another encoding line by line); a file that looks like
     UTF-16 is refused at its first line, since every line of it is bad the same way."""
-    conversations, bad = [], []
+    conversations, bad, advice = [], [], {}  # advice: a dict, as an ordered set
     with open(regular_file(path, "chat file"), "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if looks_like_utf16(raw):
@@ -67,11 +76,14 @@ def read_conversations(path, skip_bad=False, tokenizer=None):
                     continue
                 messages = parse_conversation(json.loads(line))
                 conversations.append(messages if tokenizer is None else render_encodable(tokenizer, messages))
-            except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
                 bad.append(f"line {lineno}: {e}")
+                if isinstance(e, BadLine):
+                    advice[e.advice] = None
     if bad and not skip_bad:
         shown = "; ".join(bad[:BAD_LINES_SHOWN]) + (f"; and {len(bad) - BAD_LINES_SHOWN} more" if len(bad) > BAD_LINES_SHOWN else "")
-        raise UserError(f"{path}: {len(bad)} bad line(s): {shown} (--skip-bad skips them)")
+        raise UserError(f"{path}: {len(bad)} bad line(s): {shown}{''.join(f'; {a}' for a in advice)} "
+                        "(--skip-bad skips them)")
     return conversations, len(bad)
 
 
@@ -93,7 +105,7 @@ def decode_line(raw, first):
     try:
         line = raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start}); save the file as UTF-8") from None
+        raise BadLine(f"not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start})", "save the file as UTF-8") from None
     if "\0" in line:
         raise ValueError("holds NUL bytes, which a line of JSON text never has")
     return line
@@ -122,15 +134,15 @@ def render(tokenizer, messages):
 
 
 def render_encodable(tokenizer, messages):
-    """render(), with a ValueError that names the characters the tokenizer cannot encode (a char
+    """render(), with a BadLine that names the characters the tokenizer cannot encode (a char
     tokenizer has only those of the text it was trained on)."""
     special_ids(tokenizer)  # a tokenizer without the chat's tokens is refused as a whole, not line by line
     try:
         return render(tokenizer, messages)
     except UserError:
         unseen = sorted({c for m in messages for c in set(m.content) if not encodable(tokenizer, c)})
-        raise ValueError(f"characters the base model's tokenizer never saw: {''.join(unseen)!r}; remove them, or "
-                         "fine-tune a base run trained on text that has them") from None
+        raise BadLine(f"characters the base model's tokenizer never saw: {''.join(unseen)!r}",
+                      "remove those characters, or fine-tune a base run trained on text that has them") from None
 
 
 def encodable(tokenizer, text):
