@@ -201,9 +201,22 @@ def test_interrupted_run_keeps_the_old_dataset(tmp_path, monkeypatch):
 
 def test_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path):
     write_corpus(tmp_path / "corpus")
-    with pytest.raises(UserError, match="not a prepared dataset"):
+    with pytest.raises(UserError, match="holds files vintagelm did not write"):
         prep.prepare_dataset([str(tmp_path / "corpus")], "char", tmp_path / "corpus", progress=False)
     assert len(list((tmp_path / "corpus").iterdir())) == 12
+
+
+def test_a_users_file_added_to_a_dataset_folder_is_never_replaced_away(tmp_path):
+    """A folder holding a prepared dataset AND a file of the user's is refused before any work:
+    replacing the dataset swaps the whole folder, which would lose notes.txt (fuzz round 2, the
+    rule for folders the user names)."""
+    write_corpus(tmp_path / "corpus")
+    prep.prepare_dataset([str(tmp_path / "corpus")], "char", tmp_path / "ds", progress=False)
+    (tmp_path / "ds" / "notes.txt").write_text("my notes")
+    with pytest.raises(UserError, match="notes.txt"):
+        prep.prepare_dataset([str(tmp_path / "corpus")], "char", tmp_path / "ds", progress=False)
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "my notes"
+    assert prep.is_dataset(tmp_path / "ds")
 
 
 # ---- loader ----

@@ -99,7 +99,7 @@ def test_prepare_refuses_a_folder_of_the_users(users_folder, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
     before = hashes(users_folder)
-    with pytest.raises(UserError, match="is not a prepared dataset"):
+    with pytest.raises(UserError, match="holds files vintagelm did not write"):
         prepare_dataset([str(corpus)], "char", users_folder, progress=False)
     assert hashes(users_folder) == before
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vintagelm.common import UserError, atomic_dir, write_json_atomic
+from vintagelm.common import UserError, atomic_dir, check_output_folder, write_json_atomic
 from vintagelm.data import clean
 from vintagelm.data.period import PeriodFilter, UNITS, load_terms
 from vintagelm.data.sources import iter_documents
@@ -86,82 +86,93 @@ def prepare_dataset(
     if filter_unit not in UNITS:
         raise UserError(f"filter unit must be one of {', '.join(UNITS)}, not {filter_unit!r}")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     _check_replaceable(out_dir)
-    tok, tokenizer_type = _resolve_tokenizer(tokenizer, vocab_size)
-    period = PeriodFilter(before, load_terms(terms_file), filter_unit) if before is not None else None
-
     try:
-        with atomic_dir(out_dir, is_ours=is_dataset) as tmp:
-            tmp.mkdir()
-            staging = tmp / STAGING
-            docs, paragraphs_dropped, keys, sizes = _stage_documents(
-                sources, staging, period, unwrap=unwrap, progress=progress,
-                gutenberg_cache=gutenberg_cache, gutenberg_url=gutenberg_url,
-            )
-            if not keys:
-                raise UserError(
-                    f"no text left to train on: {docs['read']} document(s) read, {docs['dropped_duplicate']} "
-                    f"duplicate, {docs['dropped_period']} dropped by the period filter, {docs['dropped_empty']} "
-                    "empty; check the sources or loosen --before"
+        tok, tokenizer_type = _resolve_tokenizer(tokenizer, vocab_size)
+        period = PeriodFilter(before, load_terms(terms_file), filter_unit) if before is not None else None
+
+        try:
+            with atomic_dir(out_dir, is_ours=is_dataset) as tmp:
+                tmp.mkdir()
+                staging = tmp / STAGING
+                docs, paragraphs_dropped, keys, sizes = _stage_documents(
+                    sources, staging, period, unwrap=unwrap, progress=progress,
+                    gutenberg_cache=gutenberg_cache, gutenberg_url=gutenberg_url,
                 )
-            scores = [split_score(seed, key) for key in keys]
-            val_ids = _choose_val(scores, val_fraction)
+                if not keys:
+                    raise UserError(
+                        f"no text left to train on: {docs['read']} document(s) read, {docs['dropped_duplicate']} "
+                        f"duplicate, {docs['dropped_period']} dropped by the period filter, {docs['dropped_empty']} "
+                        "empty; check the sources or loosen --before"
+                    )
+                scores = [split_score(seed, key) for key in keys]
+                val_ids = _choose_val(scores, val_fraction)
 
-            sampled_bytes = None
-            if tok is None:  # train on the staged text, streamed from disk
-                from vintagelm.tokenizers import BPETokenizer, CharTokenizer
+                sampled_bytes = None
+                if tok is None:  # train on the staged text, streamed from disk
+                    from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
-                if tokenizer_type == "char":
-                    tok = CharTokenizer.train(_staged_texts(staging), vocab_size=vocab_size)
-                    sampled_bytes = sum(sizes)
-                else:
-                    sample = _bpe_sample(scores, sizes, bpe_sample_bytes)
-                    sampled_bytes = sum(sizes[i] for i in sample)
-                    tok = BPETokenizer.train(_staged_texts(staging, sample), vocab_size=vocab_size or DEFAULT_BPE_VOCAB)
-            tok.save(tmp / "tokenizer.json")
-            dtype = token_dtype(tok.vocab_size)
+                    if tokenizer_type == "char":
+                        tok = CharTokenizer.train(_staged_texts(staging), vocab_size=vocab_size)
+                        sampled_bytes = sum(sizes)
+                    else:
+                        sample = _bpe_sample(scores, sizes, bpe_sample_bytes)
+                        sampled_bytes = sum(sizes[i] for i in sample)
+                        tok = BPETokenizer.train(_staged_texts(staging, sample), vocab_size=vocab_size or DEFAULT_BPE_VOCAB)
+                tok.save(tmp / "tokenizer.json")
+                dtype = token_dtype(tok.vocab_size)
 
-            tokens, nbytes, ndocs = _encode(tok, staging, tmp, dtype, val_ids, val_fraction, len(keys), progress)
-            staging.unlink()
-            docs.update(ndocs)
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "dtype": dtype.name,
-                "vocab_size": tok.vocab_size,
-                "eot_id": tok.eot_id,
-                "tokenizer_file": "tokenizer.json",
-                "tokenizer_type": tokenizer_type,
-                "tokenizer_fingerprint": tok.fingerprint(),
-                "tokenizer_trained_on_bytes": sampled_bytes,
-                "sources": sources,
-                "split": "document" if len(keys) > 1 else "single-document",
-                "split_seed": seed,
-                "val_fraction": val_fraction,
-                "unwrap": unwrap,
-                "period_filter": _period_meta(period, terms_file),
-                "documents": docs,
-                "paragraphs_dropped": dict(paragraphs_dropped),
-                "tokens": tokens,
-                "bytes": nbytes,
-                "bytes_per_token": round(sum(nbytes.values()) / max(1, sum(tokens.values())), 4),
-            }
-            write_json_atomic(tmp / "meta.json", meta)
-    except OSError as e:  # a full disk, a file-size limit
-        raise UserError(f"cannot write the dataset {out_dir} ({e.strerror or e}); nothing was half-written "
-                        "and an earlier dataset there is intact") from None
-    return meta
+                tokens, nbytes, ndocs = _encode(tok, staging, tmp, dtype, val_ids, val_fraction, len(keys), progress)
+                staging.unlink()
+                docs.update(ndocs)
+                meta = {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "dtype": dtype.name,
+                    "vocab_size": tok.vocab_size,
+                    "eot_id": tok.eot_id,
+                    "tokenizer_file": "tokenizer.json",
+                    "tokenizer_type": tokenizer_type,
+                    "tokenizer_fingerprint": tok.fingerprint(),
+                    "tokenizer_trained_on_bytes": sampled_bytes,
+                    "sources": sources,
+                    "split": "document" if len(keys) > 1 else "single-document",
+                    "split_seed": seed,
+                    "val_fraction": val_fraction,
+                    "unwrap": unwrap,
+                    "period_filter": _period_meta(period, terms_file),
+                    "documents": docs,
+                    "paragraphs_dropped": dict(paragraphs_dropped),
+                    "tokens": tokens,
+                    "bytes": nbytes,
+                    "bytes_per_token": round(sum(nbytes.values()) / max(1, sum(tokens.values())), 4),
+                }
+                write_json_atomic(tmp / "meta.json", meta)
+        except OSError as e:  # a full disk, a file-size limit
+            raise UserError(f"cannot write the dataset {out_dir} ({e.strerror or e}); nothing was half-written "
+                            "and an earlier dataset there is intact") from None
+        return meta
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the check made it; a failed prepare leaves no trace
+        raise
 
 
 def _check_replaceable(out_dir):
-    """Refuse to replace anything but an empty folder or an earlier prepared dataset."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file; give a folder for the dataset")
-    if any(out_dir.iterdir()) and not is_dataset(out_dir):
-        raise UserError(f"--out {out_dir} exists and is not a prepared dataset; choose a new folder or empty it")
+    """Before any work: refuse a file, a folder under a file, one we cannot write, and a folder
+    holding anything but an earlier prepared dataset's own files (a file the user added to a
+    dataset folder would be lost when the new dataset replaces it)."""
+    check_output_folder(out_dir, ours=dataset_files)
+
+
+DATASET_FILES = ("train.bin", "val.bin", "meta.json", "tokenizer.json")  # what a prepared dataset holds
+
+
+def dataset_files(folder):
+    """The names in `folder` that `prepare` wrote: its files when it is a prepared dataset."""
+    return DATASET_FILES if is_dataset(folder) else ()
 
 
 def is_dataset(folder):
