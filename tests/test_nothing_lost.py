@@ -174,3 +174,27 @@ def test_temporaries_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_path)
     with atomic_file(tmp_path / "tok.json") as tmp:
         tmp.write_text("{}")
     assert not stale_dir.exists() and not stale_file.exists() and live_dir.exists()
+
+
+def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """atomic_dir moves the old folder aside, then the new one in. If that second rename fails,
+    the old folder must come back before the private nest is removed (it was deleted with it)."""
+    old = tmp_path / "ds"
+    old.mkdir()
+    (old / "meta.json").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    with pytest.raises(OSError):
+        with atomic_dir(old, is_ours=lambda p: True) as new:
+            new.mkdir()
+            (new / "meta.json").write_text("new")
+            monkeypatch.setattr(os, "replace", second_fails)
+    monkeypatch.undo()
+    assert (old / "meta.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -92,7 +92,12 @@ def atomic_dir(path, is_ours):
         os.chmod(target, 0o777 & ~_umask())  # (mkdtemp's nest is private, but the folder we make is not)
         if path.exists():
             os.replace(path, nest / ".old")  # rename() cannot replace a non-empty folder
-        os.replace(target, path)
+        try:
+            os.replace(target, path)
+        except BaseException:  # the old folder goes back before the nest is removed
+            if (nest / ".old").exists() and not path.exists():
+                os.replace(nest / ".old", path)
+            raise
     finally:
         shutil.rmtree(nest, ignore_errors=True)
 
