@@ -16,6 +16,7 @@ from vintagelm.common import UserError, set_blas_threads
 COMMANDS = {
     "gradcheck": "gradcheck",
     "tokenizer": "tokenizer",
+    "corpus": "corpus",
     "prepare": "prepare",
     "train": "train",
     "finetune": "finetune",
