@@ -1,6 +1,7 @@
 """The model interface (vintagelm/architectures.py): an architecture that is not a GPT plugs into
 checkpoints, training steps and generation without any change to those loops. The one here is
-a bigram table (next-token logits from the current token alone), written for this test."""
+a bigram table (next-token logits from the current token alone), written for this test. How a
+model trains (by counting, or carrying its state) is told by its interface, not its name."""
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -116,6 +117,19 @@ def test_a_second_architecture_trains_checkpoints_and_generates(bigram_registere
     np.testing.assert_array_equal(ckpt.model.flat_params, model.flat_params)
     tokens = list(generate(ckpt.model, [3], 6, np.random.default_rng(0), temperature=0))
     assert tokens == [4, 5, 6, 0, 1, 2]
+
+
+@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
+def test_how_a_model_trains_is_told_by_its_interface(arch):
+    """The training loop asks isinstance(model, CountedModel / RecurrentModel), never a name: the
+    n-gram is counted, rnn and lstm can carry their state between windows, the others neither
+    (nor does the bigram above, which has only the plain interface)."""
+    cls = architectures.model_class(arch)
+    model = cls(cls.config_class(vocab_size=5, block_size=8))
+    assert isinstance(model, architectures.CountedModel) == (arch == "ngram")
+    assert isinstance(model, architectures.RecurrentModel) == (arch in ("rnn", "lstm"))
+    bigram = Bigram(BigramConfig())
+    assert not isinstance(bigram, architectures.CountedModel | architectures.RecurrentModel)
 
 
 def test_an_unknown_architecture_is_a_clear_error():

@@ -160,7 +160,7 @@ def test_adamw_lr_override_matches_manual_group_lr(parity):
 @pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
 def test_sgd_lr_schedule_matches_torch_scheduler(parity, nesterov):
     """Our lr_at fed per step == torch's LambdaLR driving the same schedule."""
-    sched = dict(max_lr=0.1, min_lr=0.01, warmup_steps=4, decay_steps=15)
+    sched = dict(learning_rate=0.1, min_lr=0.01, warmup_iters=4, lr_decay_iters=15)
     params = initial_params()
     tparams = torch_params(params)
     ours = SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=nesterov)
@@ -259,23 +259,23 @@ def test_clip_grad_norm_matches_torch(parity, ratio):
 # the schedule: properties, then closed-form points derived by hand
 
 SCHEDULES = [
-    dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=10, decay_steps=110),
-    dict(max_lr=1.0, min_lr=0.0, warmup_steps=100, decay_steps=1000),
-    dict(max_lr=3e-3, min_lr=3e-3 / 10, warmup_steps=1, decay_steps=9),
+    dict(learning_rate=6e-4, min_lr=6e-5, warmup_iters=10, lr_decay_iters=110),
+    dict(learning_rate=1.0, min_lr=0.0, warmup_iters=100, lr_decay_iters=1000),
+    dict(learning_rate=3e-3, min_lr=3e-3 / 10, warmup_iters=1, lr_decay_iters=9),
 ]
 
 
 @pytest.mark.parametrize("s", SCHEDULES, ids=["nanogpt-like", "unit", "short"])
 def test_lr_at_properties(s):
-    w, d, hi, lo = s["warmup_steps"], s["decay_steps"], s["max_lr"], s["min_lr"]
+    w, d, hi, lo = s["warmup_iters"], s["lr_decay_iters"], s["learning_rate"], s["min_lr"]
     lrs = np.array([lr_at(i, **s) for i in range(d + 20)])
-    # warm-up: starts near 0 (at most one warm-up increment), rises on a straight line to max_lr
+    # warm-up: starts near 0 (at most one warm-up increment), rises on a straight line to learning_rate
     assert 0.0 <= lrs[0] <= hi / w * (1 + 1e-12)
     steps = np.diff(lrs[: w + 1])
     assert np.all(steps > 0)
     np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
     assert math.isclose(lrs[w], hi, rel_tol=1e-12)
-    # decay: never increases, reaches min_lr at decay_steps and stays there
+    # decay: never increases, reaches min_lr at lr_decay_iters and stays there
     assert np.all(np.diff(lrs[w:]) <= 1e-15 * hi)
     assert math.isclose(lrs[d], lo, rel_tol=1e-12, abs_tol=1e-15)
     assert np.allclose(lrs[d:], lo, rtol=1e-12, atol=1e-15)
@@ -284,17 +284,17 @@ def test_lr_at_properties(s):
 
 
 def test_lr_at_closed_form():
-    """Cosine from max_lr at step w to min_lr at step d: lr = lo + (hi - lo) * (1 + cos(pi * f)) / 2
+    """Cosine from learning_rate at step w to min_lr at step d: lr = lo + (hi - lo) * (1 + cos(pi * f)) / 2
     with f = (step - w) / (d - w). By hand, with w = 10, d = 110, hi = 1, lo = 0.1:
       f = 1/4 (step 35): cos(pi/4) = sqrt(2)/2 -> 0.1 + 0.9 * (2 + sqrt 2) / 4
       f = 1/2 (step 60): cos(pi/2) = 0        -> (1 + 0.1) / 2 = 0.55
       f = 3/4 (step 85): cos(3pi/4) = -sqrt(2)/2 -> 0.1 + 0.9 * (2 - sqrt 2) / 4
       f = 1/3 (step 10 + 100/3 is not an integer; use d = 130 -> step 50): cos(pi/3) = 1/2 -> 0.1 + 0.9 * 3/4
     """
-    s = dict(max_lr=1.0, min_lr=0.1, warmup_steps=10, decay_steps=110)
+    s = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
     assert lr_at(35, **s) == pytest.approx(0.1 + 0.9 * (2 + math.sqrt(2)) / 4, rel=1e-12)
     assert lr_at(60, **s) == pytest.approx(0.55, rel=1e-12)
     assert lr_at(85, **s) == pytest.approx(0.1 + 0.9 * (2 - math.sqrt(2)) / 4, rel=1e-12)
-    assert lr_at(50, **{**s, "decay_steps": 130}) == pytest.approx(0.1 + 0.9 * 0.75, rel=1e-12)
-    # no warm-up at all: the very first step is at max_lr
-    assert lr_at(0, **{**s, "warmup_steps": 0}) == pytest.approx(1.0, rel=1e-12)
+    assert lr_at(50, **{**s, "lr_decay_iters": 130}) == pytest.approx(0.1 + 0.9 * 0.75, rel=1e-12)
+    # no warm-up at all: the very first step is at learning_rate
+    assert lr_at(0, **{**s, "warmup_iters": 0}) == pytest.approx(1.0, rel=1e-12)

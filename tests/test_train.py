@@ -1,6 +1,6 @@
 """The training loop: gradient accumulation, the training step, exact resume (after a stop
-and after Ctrl-C), the non-finite guard, the initial-loss check, run-directory errors and
-dataset caching.
+and after Ctrl-C), optimizer=muon, the non-finite guard, the initial-loss check, run-directory
+errors and dataset caching.
 Everything runs on a one-layer model over a small text prepared in a temporary folder.
 
     pytest tests/test_train.py -q
@@ -15,11 +15,13 @@ import pytest
 from verse import WORDS
 from vintagelm import GPT, GPTConfig
 from vintagelm.checkpoint import find_latest, load_checkpoint
+from vintagelm.cli import main
 from vintagelm.common import UserError
 from vintagelm.train_config import resolve_config
 from vintagelm.data.prepare import prepare_dataset
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import evaluate_split
+from vintagelm.muon import ZERO_UNSUPPORTED, muon_params
 from vintagelm.optim import AdamW, clip_grad_norm
 from vintagelm.train import Trainer, accumulate_gradients, train, training_step
 
@@ -187,6 +189,52 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, dataset_dir):
         train(tiny_config(tmp_path / name, dataset_dir, max_iters=4, seed=seed), progress=False, say=quiet)
         losses[name] = [r["loss"] for r in metrics(tmp_path / name).values()]
     assert losses["a"] == losses["b"] != losses["c"]
+
+
+# ---------------------------------------------------------------- optimizer=muon
+def vintage_train(out, data, *extra):
+    """`vintage train` of the tiny model of tiny_config -> its exit status."""
+    settings = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "dropout=0.1", "eval_interval=3",
+                "eval_iters=2", "checkpoint_interval=5", "warmup_iters=2", "lr_decay_iters=12", "sample_tokens=0"]
+    return main(["--threads", "1", "train", "--data", str(data), "--out", str(out), "--batch-size", "4",
+                 "--no-progress", *(a for kv in settings for a in ("--set", kv)), *extra])
+
+
+def test_muon_trains_and_resumes_bit_for_bit(tmp_path, dataset_dir):
+    assert vintage_train(tmp_path / "straight", dataset_dir, "--max-iters", "12", "--set", "optimizer=muon") == 0
+    assert vintage_train(tmp_path / "split", dataset_dir, "--max-iters", "7", "--set", "optimizer=muon") == 0
+    assert main(["--threads", "1", "train", "--resume", "--out", str(tmp_path / "split"), "--max-iters", "12",
+                 "--no-progress"]) == 0
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in a]  # identical floats
+    straight, split = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    np.testing.assert_array_equal(straight.model.flat_params, split.model.flat_params)
+    # Muon's state was saved and restored: a momentum buffer for every hidden matrix, and only those
+    matrices = muon_params(straight.model.shapes)
+    buffers = {k[len("momentum_buffer."):] for k in split.optimizer_state if k.startswith("momentum_buffer.")}
+    assert matrices and buffers == set(matrices)
+    for name in matrices:
+        assert np.abs(split.optimizer_state[f"momentum_buffer.{name}"]).max() > 0
+        np.testing.assert_array_equal(split.optimizer_state[f"momentum_buffer.{name}"],
+                                      straight.optimizer_state[f"momentum_buffer.{name}"])
+    # and it is not AdamW's run under another name
+    assert vintage_train(tmp_path / "adamw", dataset_dir, "--max-iters", "12") == 0
+    assert metrics(tmp_path / "adamw")[12]["loss"] != a[12]["loss"]
+
+
+def test_muon_settings_are_checked(tmp_path, dataset_dir, capsys):
+    assert vintage_train(tmp_path / "zero", dataset_dir, "--set", "optimizer=muon", "--set", "zero=1") == 2
+    assert capsys.readouterr().err.strip() == f"vintage train: error: {ZERO_UNSUPPORTED}"
+    assert vintage_train(tmp_path / "sgd", dataset_dir, "--set", "optimizer=sgd") == 2
+    assert "optimizer must be one of adamw, muon, got 'sgd'" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists() and not (tmp_path / "sgd").exists()
+    # the optimizer is part of what a run is: a resume may not change it
+    assert vintage_train(tmp_path / "run", dataset_dir, "--max-iters", "2", "--set", "optimizer=muon") == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--max-iters", "4", "--no-progress",
+                 "--set", "optimizer=adamw"]) == 2
+    assert "optimizer: run has 'muon', now 'adamw'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- non-finite guard

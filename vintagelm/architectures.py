@@ -4,9 +4,11 @@ train.py, generate.py, checkpoint.py, evaluate.py and the commands use a model o
 `LanguageModel`; none of them names GPT. A new architecture is a class with these members,
 registered in ARCHITECTURES under the name its checkpoints record, with its memory estimate
 in TRAINING_BYTES; `vintage train`, `sample`, `eval` and checkpoints then work for it unchanged.
+A model that trains otherwise than by gradient steps on random windows says so by also having
+the members of CountedModel or RecurrentModel; the training loop asks isinstance, never a name.
 """
 import importlib
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -65,6 +67,30 @@ class LanguageModel(Protocol):
 
     def new_kv_cache(self, batch_size=1):
         """Empty incremental-decoding state: `.pos` (tokens held), `.reset()`."""
+
+
+@runtime_checkable
+class CountedModel(Protocol):
+    """A LanguageModel trained by counting its text once, not by gradient steps (the museum's
+    n-gram): training is one fit of the whole train split."""
+
+    def fit(self, tokens):
+        """Count the (N,) token ids into new parameter tables (new params and grads) -> self."""
+
+    def num_ngrams(self) -> int: ...
+
+
+@runtime_checkable
+class RecurrentModel(Protocol):
+    """A LanguageModel that can carry its final state into the next training window (truncated
+    BPTT: the museum's rnn and lstm). It does when config.carry_state is on; training then reads
+    each row's text in order, and a checkpoint keeps the state."""
+
+    config: Any  # has carry_state: bool
+    state: Any  # per layer a tuple of (B, C) arrays: where the next training forward starts; None: zeros
+
+    def reset_state(self):
+        """Forget the carried state: the next training forward starts from zeros."""
 
 
 def model_class(architecture):

@@ -17,6 +17,10 @@ scalar Allreduce) for clipping, the AdamW update of slice r, and an Allgather of
 slices into every rank's full parameter buffer. A checkpoint gathers the slices into the
 ordinary AdamW state, so a ZeRO run resumes with or without ZeRO, on any number of ranks.
 
+The training loop (train.py) never imports this module: `vintage train` makes the world here
+(world(), an MPIWorld with world.Local's members) and the optimizer (make_optimizer), and
+hands both to train.train.
+
 Only rank 0 writes files (checkpoints, metrics, logs) and shows progress. A rank that fails
 must not leave the others waiting in a collective forever: an uncaught exception calls
 MPI Abort (sys.excepthook), and mpirun ends the job when a rank is killed.
@@ -32,34 +36,15 @@ import sys
 
 import numpy as np
 
+from vintagelm.flat_model import flat_slices
+from vintagelm.optim import adamw_update, bias_corrections, clip_factor, decays, make_optimizer as one_process_optimizer
+from vintagelm.world import LOCAL
+
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")  # set by mpirun / mpiexec
 
 
-class Local:
-    """One process, no MPI: every collective is the identity."""
-    rank, size = 0, 1
-
-    def mean(self, x):
-        return x
-
-    def average(self, buf):
-        pass
-
-    def barrier(self):
-        pass
-
-    def any(self, flag):
-        return bool(flag)
-
-    def abort(self, code):
-        sys.exit(code)
-
-
-LOCAL = Local()
-
-
 class MPIWorld:
-    """The ranks of MPI.COMM_WORLD."""
+    """The ranks of MPI.COMM_WORLD: world.Local's members, for N ranks."""
 
     def __init__(self, comm, mpi):
         self.comm, self.MPI = comm, mpi
@@ -81,6 +66,15 @@ class MPIWorld:
         """True on every rank when `flag` is true on any (a Ctrl-C seen by one rank stops all)."""
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
 
+    def rows(self, batch_size):
+        """The slice of a global batch's rows that this rank trains on: its 1/N."""
+        per = batch_size // self.size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def dropout_rng(self, rng):
+        """This rank's rows of the one-process dropout masks (RankRows)."""
+        return RankRows(rng, self.rank, self.size) if self.size > 1 else rng
+
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -96,8 +90,8 @@ def launched_by_mpi():
 
 def world():
     """The world this process trains in: MPIWorld when started by mpirun (and mpi4py is
-    installed), else Local. Made once; under MPI it also installs the excepthook that aborts
-    the job when any rank raises."""
+    installed), else world.LOCAL. Made once; under MPI it also installs the excepthook that
+    aborts the job when any rank raises."""
     global _WORLD
     if _WORLD is not None:
         return _WORLD
@@ -128,10 +122,12 @@ def install_abort_hook(w):
     sys.excepthook = hook
 
 
-def rows_of(rank, size, batch_size):
-    """The slice of a global batch's rows that `rank` trains on."""
-    per = batch_size // size
-    return slice(rank * per, (rank + 1) * per)
+def make_optimizer(cfg, model, world):
+    """The optimizer of a run of `cfg` on `world`: ZeroAdamW when cfg.zero asks for ZeRO-1 and
+    there are several ranks, else the one-process one (optim.make_optimizer)."""
+    if cfg.zero and world.size > 1:
+        return ZeroAdamW(model, world, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    return one_process_optimizer(cfg, model)
 
 
 class RankRows:
@@ -159,14 +155,13 @@ class RankRows:
 
 class ZeroAdamW:
     """AdamW with its moments sharded over the ranks (ZeRO stage 1); see the module docstring.
-    It has AdamW's state_dict / load_state_dict format (gathered), so checkpoints do not know
-    whether ZeRO was on."""
+    Each rank updates its slice with AdamW's own update (optim.adamw_update), parameter piece
+    by parameter piece. It has AdamW's state_dict / load_state_dict format (gathered), so
+    checkpoints do not know whether ZeRO was on."""
 
     sharded = True
 
     def __init__(self, model, world, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        from vintagelm.optim import decays
-
         self.model, self.world, self.lr = model, world, lr
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.t = 0
@@ -178,20 +173,16 @@ class ZeroAdamW:
         dtype = model.flat_params.dtype
         self.m = np.zeros(self.shard, dtype=dtype)  # (shard,) moments of this slice (padding included)
         self.v = np.zeros(self.shard, dtype=dtype)
-        decay = np.zeros(self.padded, dtype=bool)  # (padded,) which elements weight decay applies to
-        offset = 0
-        for name, p in model.params.items():
-            decay[offset:offset + p.size] = decays(p)
-            offset += p.size
-        self.decay = decay[lo:lo + self.shard]
+        self.slices = flat_slices(model.shapes)  # name -> where the parameter sits in the flat buffer
+        # the parameters' pieces inside this rank's slice: (where in the shard, whether it decays)
+        self.pieces = [(slice(max(s.start, lo) - lo, min(s.stop, self.hi) - lo), decays(model.params[name]))
+                       for name, s in self.slices.items() if s.start < self.hi and s.stop > lo]
         self._grads = np.zeros(self.padded, dtype=dtype)  # the padded gradient buffer sent to Reduce_scatter
         self._params = np.zeros(self.padded, dtype=dtype)  # the padded parameter buffer Allgather fills
 
     def step_sharded(self, flat_grads, lr, grad_clip):
         """Reduce-scatter the gradients, clip by the global norm, update this rank's slice and
         all-gather the parameters -> (global gradient norm, whether the step was taken)."""
-        from vintagelm.optim import clip_factor
-
         MPI, comm, N = self.world.MPI, self.world.comm, self.world.size
         n = flat_grads.size
         self._grads[:n] = flat_grads
@@ -203,22 +194,13 @@ class ZeroAdamW:
             return norm, False
         scale = clip_factor(norm, grad_clip or math.inf)
         self.t += 1
-        b1, b2 = self.betas
-        step_size = lr / (1 - b1**self.t)
-        rsqrt_bc2 = 1.0 / math.sqrt(1 - b2**self.t)
-        p = self._params[self.world.rank * self.shard:(self.world.rank + 1) * self.shard]  # (shard,) a view
+        step_size, rsqrt_bc2 = bias_corrections(lr, self.betas, self.t)
+        p = self._params[self.lo:self.lo + self.shard]  # (shard,) a view
         p[: self.hi - self.lo] = self.model.flat_params[self.lo:self.hi]
-        if scale != 1.0:
-            g *= g.dtype.type(scale)
-        p[self.decay] *= 1 - lr * self.weight_decay  # the same operations, in the same order, as AdamW._update
-        self.m *= b1
-        self.m += (1 - b1) * g
-        self.v *= b2
-        self.v += (1 - b2) * (g * g)
-        denom = np.sqrt(self.v)
-        denom *= rsqrt_bc2
-        denom += self.eps
-        p -= step_size * (self.m / denom)
+        for where, decaying in self.pieces:
+            adamw_update(p[where], g[where], self.m[where], self.v[where],
+                         decay=1 - lr * self.weight_decay if decaying else 1.0, betas=self.betas, eps=self.eps,
+                         step_size=step_size, rsqrt_bc2=rsqrt_bc2, grad_scale=scale)
         comm.Allgather(MPI.IN_PLACE, self._params)
         self.model.flat_params[...] = self._params[:n]
         return norm, True
@@ -236,25 +218,22 @@ class ZeroAdamW:
         (a collective: every rank must call it)."""
         out = {}
         for state, shard in (("m", self.m), ("v", self.v)):
-            full, offset = self._gather(shard), 0
-            for name, p in self.model.params.items():
-                out[f"{state}.{name}"] = full[offset:offset + p.size].reshape(p.shape).copy()
-                offset += p.size
+            full = self._gather(shard)
+            for name, where in self.slices.items():
+                out[f"{state}.{name}"] = full[where].reshape(self.model.shapes[name]).copy()
         out["t"] = np.array(self.t, dtype=np.int64)
         return out
 
     def load_state_dict(self, d):
-        expected = {f"{s}.{k}" for s in ("m", "v") for k in self.model.params} | {"t"}
+        expected = {f"{s}.{k}" for s in ("m", "v") for k in self.slices} | {"t"}
         if set(d) != expected:
             raise ValueError("optimizer state does not match the model")
         for state, shard in (("m", self.m), ("v", self.v)):
             full = np.zeros(self.padded, dtype=shard.dtype)
-            offset = 0
-            for name, p in self.model.params.items():
-                if d[f"{state}.{name}"].shape != p.shape:
-                    raise ValueError(f"optimizer state {state}.{name} has shape {d[f'{state}.{name}'].shape}, "
-                                     f"expected {p.shape}")
-                full[offset:offset + p.size] = d[f"{state}.{name}"].reshape(-1)
-                offset += p.size
-            shard[...] = full[self.world.rank * self.shard:(self.world.rank + 1) * self.shard]
+            for name, where in self.slices.items():
+                saved, shape = d[f"{state}.{name}"], self.model.shapes[name]
+                if saved.shape != shape:
+                    raise ValueError(f"optimizer state {state}.{name} has shape {saved.shape}, expected {shape}")
+                full[where] = saved.reshape(-1)
+            shard[...] = full[self.lo:self.lo + self.shard]
         self.t = int(d["t"])

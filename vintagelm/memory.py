@@ -12,8 +12,9 @@ probabilities (the naive and blocked forms keep them; tiled keeps none).
 """
 import os
 
-from vintagelm.common import UserError
 from vintagelm.architectures import training_bytes
+from vintagelm.common import UserError
+from vintagelm.model import GPT
 
 ACTIVATIONS_PER_LAYER = 17  # (B, T, C) arrays kept per layer for backward (see above)
 USABLE = 0.8  # of physical memory: the OS and the rest of the process need some
@@ -24,10 +25,9 @@ def gpt_training_bytes(config, batch_size, itemsize, train_tokens=0):
     size of the text plays no part)."""
     B, T, C, L, H, V = (batch_size, config.block_size, config.n_embd, config.n_layer, config.n_head,
                         config.vocab_size)
-    n_params = V * C + T * C + L * 12 * C * C
     attention = 0 if config.attention == "tiled" else B * H * T * T
     per_layer = ACTIVATIONS_PER_LAYER * B * T * C + attention
-    return itemsize * (4 * n_params + L * per_layer + 2 * B * T * V)  # + logits and their gradient
+    return itemsize * (4 * GPT.param_count(config) + L * per_layer + 2 * B * T * V)  # + logits and their gradient
 
 
 def ngram_training_bytes(config, batch_size, itemsize, train_tokens):

@@ -112,6 +112,8 @@ class Muon:
     matrices' "momentum_buffer.<name>", the AdamW part's "m.<name>" and "v.<name>", and one "t"
     (both parts always step together)."""
 
+    sharded = False  # each rank steps the whole model (train.training_step; ZeRO-1 is refused)
+
     def __init__(self, params, lr, muon_lr=0.02, momentum=0.95, nesterov=True, ns_steps=NS_STEPS,
                  betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, muon_weight_decay=0.0, backend="auto"):
         self.params, self.lr = params, lr

@@ -21,6 +21,7 @@ class Optimizer:
     """Shared bookkeeping: the parameter dict, a step counter, state (de)serialisation."""
 
     state_names = ()  # per-parameter state buffers, e.g. ("m", "v")
+    sharded = False  # True: the optimizer reduces, clips and steps across MPI ranks itself (dist.ZeroAdamW)
 
     def __init__(self, params, lr):
         self.params, self.lr, self.t = params, lr, 0
@@ -65,37 +66,50 @@ class AdamW(Optimizer):
         """One update with the gradients `grads` times grad_scale (the factor of gradient
         clipping, see clip_factor: applied as each gradient is read, not in a pass of its own)."""
         lr = self.lr if lr is None else lr
-        b1, b2 = self.betas
         self.t += 1
-        step_size = lr / (1 - b1**self.t)  # bias correction of m folded into the step
-        rsqrt_bc2 = 1.0 / math.sqrt(1 - b2**self.t)  # bias correction of v, under the sqrt
-        update = self._update_fused if self.fused else self._update
+        step_size, rsqrt_bc2 = bias_corrections(lr, self.betas, self.t)
         for k, p in self.params.items():
             decay = 1 - lr * self.weight_decay if decays(p) else 1.0
-            update(p, grads[k], self.state["m"][k], self.state["v"][k], decay, step_size, rsqrt_bc2, grad_scale)
-
-    def _update(self, p, g, m, v, decay, step_size, rsqrt_bc2, grad_scale):
-        b1, b2 = self.betas
-        if grad_scale != 1.0:
-            g = g * g.dtype.type(grad_scale)
-        if decay != 1.0:
-            p *= decay
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
-        denom = np.sqrt(v)
-        denom *= rsqrt_bc2
-        denom += self.eps
-        p -= step_size * (m / denom)
+            m, v = self.state["m"][k], self.state["v"][k]
+            if self.fused:
+                self._update_fused(p, grads[k], m, v, decay, step_size, rsqrt_bc2, grad_scale)
+            else:
+                adamw_update(p, grads[k], m, v, decay=decay, betas=self.betas, eps=self.eps,
+                             step_size=step_size, rsqrt_bc2=rsqrt_bc2, grad_scale=grad_scale)
 
     def _update_fused(self, p, g, m, v, decay, step_size, rsqrt_bc2, grad_scale):
-        """_update in one pass over each tensor (fast/kernels.py), float32."""
-        from vintagelm.fast.kernels import adamw_update
+        """adamw_update in one pass over each tensor (fast/kernels.py), float32."""
+        from vintagelm.fast.kernels import adamw_update as fused_update
 
         f = np.float32
-        adamw_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(decay), f(self.betas[0]),
+        fused_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(decay), f(self.betas[0]),
                      f(self.betas[1]), f(step_size), f(rsqrt_bc2), f(self.eps), f(grad_scale))
+
+
+def bias_corrections(lr, betas, t):
+    """AdamW's step size at rate lr with m's bias correction folded in, and 1 / sqrt of v's
+    bias correction, at step t (1 at the first update)."""
+    b1, b2 = betas
+    return lr / (1 - b1**t), 1.0 / math.sqrt(1 - b2**t)
+
+
+def adamw_update(p, g, m, v, *, decay, betas, eps, step_size, rsqrt_bc2, grad_scale=1.0):
+    """AdamW's update (see AdamW) of one tensor p and its moments m, v, in place, from its
+    gradient g times grad_scale. decay: p's factor 1 - lr wd (1.0: none); step_size, rsqrt_bc2:
+    bias_corrections. AdamW.step and ZeRO-1's shard (dist.ZeroAdamW) both update through it."""
+    b1, b2 = betas
+    if grad_scale != 1.0:
+        g = g * g.dtype.type(grad_scale)
+    if decay != 1.0:
+        p *= decay
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    denom = np.sqrt(v)
+    denom *= rsqrt_bc2
+    denom += eps
+    p -= step_size * (m / denom)
 
 
 class SGD(Optimizer):
@@ -174,13 +188,27 @@ def clip_grad_norm(grads, max_norm):
     return total
 
 
-def lr_at(step, *, max_lr, min_lr, warmup_steps, decay_steps):
-    """Learning rate at `step` (0-based): linear warm-up from max_lr/(warmup+1) to max_lr at
-    step == warmup_steps, then half a cosine down to min_lr at step == decay_steps, then flat.
-    Warm-up keeps Adam's first, poorly estimated updates small."""
-    if step < warmup_steps:
-        return max_lr * (step + 1) / (warmup_steps + 1)
-    if step >= decay_steps:
+def lr_at(step, *, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """The learning rate at `step` (0-based) of a schedule that peaks at learning_rate: linear
+    warm-up from learning_rate/(warmup_iters+1) to learning_rate at step == warmup_iters, then half
+    a cosine down to min_lr at step == lr_decay_iters, then flat. Warm-up keeps Adam's first,
+    poorly estimated updates small."""
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / (warmup_iters + 1)
+    if step >= lr_decay_iters:
         return min_lr
-    progress = (step - warmup_steps) / (decay_steps - warmup_steps)  # 0 -> 1
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+    progress = (step - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def make_optimizer(cfg, model):
+    """The optimizer a TrainConfig names (cfg.optimizer) for `model`, in one process:
+    AdamW, or Muon with AdamW for what Muon does not update (muon.py). dist.make_optimizer
+    adds ZeRO-1 under MPI."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        from vintagelm.muon import Muon  # muon.py builds on this module
+
+        return Muon(model.params, cfg.learning_rate, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, betas=betas,
+                    weight_decay=cfg.weight_decay, backend=cfg.backend)
+    return AdamW(model.params, cfg.learning_rate, betas, weight_decay=cfg.weight_decay, backend=cfg.backend)

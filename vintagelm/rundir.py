@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vintagelm.checkpoint import find_latest, read_state
-from vintagelm.common import UserError, atomic_file, link_refused, open_nofollow
-from vintagelm.train_config import TrainConfig
-from vintagelm.dist import world as current_world
+from vintagelm.common import UserError, atomic_file, link_refused, make_parent, open_nofollow
+from vintagelm.train_config import TrainConfig, resume_conflicts
+from vintagelm.world import LOCAL
 
 LOCK_FILE = "train.lock"
 METRICS_FILE = "metrics.jsonl"
@@ -113,15 +113,54 @@ def remove_if_unused(run_dir):
         Path(run_dir).rmdir()
 
 
-def saved_config(run_dir):
+@contextmanager
+def run_files(run_dir, world):
+    """Rank 0 holds the run directory's lock (run_lock) while every rank trains -> whether this
+    rank writes the run's files."""
+    if world.rank == 0:
+        made = not run_dir.exists()
+        make_parent(run_dir / LOCK_FILE)
+        with run_lock(run_dir):
+            try:
+                world.barrier()
+                yield True
+            except BaseException:
+                if made:  # stopped before writing anything (bad data, too large): leave no folder behind
+                    remove_if_unused(run_dir)
+                raise
+    else:
+        world.barrier()  # after rank 0 took the lock: a second job on the same folder fails there first
+        yield False
+
+
+def saved_config(run_dir, world=LOCAL):
     """The TrainConfig a run was trained with (from its latest checkpoint), read under the run's
     lock: a run another `vintage train` is writing is reported in use. (Under MPI rank 0 alone
     takes the lock; the job stops there if the run is busy.)"""
     check_run_dir(run_dir, resume=True)
-    if current_world().rank != 0:
+    if world.rank != 0:
         return read_saved_config(run_dir)
     with run_lock(run_dir):
         return read_saved_config(run_dir)
+
+
+def check_resumable(run_dir, cfg):
+    """A UserError unless `cfg` continues the run in run_dir: the same architecture, and no
+    setting changed but those a resume may change (train_config.RESUMABLE). Call it holding the lock."""
+    saved = read_saved_config(run_dir)
+    if saved.arch != cfg.arch:
+        raise UserError(f"--resume: the run in {run_dir} is {with_article(saved.arch)}, not {with_article(cfg.arch)}")
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise UserError(f"--resume: these settings differ from the run in {run_dir} ({'; '.join(conflicts)}); "
+                        "only max_iters, the backend and the logging/checkpoint settings may change on resume; "
+                        "drop the other flags or train into a new --out")
+
+
+def with_article(name):
+    """'gpt' -> 'a gpt', 'lstm' -> 'an lstm': "an" before a vowel sound, as a letter's name is
+    read aloud (el, em, en, ar, es, ef, ex, aitch)."""
+    return f"{'an' if name[:1].lower() in 'aefhilmnorsx' else 'a'} {name}"
 
 
 def read_saved_config(run_dir):

@@ -21,17 +21,17 @@ estimate uses the same batches and evaluating never moves the training data).
 A checkpoint stores the dropout and batch generators' states, so a resumed run continues
 bit for bit as if it had never stopped.
 
-This file does not parse arguments (commands/train.py), define the model (model.py), measure
-the loss on held-out text (evaluate.py) or find and prepare the data (data/resolve.py).
-The config's `backend` chooses the implementation of model and optimizer (backend.py).
+This file does not parse arguments (commands/train.py), define the model (architectures.py),
+measure the loss on held-out text (evaluate.py), find and prepare the data (data/resolve.py),
+guard the run directory (rundir.py) or know MPI: the world it trains in (world.LOCAL, or
+dist.world()'s ranks) and the maker of its optimizer (optim.make_optimizer, or dist's with
+ZeRO-1) are handed to train() by the command. A model that trains differently says so through
+its interface (architectures.CountedModel, RecurrentModel), never by its name.
 """
 import json
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -39,17 +39,17 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from vintagelm.architectures import CountedModel, RecurrentModel, model_for
 from vintagelm.checkpoint import find_latest, linked_checkpoints, load_checkpoint, save_checkpoint
-from vintagelm.common import UserError, make_parent, open_nofollow, write_json_atomic
-from vintagelm.train_config import format_config, resume_conflicts
+from vintagelm.common import UserError, open_nofollow, write_json_atomic
 from vintagelm.data.resolve import resolve_dataset
-from vintagelm.dist import LOCAL, RankRows, ZeroAdamW, rows_of, world as current_world
 from vintagelm.evaluate import estimate_val, token_byte_lengths
+from vintagelm.interrupt import stop_on_interrupt
 from vintagelm.memory import check_fits
-from vintagelm.architectures import model_for
-from vintagelm.optim import AdamW, clip_factor, grad_norm, layer_grad_norms, lr_at
-from vintagelm.rundir import (LOCK_FILE, METRICS_FILE, check_run_dir, read_saved_config, refuse_existing_run,
-                              remove_if_unused, run_lock, trim_metrics)
+from vintagelm.optim import clip_factor, grad_norm, layer_grad_norms, lr_at, make_optimizer
+from vintagelm.rundir import METRICS_FILE, check_resumable, check_run_dir, refuse_existing_run, run_files, trim_metrics
+from vintagelm.train_config import format_config
+from vintagelm.world import LOCAL
 
 
 # ---------------------------------------------------------------- one step
@@ -81,11 +81,11 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     clipped to global norm `grad_clip` (0 or None: no clipping), at learning rate lr -> StepResult.
     A non-finite loss or gradient skips the update.
 
-    Under MPI (world, see dist.py) each rank brings its own rows' micro-batches: the loss and the
-    gradients are averaged over the ranks before the norm and the step, so every rank steps alike;
-    a sharded optimizer (ZeRO-1) reduces, clips and gathers by itself."""
+    With several ranks (world: world.py, dist.py) each brings its own rows' micro-batches: the
+    loss and the gradients are averaged over the ranks before the norm and the step, so every
+    rank steps alike; a sharded optimizer (ZeRO-1) reduces, clips and gathers by itself."""
     loss = world.mean(accumulate_gradients(model, micro_batches))
-    if getattr(optimizer, "sharded", False):
+    if optimizer.sharded:
         norm, stepped = optimizer.step_sharded(model.flat_grads, lr, grad_clip)
         return StepResult(loss, norm, stepped and math.isfinite(loss))
     world.average(model.flat_grads)
@@ -95,37 +95,6 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     # clipping: the optimizer reads the gradients times this factor (no pass of its own)
     optimizer.step(model.grads, lr=lr, grad_scale=clip_factor(norm, grad_clip or math.inf))
     return StepResult(loss, norm, True)
-
-
-# ---------------------------------------------------------------- Ctrl-C
-@contextmanager
-def stop_on_interrupt(say):
-    """While active, Ctrl-C (SIGINT) or SIGTERM (a scheduler's or `kill`'s stop) only raises a
-    flag that the loop checks between steps, so a step is never cut in half; the loop then
-    saves a checkpoint and returns. A second signal gets its usual effect (Ctrl-C's
-    KeyboardInterrupt; the checkpoints on disk stay intact)."""
-    flag = threading.Event()
-    # signal handlers can only be installed from the main thread
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    # a signal that was ignored when we started (nohup, `&` in a non-interactive shell) stays ignored
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
-
-    def handler(signum, frame):
-        flag.set()
-        for s, old in previous.items():
-            signal.signal(s, old)
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        say(f"\n{name}: finishing this step, then saving a checkpoint and stopping (a second one quits at once)")
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield flag
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 # ---------------------------------------------------------------- the loop
@@ -141,15 +110,18 @@ class TrainResult:
 
 
 class Trainer:
-    """Holds the model, optimizer, generators and counters of one run; `run()` trains."""
+    """Holds the model, optimizer, generators and counters of one run; `run()` trains.
+    make_optimizer(cfg, model) -> the optimizer (made again whenever the model is)."""
 
-    def __init__(self, cfg, dataset, ckpt=None, say=tqdm.write, world=LOCAL):
-        self.cfg, self.data, self.world = cfg, dataset, world
+    def __init__(self, cfg, dataset, ckpt=None, say=tqdm.write, world=LOCAL, make_optimizer=make_optimizer):
+        self.cfg, self.data, self.world, self.make_optimizer = cfg, dataset, world, make_optimizer
         self.say = say if world.rank == 0 else (lambda msg: None)  # rank 0 alone speaks and writes
         self.run_dir = Path(cfg.out)
         self.byte_lengths = token_byte_lengths(dataset.tokenizer)
         self.load(ckpt)
         self.resumed = ckpt is not None
+        if self.carries_state and cfg.grad_accum > 1:
+            raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
 
     def load(self, ckpt):
         """Take model, optimizer, generators and counters from a Checkpoint, or make them
@@ -161,14 +133,11 @@ class Trainer:
             self.model = model_for(cfg.model)(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype), backend=cfg.backend)
             if cfg.init_from:
                 self.model.flat_params[...] = initial_weights(cfg, self.model)
-        if self.world.size > 1:  # each rank applies its rows of the one-process dropout masks
-            self.model.dropout_rng = RankRows(self.model.dropout_rng, self.world.rank, self.world.size)
-        if cfg.zero and self.world.size > 1:  # ZeRO-1: this rank keeps the moments of its slice only
-            self.optimizer = ZeroAdamW(self.model, self.world, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                       weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = AdamW(self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                   weight_decay=cfg.weight_decay, backend=cfg.backend)
+        # a recurrent model carrying its state reads each row's text in order (draw_batch)
+        self.carries_state = isinstance(self.model, RecurrentModel) and self.model.config.carry_state
+        # with several ranks, each applies its rows of the one-process dropout masks
+        self.model.dropout_rng = self.world.dropout_rng(self.model.dropout_rng)
+        self.optimizer = self.make_optimizer(cfg, self.model)
         self.data_rng = np.random.default_rng([cfg.seed, 2])
         self.step, self.lr_scale, self.bad_steps = 0, 1.0, 0
         if ckpt is None:
@@ -180,7 +149,7 @@ class Trainer:
             raise UserError(f"{ckpt.path / 'optimizer.safetensors'}: {e}") from None
         try:
             self.data_rng.bit_generator.state = ckpt.state["rng"]["data"]
-            restore_carried_state(self.model, ckpt.state.get("recurrent_state"))
+            self.restore_carried_state(ckpt.state.get("recurrent_state"))
             self.lr_scale = float(ckpt.state["train"]["lr_scale"])
             self.bad_steps = int(ckpt.state["train"]["bad_steps"])
         except (KeyError, TypeError, ValueError) as e:
@@ -188,14 +157,23 @@ class Trainer:
                             "it was not written by `vintage train`") from None
         self.step = ckpt.step
 
+    def carried_state(self):
+        """The state a recurrent model carries into the next window, as JSON lists (exact: tolist
+        keeps every float), or None."""
+        state = self.model.state if isinstance(self.model, RecurrentModel) else None
+        return None if state is None else [[a.tolist() for a in layer] for layer in state]
+
+    def restore_carried_state(self, saved):
+        if saved is not None and isinstance(self.model, RecurrentModel):
+            self.model.state = [tuple(np.asarray(a, dtype=self.model.dtype) for a in layer) for layer in saved]
+
     def save(self):
         cfg = self.cfg
         train_state = {
             "train_config": cfg.to_dict(),
             "rng": {"data": self.data_rng.bit_generator.state},
             "train": {"lr_scale": self.lr_scale, "bad_steps": self.bad_steps},
-            # a recurrent model's carried state (carry_state): the next window starts from it
-            "recurrent_state": carried_state(self.model),
+            "recurrent_state": self.carried_state(),  # the next window starts from it
             # absolute: `vintage eval RUN` from another folder still finds the data
             "data": {"dataset": self.data.location,
                      "tokenizer_fingerprint": self.data.tokenizer.fingerprint()},
@@ -207,22 +185,29 @@ class Trainer:
                                self.data.tokenizer, cfg.keep_checkpoints)
 
     def lr(self, step):
+        """The learning rate of `step`: the schedule peaking at cfg.learning_rate, times lr_scale."""
         cfg = self.cfg
-        peak = lr_at(step, max_lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_iters,
-                     decay_steps=cfg.lr_decay_iters or cfg.max_iters)
-        return peak * self.lr_scale
+        scheduled = lr_at(step, learning_rate=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
+                          lr_decay_iters=cfg.lr_decay_iters or cfg.max_iters)
+        return scheduled * self.lr_scale
+
+    def draw_batch(self):
+        """The step's global batch -> (x, y), (B, T) each: random windows of the train split, or
+        for a model that carries its state, each row's next window (data.loader.stream_batch)."""
+        cfg = self.cfg
+        if not self.carries_state:
+            return self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)
+        x, y, restart = self.data.stream(cfg.batch_size, cfg.model.block_size, self.step)
+        if restart:
+            self.model.reset_state()
+        return x, y
 
     def train_step(self):
         """One optimizer step (or a skipped one) -> its metrics row."""
         cfg = self.cfg
         lr = self.lr(self.step)
-        if getattr(cfg.model, "carry_state", False):  # a recurrent model reads its streams in order
-            x, y, restart = self.data.stream(cfg.batch_size, cfg.model.block_size, self.step)
-            if restart:
-                self.model.reset_state()
-        else:
-            x, y = self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)  # (B, T) each
-        mine = rows_of(self.world.rank, self.world.size, cfg.batch_size)  # this rank's B/N rows (all of them alone)
+        x, y = self.draw_batch()
+        mine = self.world.rows(cfg.batch_size)  # this rank's B/N rows (all of them alone)
         x, y = x[mine], y[mine]
         micro = list(zip(np.split(x, cfg.grad_accum), np.split(y, cfg.grad_accum)))  # k x (B/(N k), T)
         loss, norm, stepped = training_step(self.model, self.optimizer, micro, lr, cfg.grad_clip, self.world)
@@ -270,14 +255,14 @@ class Trainer:
         return estimate_val(self.model, self.data, micro, self.cfg.eval_iters, self.cfg.seed, self.byte_lengths)
 
     def count(self):
-        """A count model (the museum's n-gram: `fit`, no gradients) trains by counting the whole
-        train split once: that is its one step to max_iters, then evaluation and a checkpoint."""
+        """A counted model (CountedModel: no gradients) trains by counting the whole train split
+        once: that is its one step to max_iters, then evaluation and a checkpoint."""
         cfg = self.cfg
         if self.step >= cfg.max_iters:
             return None, False
         t0 = time.perf_counter()
         self.model.fit(self.data.train)
-        self.optimizer = AdamW(self.model.params, cfg.learning_rate, backend=cfg.backend)  # fit made new tables
+        self.optimizer = self.make_optimizer(cfg, self.model)  # fit made new tables
         seconds = time.perf_counter() - t0
         self.step = cfg.max_iters
         val = self.evaluate()
@@ -294,7 +279,7 @@ class Trainer:
     def run(self, progress=True):
         """Train until max_iters or Ctrl-C -> (last evaluation dict or None, interrupted)."""
         cfg = self.cfg
-        if hasattr(self.model, "fit"):
+        if isinstance(self.model, CountedModel):
             return self.count()
         tokens_per_step = cfg.batch_size * cfg.model.block_size
         val, metrics_file = None, self.run_dir / METRICS_FILE
@@ -329,17 +314,6 @@ class Trainer:
         return val, stopping
 
 
-def carried_state(model):
-    """A recurrent model's carried state as JSON lists (exact: tolist keeps every float), or None."""
-    state = getattr(model, "state", None)
-    return None if state is None else [[a.tolist() for a in layer] for layer in state]
-
-
-def restore_carried_state(model, saved):
-    if saved is not None and hasattr(model, "state"):
-        model.state = [tuple(np.asarray(a, dtype=model.dtype) for a in layer) for layer in saved]
-
-
 def initial_weights(cfg, model):
     """The flat parameters of the checkpoint cfg.init_from, checked to fit `model` (a fine-tune
     may change dropout, never the shapes)."""
@@ -355,15 +329,16 @@ def fmt(loss):
     return "nan" if loss is None else f"{loss:.4f}"
 
 
-def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
+def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None, world=LOCAL, make_optimizer=make_optimizer):
     """Train as `cfg` says (resuming the run in cfg.out when `resume`) -> TrainResult.
     Writes cfg.out/config.json, tokenizer.json, metrics.jsonl and checkpoints/.
     dataset: the data to train on (e.g. a chat.dataset.ChatDataset); None resolves cfg.data.
-    Under mpirun every rank calls this; rank 0 alone prepares data, speaks and writes (dist.py).
+    world: the ranks training together (world.LOCAL; under mpirun every rank calls this with
+    dist.world(), and rank 0 alone prepares data, speaks and writes). make_optimizer(cfg, model):
+    the optimizer (optim.make_optimizer; dist.make_optimizer for ZeRO-1).
 
     The run's lock is taken first (rundir.py), before its saved config, its checkpoints or the
     data are read, and the memory a step needs is checked before the model is made."""
-    world = current_world()
     if world.rank != 0:
         say = lambda msg: None  # noqa: E731
     run_dir = Path(cfg.out)
@@ -389,11 +364,11 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
         if ckpt is not None and ckpt.tokenizer is not None and \
                 ckpt.tokenizer.fingerprint() != dataset.tokenizer.fingerprint():
             raise UserError(f"--resume: the dataset {dataset.location} uses a different tokenizer than {ckpt.path}")
+        trainer = Trainer(cfg, dataset, ckpt, say, world, make_optimizer)  # before anything is written
         say(f"config (saved as {run_dir / 'config.json'}):\n{format_config(cfg)}")
         if writer:
             write_json_atomic(run_dir / "config.json", cfg.to_dict())
             dataset.tokenizer.save(run_dir / "tokenizer.json")
-        trainer = Trainer(cfg, dataset, ckpt, say, world)
         if resume:
             if writer:
                 trim_metrics(run_dir / METRICS_FILE, trainer.step)
@@ -402,32 +377,13 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None):
                 say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
         elif writer:  # a run that died before its first checkpoint left these rows: not this run's
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        ranks = f", {world.size} ranks (MPI){', ZeRO-1' if cfg.zero and world.size > 1 else ''}" if world.size > 1 else ""
+        ranks = f", {world.size} ranks (MPI){', ZeRO-1' if trainer.optimizer.sharded else ''}" if world.size > 1 else ""
         say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: {dataset.describe()}, "
             f"vocab {cfg.model.vocab_size}{ranks}")
         t0 = time.perf_counter()
         val, interrupted = trainer.run(progress)
     return TrainResult(run_dir, trainer.step, interrupted, val, trainer.model, dataset.tokenizer,
                        time.perf_counter() - t0)
-
-
-def check_resumable(run_dir, cfg):
-    """A UserError unless `cfg` continues the run in run_dir: the same architecture, and no
-    setting changed but those a resume may change (config.RESUMABLE). Call it holding the lock."""
-    saved = read_saved_config(run_dir)
-    if saved.arch != cfg.arch:
-        raise UserError(f"--resume: the run in {run_dir} is {with_article(saved.arch)}, not {with_article(cfg.arch)}")
-    conflicts = resume_conflicts(saved, cfg)
-    if conflicts:
-        raise UserError(f"--resume: these settings differ from the run in {run_dir} ({'; '.join(conflicts)}); "
-                        "only max_iters, the backend and the logging/checkpoint settings may change on resume; "
-                        "drop the other flags or train into a new --out")
-
-
-def with_article(name):
-    """'gpt' -> 'a gpt', 'lstm' -> 'an lstm': "an" before a vowel sound, as a letter's name is
-    read aloud (el, em, en, ar, es, ef, ex, aitch)."""
-    return f"{'an' if name[:1].lower() in 'aefhilmnorsx' else 'a'} {name}"
 
 
 def shared_dataset(cfg, world, progress, say):
@@ -440,34 +396,12 @@ def shared_dataset(cfg, world, progress, say):
 
 def check_trainable(cfg, dataset, world):
     """What must hold before the model is made: a step fits in memory (whatever the architecture:
-    models.training_bytes), the settings go together, and the data is long enough."""
+    architectures.training_bytes) and the data is long enough."""
     micro_batch = cfg.batch_size // (world.size * cfg.grad_accum)
     check_fits(cfg.model, micro_batch, np.dtype(cfg.dtype).itemsize, train_tokens=token_count(dataset.train))
-    if getattr(cfg.model, "carry_state", False) and cfg.grad_accum > 1:
-        raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
     dataset.check(cfg.model.block_size)
 
 
 def token_count(split):
     """Tokens in a train split: a prepared dataset's ids (N,), or a chat dataset's (x, y) windows."""
     return split[0].size if isinstance(split, tuple) else len(split)
-
-
-@contextmanager
-def run_files(run_dir, world):
-    """Rank 0 holds the run directory's lock (run_lock) while every rank trains -> whether this
-    rank writes the run's files."""
-    if world.rank == 0:
-        made = not run_dir.exists()
-        make_parent(run_dir / LOCK_FILE)
-        with run_lock(run_dir):
-            try:
-                world.barrier()
-                yield True
-            except BaseException:
-                if made:  # stopped before writing anything (bad data, too large): leave no folder behind
-                    remove_if_unused(run_dir)
-                raise
-    else:
-        world.barrier()  # after rank 0 took the lock: a second job on the same folder fails there first
-        yield False

@@ -5,6 +5,10 @@ Resolution order (later wins): the preset (`tiny` when none is named), then a TO
 A key is a training field (`max_iters`) or a model field, with or without the `model.`
 prefix (`model.n_layer` or `n_layer`; `vocab_size` alone is the training field). Every value
 is checked against the field's type; an unknown key is a UserError listing the valid ones.
+Every source is read whole before any value is used: the architecture (which decides what the
+model's fields are) is the last `arch` set, typed like any other value, and then every value
+is typed for it (apply_sources). The backend is resolved here, once: a run saves and uses
+"reference" or "fast", never "auto".
 
 The model's vocabulary size is not configurable here: it is whatever the tokenizer of the
 prepared dataset has (train.py fills it in). `vocab_size` is the BPE tokenizer's target.
@@ -13,13 +17,16 @@ This file reads no data and builds no model.
 import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from typing import Callable, NamedTuple
 
 from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError, regular_file
-from vintagelm.model import GPTConfig
 from vintagelm.architectures import model_class
+from vintagelm.model import GPTConfig
+from vintagelm.muon import ZERO_UNSUPPORTED
 
 DTYPES = ("float32", "float64")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def tiny_model():
@@ -53,6 +60,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99  # 0.99 rather than 0.999: small batches give noisy second moments
     grad_clip: float = 1.0  # global-norm clip (0: off)
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the hidden matrices, AdamW for the rest (muon.py)
+    muon_lr: float = 0.02  # Muon's peak rate for its matrices, on learning_rate's schedule
+    muon_momentum: float = 0.95  # Muon's momentum
     # bookkeeping
     eval_interval: int = 100  # steps between validation estimates (and at the last step)
     eval_iters: int = 20  # validation batches per estimate
@@ -77,8 +87,9 @@ class TrainConfig:
         if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
             raise UserError(f"{source} is not a training config (no 'model' table)")
         train = {k: v for k, v in d.items() if k != "model"}
-        arch = train.get("arch", "gpt") if isinstance(train.get("arch", "gpt"), str) else "gpt"
-        return build(cls(), table_values({"model": d["model"], "train": train}, source, saved=True, arch=arch))
+        checked = Source(toml_tables({"model": d["model"], "train": train}, source),
+                         lambda v, typ, key: check_type(v, typ, key, source), saved=True)
+        return apply_sources(cls(), [checked])
 
 
 # name -> overrides of the defaults (the dataclass defaults are `tiny`)
@@ -135,18 +146,6 @@ def unknown_key(key, arch="gpt"):
     return UserError(f"unknown config key {key!r} for arch {arch!r}{hint}; valid keys: {', '.join(valid_keys(arch))}")
 
 
-def split_key(key, arch="gpt"):
-    """'n_layer' / 'model.n_layer' -> ('model', 'n_layer', int); 'max_iters' -> ('train', 'max_iters', int)."""
-    if key.startswith("model."):
-        table, name = "model", key[len("model."):]
-    else:
-        table, name = ("train" if key in train_fields() else "model"), key
-    types = model_fields(arch=arch) if table == "model" else train_fields()
-    if name not in types:
-        raise unknown_key(key, arch)
-    return table, name, types[name]
-
-
 def parse_text(text, typ, key):
     """A `--set` value (always a string) -> the field's type."""
     try:
@@ -157,9 +156,9 @@ def parse_text(text, typ, key):
             if lowered in ("false", "0", "no", "off"):
                 return False
             raise ValueError
-        return typ(text)
+        return typ(text.strip())
     except ValueError:
-        raise UserError(f"{key}={text!r}: expected {typ.__name__}") from None
+        raise UserError(f"{key}={text.strip()!r}: expected {typ.__name__}") from None
 
 
 def check_type(value, typ, key, source):
@@ -178,46 +177,72 @@ def check_type(value, typ, key, source):
     return float(value) if typ is float else value
 
 
-def table_values(tables, source, saved=False, arch="gpt"):
-    """Typed values {"model": {...}, "train": {...}} (a TOML file, a saved config), checked ->
-    the same shape. Only a saved config (`saved`) may carry the model's vocab_size."""
-    out = {"model": {}, "train": {}}
-    for table, values in tables.items():
-        if table not in out or not isinstance(values, dict):
-            raise UserError(f"{source}: unexpected {table!r}; a config has a [model] and a [train] table")
-        types = model_fields(with_vocab=saved, arch=arch) if table == "model" else train_fields()
-        for name, value in values.items():
-            key = f"model.{name}" if table == "model" else name
-            if name not in types:
-                raise unknown_key(key, arch)
-            out[table][name] = check_type(value, types[name], key, source)
-    return out
+class Source(NamedTuple):
+    """One source of settings, read into tables but not yet typed: which fields a model table
+    may hold depends on the architecture, and that is decided by all the sources together."""
+
+    tables: dict  # {"model": {key: value}, "train": {name: value}}, model keys as --set takes them
+    convert: Callable  # (value, field type, key) -> the typed value, or a UserError
+    lenient: bool = False  # leave out model keys the architecture lacks (a preset is written for the GPT)
+    saved: bool = False  # a saved config: its model table holds the tokenizer's vocab_size too
 
 
-def key_values(flat, arch="gpt", lenient=False):
-    """{"key": typed value} with keys as `--set` takes them -> {"model": {...}, "train": {...}}.
-    lenient: leave out model keys the architecture does not have (a preset is written for the GPT)."""
-    out = {"model": {}, "train": {}}
+def key_tables(flat):
+    """{key: value} with keys as `--set` takes them -> {"model": {...}, "train": {...}}: "model.x"
+    and any name that is not a training field go to the model (known to any architecture)."""
+    tables = {"model": {}, "train": {}}
     for key, value in flat.items():
-        if lenient and key.startswith("model.") and key[len("model."):] not in model_fields(arch=arch):
-            continue
-        table, name, _ = split_key(key, arch)
-        out[table][name] = value
+        tables["train" if key in train_fields() else "model"][key] = value
+    return tables
+
+
+def toml_tables(toml, source):
+    """A TOML document -> its [model] and [train] tables, refusing anything else."""
+    for table, values in toml.items():
+        if table not in ("model", "train") or not isinstance(values, dict):
+            raise UserError(f"{source}: unexpected {table!r}; a config has a [model] and a [train] table")
+    return {"model": {f"model.{k}": v for k, v in toml.get("model", {}).items()}, "train": toml.get("train", {})}
+
+
+def override_tables(overrides):
+    """`--set key=value` items -> tables of their (untyped) texts."""
+    flat = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value")
+        flat[key.strip()] = text
+    return key_tables(flat)
+
+
+def typed(source, table, arch):
+    """One table of a Source, every value converted to its field's type for architecture `arch`."""
+    types = model_fields(with_vocab=source.saved, arch=arch) if table == "model" else train_fields()
+    out = {}
+    for key, value in source.tables[table].items():
+        name = key.removeprefix("model.") if table == "model" else key
+        if name in types:
+            out[name] = source.convert(value, types[name], key)
+        elif not (source.lenient and table == "model"):
+            raise unknown_key(key, arch)
     return out
 
 
-def build(cfg, *updates):
-    """cfg with the updates applied in order; the model config is validated once, at the end,
-    so a later update may fix what an earlier one left inconsistent (n_embd vs n_head). An
-    update may change the architecture (train "arch"): the model then starts from its defaults."""
+def apply_sources(cfg, sources):
+    """cfg with the sources applied in order (later wins). The architecture is decided first (the
+    last source that sets `arch`, its value typed like any other); then every value is typed
+    for it, and the model config is validated once, at the end, so a later source may fix what
+    an earlier one left inconsistent (n_embd vs n_head). Another architecture than cfg's starts
+    its model from that architecture's defaults."""
     arch = cfg.arch
-    for u in updates:
-        arch = u["train"].get("arch", arch)
-    cls = model_config_class(arch)
+    for source in sources:
+        if "arch" in source.tables["train"]:
+            arch = source.convert(source.tables["train"]["arch"], str, "arch")
+    cls = model_config_class(arch)  # an unknown architecture is an error now, naming the known ones
     model, train = (cfg.model.to_dict() if type(cfg.model) is cls else {}), {}
-    for u in updates:
-        model.update(u["model"])
-        train.update(u["train"])
+    for source in sources:
+        train.update(typed(source, "train", arch))
+        model.update(typed(source, "model", arch))
     try:
         new_model = cls.from_dict(model)
     except ValueError as e:
@@ -236,58 +261,40 @@ def load_toml(path):
         raise UserError(f"config file {path} is nested too deeply; a config has [model] and [train] tables") from None
 
 
-def parse_override(item, arch="gpt"):
-    """'key=value' -> (key, typed value)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise UserError(f"--set {item!r}: expected key=value")
-    _, _, typ = split_key(key, arch)
-    return key, parse_text(text.strip(), typ, key)
-
-
-def chosen_arch(base, toml, overrides, flags):
-    """The architecture a config will have: a CLI flag, else `--set arch=`, else the TOML file's
-    [train] arch, else the base config's, else "gpt" (the later sources win, as in resolve_config)."""
-    if flags.get("arch"):
-        return flags["arch"]
-    for item in reversed(overrides):
-        key, sep, text = item.partition("=")
-        if sep and key.strip() == "arch":
-            return text.strip()
-    if isinstance(toml.get("train"), dict) and isinstance(toml["train"].get("arch"), str):
-        return toml["train"]["arch"]
-    return base.arch if base is not None else "gpt"
+def typed_already(value, typ, key):
+    """The converter of sources whose values are Python values of the right type already."""
+    return value
 
 
 def resolve_config(preset=None, config_file=None, overrides=(), base=None, **cli_flags):
     """Build the TrainConfig: preset (or `base`, e.g. a run's saved config), then the TOML
-    file, then `--set` overrides, then CLI flags (None means "not given"). Validated."""
+    file, then `--set` overrides, then CLI flags (None means "not given"). Every source is read
+    into tables, then typed and applied (apply_sources); then validated, the backend resolved."""
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     name = preset or "tiny"
     flags = {k: v for k, v in cli_flags.items() if v is not None}
-    toml = load_toml(config_file) if config_file is not None else {}
-    arch = chosen_arch(base, toml, overrides, flags)
-    model_config_class(arch)  # an unknown architecture is an error now, naming the known ones
-    updates = [] if base is not None else [key_values(PRESETS[name], arch, lenient=True),
-                                           key_values({"out": f"runs/{name}"}, arch)]
-    if config_file is not None:
-        updates.append(table_values(toml, str(config_file), arch=arch))
-    updates.append(key_values(dict(parse_override(item, arch) for item in overrides), arch))
     unknown = sorted(set(flags) - set(train_fields()))
     if unknown:
         raise TypeError(f"resolve_config got unknown flags {unknown}")
-    updates.append({"model": {}, "train": flags})
-    cfg = build(base or TrainConfig(), *updates)
+    sources = [] if base is not None else [Source(key_tables({**PRESETS[name], "out": f"runs/{name}"}),
+                                                  typed_already, lenient=True)]
+    if config_file is not None:
+        source = str(config_file)
+        sources.append(Source(toml_tables(load_toml(config_file), source),
+                              lambda v, typ, key: check_type(v, typ, key, source)))
+    sources.append(Source(override_tables(overrides), parse_text))
+    sources.append(Source({"model": {}, "train": flags}, typed_already))
+    cfg = apply_sources(base or TrainConfig(), sources)
     cfg = replace(cfg, backend=concrete_backend(cfg.backend))
     validate(cfg)
     return cfg
 
 
 def concrete_backend(name):
-    """"auto" / "reference" / "fast" -> "reference" or "fast", the name a run saves; a UserError
-    for another name, or for "fast" where numba is not installed."""
+    """"auto" / "reference" / "fast" -> "reference" or "fast", the name a run saves and every
+    part of it then uses as given; a UserError for another name, or for "fast" where numba is
+    not installed. (The one resolution of a run's backend: backend.resolve_backend.)"""
     try:
         return resolve_backend(name)
     except ValueError as e:
@@ -305,18 +312,25 @@ def validate(cfg):
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.zero not in (0, 1):
         raise UserError(f"zero must be 0 (off) or 1 (ZeRO stage 1: shard the optimizer state), got {cfg.zero}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.optimizer == "muon" and cfg.zero:
+        raise UserError(ZERO_UNSUPPORTED)
     if cfg.batch_size % cfg.grad_accum:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
     for name, value in (("learning_rate", cfg.learning_rate), ("min_lr", cfg.min_lr), ("beta1", cfg.beta1),
-                        ("beta2", cfg.beta2), ("weight_decay", cfg.weight_decay), ("grad_clip", cfg.grad_clip)):
+                        ("beta2", cfg.beta2), ("weight_decay", cfg.weight_decay), ("grad_clip", cfg.grad_clip),
+                        ("muon_lr", cfg.muon_lr), ("muon_momentum", cfg.muon_momentum)):
         if not math.isfinite(value):
             raise UserError(f"{name} must be a finite number, got {value}")
     if not 0.0 <= cfg.min_lr <= cfg.learning_rate:
         raise UserError(f"need 0 <= min_lr <= learning_rate, got {cfg.min_lr} and {cfg.learning_rate}")
     if not (0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0):
         raise UserError(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
-    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
-        raise UserError("weight_decay and grad_clip must not be negative")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.muon_lr < 0:
+        raise UserError("weight_decay, grad_clip and muon_lr must not be negative")
+    if not 0.0 <= cfg.muon_momentum < 1.0:
+        raise UserError(f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
     if cfg.lr_decay_iters and cfg.lr_decay_iters <= cfg.warmup_iters:
         raise UserError(f"lr_decay_iters {cfg.lr_decay_iters} must exceed warmup_iters {cfg.warmup_iters}")
     if cfg.dtype not in DTYPES:

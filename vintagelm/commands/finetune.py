@@ -37,8 +37,10 @@ def add_arguments(p):
 
 def run(args):
     from dataclasses import replace
+    from functools import partial
     from pathlib import Path
 
+    from vintagelm import dist
     from vintagelm.chat.dataset import chat_spec, load_chat_dataset
     from vintagelm.chat.format import Message
     from vintagelm.chat.reply import ChatModel, Reply
@@ -54,10 +56,11 @@ def run(args):
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<base>-chat")
     base_dir = Path(args.base)
     out = args.out or f"runs/{run_dir(base_dir.resolve()).name}-chat"  # a checkpoint's run names it
+    world = dist.world()  # one process, or the ranks of mpirun
     flags = dict(max_iters=args.max_iters, batch_size=args.batch_size, learning_rate=args.learning_rate,
                  seed=args.seed, out=out)
     if args.resume:
-        cfg = resolve_config(None, None, args.overrides, base=saved_config(out), **flags)
+        cfg = resolve_config(None, None, args.overrides, base=saved_config(out, world), **flags)
         if args.data is not None and chat_spec(args.data) != cfg.data:
             raise UserError(f"--resume: the run in {out} fine-tunes on {cfg.data}, not {chat_spec(args.data)}; "
                             "drop --data or fine-tune into a new --out")
@@ -81,7 +84,8 @@ def run(args):
     tokenizer = load_tokenizer(tokenizer_file)
     print(f"chat data: {cfg.data}")
     dataset = load_chat_dataset(cfg.data, tokenizer, cfg.model.block_size, cfg.skip_bad)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress, dataset=dataset)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, dataset=dataset, world=world,
+                   make_optimizer=partial(dist.make_optimizer, world=world))
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint saved. Continue with: vintage finetune {args.base} "
               f"--resume --out {out}")

@@ -30,23 +30,27 @@ def add_arguments(p):
 
 
 def run(args):
+    from functools import partial
+
     import numpy as np
 
+    from vintagelm import dist
     from vintagelm.common import UserError, print0
-    from vintagelm.train_config import resolve_config
-    from vintagelm.dist import world
     from vintagelm.generate import sample_text
     from vintagelm.rundir import saved_config
     from vintagelm.train import train
+    from vintagelm.train_config import resolve_config
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<preset>")
     out = args.out or f"runs/{args.preset or 'tiny'}"
-    base = saved_config(out) if args.resume and args.preset is None else None
+    world = dist.world()  # one process, or the ranks of mpirun
+    base = saved_config(out, world) if args.resume and args.preset is None else None
     cfg = resolve_config(args.preset, args.config, args.overrides, base=base, data=args.data,
                          tokenizer=args.tokenizer, out=out, max_iters=args.max_iters, batch_size=args.batch_size,
                          seed=args.seed, dtype=args.dtype, arch=args.arch)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, world=world,
+                   make_optimizer=partial(dist.make_optimizer, world=world))
     minutes, seconds = divmod(result.seconds, 60)
     if result.interrupted:
         print0(f"stopped at step {result.step}; checkpoint saved. Continue with: vintage train --resume --out {out}")
@@ -55,7 +59,7 @@ def run(args):
     if result.val:
         summary += f", val loss {result.val['loss']:.4f}, {result.val['bits_per_byte']:.3f} bits per byte"
     print0(summary)
-    if world().rank != 0:
+    if world.rank != 0:
         return 0  # under MPI every rank holds the same model: rank 0 alone shows the sample
     if cfg.sample_tokens and not np.isfinite(result.model.flat_params).all():
         print("no sample: the weights are not finite (the run diverged; try a lower learning_rate)")
