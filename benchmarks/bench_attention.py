@@ -1,6 +1,6 @@
 """Attention cost by sequence length: naive vs blocked vs tiled (online softmax), forward +
 backward of the attention op alone as the reference backend has it (vintagelm/nn/), float32,
-batch 1, by default the heads of the `baby` model (common.py: 6 heads of 64).
+batch 1, by default the heads of the `baby` model (harness.py: 6 heads of 64).
 
 Peak memory is what NumPy allocates during the call (tracemalloc sees NumPy's buffers),
 beyond the inputs; time is the median of a few runs, measured without tracing.
@@ -13,7 +13,7 @@ import tracemalloc
 
 import numpy as np
 
-from common import BENCH_MODELS, set_threads
+from harness import BENCH_MODELS, set_threads
 from vintagelm.nn.attention import attention_backward, attention_forward
 from vintagelm.nn.attention_tiled import tiled_attention_backward, tiled_attention_forward
 from vintagelm.nn.ops import ATTENTION_BLOCK

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = {  # name -> (GPTConfig fields both versions know, batch size), as benchmarks/common.py's
+CONFIGS = {  # name -> (GPTConfig fields both versions know, batch size), as benchmarks/harness.py's
     "tiny": (dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0), 12),
     "baby": (dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0), 8),
 }

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from common import BENCH_MODELS
+from harness import BENCH_MODELS
 
 HERE = os.path.abspath(__file__)
 

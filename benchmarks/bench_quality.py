@@ -2,13 +2,13 @@
 reference GPT, one after the other in this one process.
 
 Recipe (nanoGPT README, "I only have a macbook"): character level, first 90% train / last 10%
-validation, the benchmarks' `tiny` model and batch (common.py: 4 layers, 4 heads, 128 wide,
+validation, the benchmarks' `tiny` model and batch (harness.py: 4 layers, 4 heads, 128 wide,
 block 64, batch 12) without biases (nanoGPT's train.py default), 2000 iterations, lr 1e-3 with
 100 warm-up steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1
 (matrices and embeddings), clip 1.0, dropout 0. Both implementations start from the same
 weights and see the same batches. vintagelm trains with vintagelm.train.training_step, the
 step `vintage train` runs (the clip factor folded into AdamW's pass); the torch reference
-(tests/torch_gpt.py) clips, then steps (common.torch_training_step). Wall time covers the
+(tests/torch_gpt.py) clips, then steps (harness.torch_training_step). Wall time covers the
 training steps only; the final validation loss is the mean over every non-overlapping block of
 the validation split (deterministic, no sampling noise).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BENCH_MODELS, blas_kernel, load_torch_reference, set_threads, torch_adamw, torch_training_step
+from harness import BENCH_MODELS, blas_kernel, load_torch_reference, set_threads, torch_adamw, torch_training_step
 from vintagelm import GPT
 from vintagelm.optim import AdamW, lr_at
 from vintagelm.train import training_step

@@ -4,7 +4,7 @@ for vintagelm (NumPy) and the team's PyTorch reference GPT, side by side.
     python benchmarks/bench_sampling.py                       # baby config, prompts 16 .. 256
     python benchmarks/bench_sampling.py --new-tokens 64 --rounds 5
 
-Model: the `baby` config (common.py: 6 layers, 6 heads, 384 channels, block 256, vocab 65), float32,
+Model: the `baby` config (harness.py: 6 layers, 6 heads, 384 channels, block 256, vocab 65), float32,
 random weights (speed does not depend on training); the torch model holds a copy of ours.
 For each prompt length P = 16, 32, ... block_size, each implementation greedily generates
 --new-tokens tokens twice: once with a KV cache (prefill the prompt, then one forward per
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from common import BENCH_MODELS, load_torch_reference, require_torch, set_threads
+from harness import BENCH_MODELS, load_torch_reference, require_torch, set_threads
 from vintagelm import GPT
 from vintagelm.generate import ContextWindow, sample_next_token
 

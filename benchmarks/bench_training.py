@@ -6,7 +6,7 @@
     python benchmarks/bench_training.py --both-envs        # then again with OPENBLAS_CORETYPE
                                                            # and OPENBLAS_L2_SIZE unset
 
-Participants, each running one AdamW training step per call on the same model (common.py's
+Participants, each running one AdamW training step per call on the same model (harness.py's
 BENCH_MODELS), initial weights (GPT seed 0), batches, hyperparameters, float32 and threads:
     vintagelm-fast, vintagelm-reference   vintagelm.train.training_step, the step `vintage
                             train` runs, on the backend(s) --backend names; the first is the
@@ -22,15 +22,15 @@ The torch rows clip the usual torch way (clip_grad_norm_, then step); vintagelm 
 factor into AdamW's pass, as `vintage train` does.
 
 Speed: the participants take turns in alternating rounds within this process (the order flips
-every round, and each turn begins with an untimed step: common.time_alternating); medians are
+every round, and each turn begins with an untimed step: harness.time_alternating); medians are
 reported because this machine's speed drifts between and within processes. A row's speed
 ratio is the median over rounds of its time over the baseline's within the round (paired: both
 ran in the same few seconds); the ratio of the two medians is shown beside it. Memory: each
 participant trains in a child process of its own and reports its peak RSS (a process-wide
 high-water mark cannot be split between participants sharing a process). MFU: model FLOPs per
 second over the float32 matmul FLOP/s NumPy reaches here, sampled in the same rounds
-(GemmProbe), per round, median over rounds (common.paired_mfu). The per-op breakdown times one
-instrumented step of each vintagelm backend (common.BREAKDOWN_TARGETS).
+(GemmProbe), per round, median over rounds (harness.paired_mfu). The per-op breakdown times one
+instrumented step of each vintagelm backend (harness.BREAKDOWN_TARGETS).
 
 OpenBLAS reads its variables when it loads, so --both-envs runs the second environment in a
 child process (with --json, one JSON object per environment); each table says which BLAS
@@ -47,7 +47,7 @@ import sys
 
 import numpy as np
 
-from common import (BENCH_MODELS, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb, load_nanogpt_style,
+from harness import (BENCH_MODELS, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb, load_nanogpt_style,
                     load_torch_reference, paired_mfu, set_threads, time_alternating, torch_adamw,
                     torch_missing, torch_reference_missing, torch_training_step)
 from vintagelm.backend import BACKENDS, fast_available
@@ -80,7 +80,7 @@ class VintageTrainer:
 
 
 class TorchTrainer:
-    """The same step in torch (common.torch_training_step) with a model holding our weights."""
+    """The same step in torch (harness.torch_training_step) with a model holding our weights."""
 
     def __init__(self, model, what, fast_adamw):
         import torch

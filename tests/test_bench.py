@@ -1,4 +1,4 @@
-"""The benchmarks' shared machinery (benchmarks/common.py) and bench_training.py's contract:
+"""The benchmarks' shared machinery (benchmarks/harness.py) and bench_training.py's contract:
 the alternating timer, the GEMM probe, paired MFU, the per-op breakdown, the JSON output, the
 memory children and the nanoGPT-style torch model. Timings themselves are not asserted
 (performance claims live in the benchmarks' output); what is asserted is what must hold
@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # not a package: scripts
 import bench_training  # noqa: E402
-import common  # noqa: E402
+import harness  # noqa: E402
 
 
 class SleepyTrainer:
@@ -28,14 +28,14 @@ class SleepyTrainer:
 
 
 def tiny_batches(n):
-    bench = common.BENCH_MODELS["tiny"]
+    bench = harness.BENCH_MODELS["tiny"]
     return bench.config, bench_training.make_batches(bench.config, bench.batch_size, n)
 
 
 def test_time_alternating_takes_turns_in_flipping_order():
     log = []
     trainers = {"a": SleepyTrainer("a", 0.002, log), "b": SleepyTrainer("b", 0.030, log)}
-    samples = common.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
+    samples = harness.time_alternating(trainers, [(None, None)], rounds=4, steps_per_round=2)
     rounds = [log[6 * r : 6 * (r + 1)] for r in range(4)]  # per turn: one untimed step, two timed
     assert rounds == [["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3] * 2 and len(log) == 24
     assert len(samples["a"]) == len(samples["b"]) == 4
@@ -44,7 +44,7 @@ def test_time_alternating_takes_turns_in_flipping_order():
 
 
 def test_bench_training_json_contract(capsys, monkeypatch):
-    assert common.torch_reference_missing() is None  # torch is in the [test] extra: the references must run here
+    assert harness.torch_reference_missing() is None  # torch is in the [test] extra: the references must run here
     monkeypatch.setattr(bench_training, "GEMM_SHAPES", [(512, 384, 512), (256, 256, 256)])  # quick ones here
     argv = ["--json", "--config", "tiny", "--rounds", "1", "--steps-per-round", "2", "--threads", "1",
             "--backend", "both", "--no-compile", "--no-memory"]
@@ -76,9 +76,9 @@ def test_bench_training_json_contract(capsys, monkeypatch):
 def test_memory_child_trains_without_torch_and_reports_its_peak():
     statement = ("from bench_training import child_main; child_main('vintagelm-fast', 'tiny', 1, steps=1); "
                  "assert 'torch' not in sys.modules, 'vintagelm imported torch'")
-    assert 10 < common.child_peak_rss_mb(statement) < 4000
+    assert 10 < harness.child_peak_rss_mb(statement) < 4000
     with pytest.raises(RuntimeError, match="memory child failed"):
-        common.child_peak_rss_mb("raise SystemExit(3)")
+        harness.child_peak_rss_mb("raise SystemExit(3)")
 
 
 def test_ratios_compare_every_row_with_the_baseline():
@@ -89,8 +89,8 @@ def test_ratios_compare_every_row_with_the_baseline():
 
 
 def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step():
-    probe = common.GemmProbe([(64, 32, 16), (8, 8, 8)], steps_per_turn=2)
-    samples = common.time_alternating({"gemm": probe}, [(None, None)], rounds=3, steps_per_round=2)
+    probe = harness.GemmProbe([(64, 32, 16), (8, 8, 8)], steps_per_turn=2)
+    samples = harness.time_alternating({"gemm": probe}, [(None, None)], rounds=3, steps_per_round=2)
     assert probe.calls == 9 and len(samples["gemm"]) == 3
     assert [[len(t) for t in turn] for turn in probe.rounds] == [[2, 2]] * 3  # 2 timed steps, both shapes
     a, b, out = probe.operands[0]
@@ -101,31 +101,31 @@ def test_gemm_probe_times_every_shape_and_drops_each_turns_untimed_step():
 
 def test_paired_mfu_divides_round_by_round():
     # 1 GFLOP steps; round 2 ran at half speed on both sides, so every round is 50%
-    assert common.paired_mfu(1e9, [0.5, 1.0, 0.5], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert harness.paired_mfu(1e9, [0.5, 1.0, 0.5], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
     # rounds at 50%, 50%, 25%: the median is 50%, where the ratio of the medians
     # (1 GFLOP / 1.0 s / 4 GFLOP/s) would be 25%
-    assert common.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert harness.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("backend", ["fast", "reference"])
 def test_breakdown_categories_add_up_and_patches_are_undone(backend):
     config, batches = tiny_batches(3)
     trainer = bench_training.VintageTrainer(config, backend)
-    owners = common.breakdown_owners(trainer.model, trainer.optimizer)
+    owners = harness.breakdown_owners(trainer.model, trainer.optimizer)
 
     def own_attributes():  # what each patched owner itself holds (None: it comes from the class)
-        return [vars(owners[o]).get(a) for o, attrs in common.BREAKDOWN_TARGETS.values() for a in attrs]
+        return [vars(owners[o]).get(a) for o, attrs in harness.BREAKDOWN_TARGETS.values() for a in attrs]
 
     before = own_attributes()
-    bd = common.breakdown(trainer, batches, repeats=1)
+    bd = harness.breakdown(trainer, batches, repeats=1)
     # every patch undone: the same objects, and a class's method is not left shadowed
     assert all(a is b for a, b in zip(own_attributes(), before, strict=True))
-    other = bd.pop(common.OTHER)
+    other = bd.pop(harness.OTHER)
     total = bd.pop("total")
     # nested timed calls are not counted twice (that would drive "other" below zero), and the
     # named categories cover most of the step (an unpatched op would land in "other")
     assert -0.01 * total <= other < 0.25 * total
-    assert all(v > 0 for v in bd.values()) and list(bd) == list(common.BREAKDOWN_TARGETS)
+    assert all(v > 0 for v in bd.values()) and list(bd) == list(harness.BREAKDOWN_TARGETS)
 
 
 def test_bench_training_rejects_bad_numbers(capsys):
@@ -135,17 +135,17 @@ def test_bench_training_rejects_bad_numbers(capsys):
 
 
 def test_torch_rows_are_skipped_with_a_reason_without_the_checkout(monkeypatch, tmp_path):
-    monkeypatch.setattr(common, "TORCH_REFERENCE", tmp_path / "tests" / "torch_gpt.py")
+    monkeypatch.setattr(harness, "TORCH_REFERENCE", tmp_path / "tests" / "torch_gpt.py")
     with pytest.raises(bench_training.Skipped, match="source checkout"):
-        bench_training.build("torch_gpt", common.BENCH_MODELS["tiny"].config, None)
+        bench_training.build("torch_gpt", harness.BENCH_MODELS["tiny"].config, None)
 
 
 def test_nanogpt_style_model_starts_from_our_weights():
-    torch = common.require_torch()
+    torch = harness.require_torch()
     config, batches = tiny_batches(1)
     x, y = batches[0]
     ours = bench_training.VintageTrainer(config, "reference").model
     _, loss = ours.forward(x, y)
-    nano = common.load_nanogpt_style().from_numpy(config, ours.params)
+    nano = harness.load_nanogpt_style().from_numpy(config, ours.params)
     _, torch_loss = nano(torch.from_numpy(x), torch.from_numpy(y))
     assert torch_loss.item() == pytest.approx(loss, rel=1e-5)

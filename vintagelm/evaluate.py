@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from vintagelm.common import UserError
 from vintagelm.data.loader import sequential_batches
-from vintagelm.nn.loss import IGNORE_INDEX
+from vintagelm.flat_model import evaluating
+from vintagelm.nn.loss import IGNORE_INDEX, log_softmax
 
 
 def token_byte_lengths(tokenizer):
@@ -26,26 +27,19 @@ def evaluate_batches(model, batches, byte_lengths):
     tokens, bytes). loss is the mean over every target token that is not ignored (-1, as a
     chat model's non-assistant positions); bits per byte counts the text only: nats of the
     ordinary targets / (their UTF-8 bytes * ln 2), special tokens excluded."""
-    was_training = model.training
-    model.eval()
     nats = text_nats = 0.0
     n_tokens = n_bytes = 0
-    try:
+    with evaluating(model):
         for x, y in batches:
             logits, _ = model.forward(x)  # (b, T, V)
-            z = logits.astype(np.float64)
-            zmax = z.max(axis=-1, keepdims=True)  # subtract the max for a stable log-sum-exp
-            lse = np.log(np.exp(z - zmax).sum(axis=-1)) + zmax[..., 0]  # (b, T)
             kept = y != IGNORE_INDEX  # (b, T)
             target = np.where(kept, y, 0)  # an ignored target reads some id, then counts for nothing
-            nll = (lse - np.take_along_axis(z, target[..., None], axis=-1)[..., 0])[kept]  # nats
+            nll = -np.take_along_axis(log_softmax(logits), target[..., None], axis=-1)[..., 0][kept]  # nats
             nbytes = byte_lengths[target][kept]
             nats += nll.sum()
             text_nats += nll[nbytes > 0].sum()
             n_tokens += int(kept.sum())
             n_bytes += int(nbytes.sum())
-    finally:
-        model.train(was_training)
     if n_tokens == 0:
         raise UserError("nothing to evaluate: no complete window of block_size + 1 tokens")
     loss = nats / n_tokens

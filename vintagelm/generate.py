@@ -41,6 +41,7 @@ import numbers
 import numpy as np
 
 from vintagelm.common import UserError
+from vintagelm.flat_model import evaluating
 
 
 def check_sampling_params(temperature=1.0, top_k=None, top_p=None):
@@ -152,13 +153,8 @@ class ContextWindow:
         """The model's logits (V,) at the last of `tokens` (all of the window, or with a cache
         only the tokens it lacks). Dropout is off for this call only: the model's training
         mode is restored, so sampling in the middle of training changes nothing."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(self.model) as model:
             logits, _ = model.forward(np.asarray([tokens], dtype=np.int64), kv_cache=cache)  # (1, T, V)
-        finally:
-            model.train(was_training)
         return logits[0, -1]
 
 

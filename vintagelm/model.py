@@ -1,8 +1,9 @@
 """GPTConfig and GPT: the transformer, its parameters, forward pass and hand-written backward.
 
-Parameters live in ONE flat buffer and `model.params` holds named views into it (llm.c's
-layout); gradients likewise live in one flat buffer with `model.grads` as views. So the
-optimizer, gradient clipping and (later) MPI all-reduce work on a single array.
+Parameters live in ONE flat buffer and `model.params` holds named views into it; gradients
+likewise in one flat buffer with `model.grads` as views (flat_model.py builds both, for every
+architecture). So the optimizer, gradient clipping and the MPI all-reduce (dist.py) work on a
+single array.
 
 Names and layouts follow Hugging Face GPT-2 (without the `transformer.` prefix), and weights
 are stored (in, out) like GPT-2's Conv1D, so loading GPT-2 is a rename table (hf.py):
@@ -12,10 +13,11 @@ are stored (in, out) like GPT-2's Conv1D, so loading GPT-2 is a rename table (hf
     h.{i}.mlp.c_fc.{weight (C, 4C), bias (4C)}   h.{i}.mlp.c_proj.{weight (4C, C), bias (C)}
     ln_f.{weight,bias} (C)  (pre-norm only)
 
-Read in this order: GPTConfig and param_shapes (what there is), GPT.__init__ (where it lives),
-forward and block_forward (what it computes), backward and block_backward (the same read in
-reverse). Every op is called through `self.ops`, the op table of the chosen backend
-(nn/ops.py: "reference" runs the nn/ pairs, "fast" faster versions of the same math).
+Read in this order: GPTConfig and param_shapes (what there is), GPT.__init__ (what it adds to
+FlatParamsModel's construction), forward and block_forward (what it computes), backward and
+block_backward (the same read in reverse). Every op is called through `self.ops`, the op table
+of the chosen backend (nn/ops.py: "reference" runs the nn/ pairs, "fast" faster versions of
+the same math).
 
 The gradient rule: every backward that has parameters ADDS into its slots of self.grads;
 backward() zeroes them first (accumulate=True keeps them, for micro-batches).
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vintagelm.backend import load_ops, resolve_backend
+from vintagelm.backend import load_ops
 from vintagelm.checked_config import ConfigIO
+from vintagelm.flat_model import FlatParamsModel
+from vintagelm.kv_cache import KVCache
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.embedding import sinusoidal_table
 
@@ -102,47 +106,22 @@ def param_shapes(config):
     return shapes
 
 
-def flat_views(flat, shapes):
-    """Carve a flat 1-D buffer into named views with the given shapes (no copies)."""
-    views, offset = {}, 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        views[name] = flat[offset : offset + n].reshape(shape)
-        offset += n
-    return views
-
-
-class GPT:
+class GPT(FlatParamsModel):
     """A GPT language model in NumPy. See the module docstring for parameter names."""
 
     architecture = "gpt"  # the name checkpoints record (architectures.py)
     config_class = GPTConfig
+    param_shapes = staticmethod(param_shapes)
+    has_positions = True  # the position table (learned or sinusoidal) has block_size rows
 
     def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):
-        if not isinstance(config, GPTConfig):
-            raise TypeError("GPT(config) needs a GPTConfig")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.config, self.dtype = config, dtype
-        self.backend = resolve_backend(backend)
-        self.ops = load_ops(self.backend, dtype)
+        super().__init__(config, seed, dtype, backend)
+        self.ops = load_ops(self.backend, self.dtype)
         # the one place the attention variant is chosen, for both directions
         self.attention_forward, self.attention_backward = self.ops.attention[config.attention]
-        self.shapes = param_shapes(config)
-        n = sum(math.prod(s) for s in self.shapes.values())
-        self.flat_params = np.zeros(n, dtype=dtype)
-        self.flat_grads = np.zeros(n, dtype=dtype)
-        self.params = flat_views(self.flat_params, self.shapes)
-        self.grads = flat_views(self.flat_grads, self.shapes)
         self.head_name = "wte.weight" if config.tie_weights else "lm_head.weight"  # (V, C)
         self.pos_table = (self.params["wpe.weight"] if config.pos == "learned"
-                          else sinusoidal_table(config.block_size, config.n_embd, dtype))  # (block_size, C)
-        self.training = True
-        # one seed, two independent streams: weights now, dropout masks during training
-        self.dropout_rng = np.random.default_rng([seed, 1])
-        self._init_weights(np.random.default_rng([seed, 0]))
-        self._cache = None  # what backward() needs, kept by forward(idx, targets)
+                          else sinusoidal_table(config.block_size, config.n_embd, self.dtype))  # (block_size, C)
 
     # ---------------------------------------------------------------- parameters
     def _init_weights(self, rng):
@@ -171,10 +150,6 @@ class GPT:
         """(weight, bias or None) gradient slots of layer `name`."""
         return self.grads[name + ".weight"], self.grads.get(name + ".bias")
 
-    def num_params(self):
-        """Number of parameters (a tied head is counted once, the sinusoidal table not at all)."""
-        return int(self.flat_params.size)
-
     def flops_per_token(self):
         """Forward + backward FLOPs per token: 6 N for the matmuls with the weights (2 per
         multiply-add forward, 4 backward), plus 12 L C T for the attention scores and the
@@ -186,17 +161,7 @@ class GPT:
 
     def new_kv_cache(self, batch_size=1):
         """An empty KVCache (kv_cache.py) for decoding with this model."""
-        from vintagelm.kv_cache import KVCache
-
         return KVCache.for_model(self, batch_size)
-
-    def train(self, mode=True):
-        """Dropout on (training) or off (evaluation, sampling). Returns self."""
-        self.training = mode
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     # ---------------------------------------------------------------- forward
     def forward(self, idx, targets=None, kv_cache=None):
@@ -232,16 +197,6 @@ class GPT:
         loss, ce = ops.cross_entropy_forward(logits, np.asarray(targets))
         self._cache = dict(emb=emb, drop=drop, blocks=blocks, ln_f=ln_f, head=head, ce=ce)
         return logits, loss
-
-    def _check_idx(self, idx, start):
-        idx = np.asarray(idx)
-        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"idx must be a 2-D integer array (B, T), got {idx.dtype} {idx.shape}")
-        if start + idx.shape[1] > self.config.block_size:
-            raise ValueError(f"{start} cached + {idx.shape[1]} new positions exceed block_size {self.config.block_size}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got {idx.min()}..{idx.max()}")
-        return idx
 
     def block_forward(self, x, i, rng, kv=None):
         """Block i on x (B, T, C) -> (B, T, C) and what its backward needs.
@@ -282,10 +237,8 @@ class GPT:
 
         The returned dict holds views into one flat buffer that the next backward overwrites
         (or adds to, with accumulate=True, for gradient accumulation over micro-batches)."""
-        if self._cache is None:
-            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
-        cfg, ops, G, c = self.config, self.ops, self.grads, self._cache
-        self._cache = None  # free the activations as soon as we are done with them
+        c = self._backward_cache(zero_grads=False)  # ops.gradients zeroes (the fast backend lazily)
+        cfg, ops, G = self.config, self.ops, self.grads
         with ops.gradients(G, zero=not accumulate):
             dlogits = ops.cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
             dx = ops.linear_backward(dlogits, c["head"], G[self.head_name].T)  # (B, T, C)

@@ -17,7 +17,9 @@ import numpy as np
 
 from vintagelm.chat.format import Message, special_ids
 from vintagelm.common import UserError
+from vintagelm.flat_model import evaluating
 from vintagelm.generate import ContextWindow, TextStream, check_sampling_params, generate_steps, special_token_rules
+from vintagelm.nn.loss import log_softmax
 
 
 class ChatModel:
@@ -117,13 +119,8 @@ class ChatModel:
         pass -> [(logprob or None for the first token, [(token text, logprob), ...] top_n)]."""
         if len(ids) > self.block_size:
             raise UserError(f"the prompt has {len(ids)} tokens, more than the context of {self.block_size}")
-        with self.lock:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                logits, _ = self.model.forward(np.asarray([ids], dtype=np.int64))  # (1, T, V)
-            finally:
-                self.model.train(was_training)
+        with self.lock, evaluating(self.model) as model:
+            logits, _ = model.forward(np.asarray([ids], dtype=np.int64))  # (1, T, V)
         logp = log_softmax(logits[0])  # (T, V): row t predicts token t + 1
         out = [(None, [])]
         for t in range(1, len(ids)):
@@ -139,13 +136,6 @@ class ChatModel:
 
     def token_text(self, token_id):
         return self.tokenizer.decode([token_id])
-
-
-def log_softmax(logits):
-    """(..., V) logits -> log-probabilities, in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class LockedWindow(ContextWindow):

@@ -39,6 +39,8 @@ import numpy as np
 
 from vintagelm.common import UserError
 from vintagelm.era import texts
+from vintagelm.flat_model import evaluating
+from vintagelm.nn.loss import log_softmax
 
 FORMAT = "vintagelm-era"  # era.json
 VERSION = 1
@@ -85,9 +87,7 @@ def token_logprobs(model, sequences, batch_size=32):
             for s, a, b in _rows(len(seq), len(ctx), T)]
     rows.sort(key=lambda r: r[3] - 1 - r[1])  # similar lengths together: less padding
     out = [np.zeros(len(cont)) for _, cont in sequences]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for k in range(0, len(rows), batch_size):
             chunk = rows[k:k + batch_size]
             L = max(b - 1 - s for _, s, _, b in chunk)
@@ -95,15 +95,11 @@ def token_logprobs(model, sequences, batch_size=32):
             for r, (i, s, _, b) in enumerate(chunk):
                 idx[r, :b - 1 - s] = seqs[i][s:b - 1]
             logits, _ = model.forward(idx)  # (B, L, V)
-            z = logits.astype(np.float64)
-            zmax = z.max(axis=-1, keepdims=True)
-            logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True))  # (B, L, V)
+            logp = log_softmax(logits)  # (B, L, V)
             for r, (i, s, a, b) in enumerate(chunk):
                 first = len(sequences[i][0])
                 positions = np.arange(a, b)
                 out[i][a - first:b - first] = logp[r, positions - s - 1, seqs[i][a:b]]
-    finally:
-        model.train(was_training)
     return out
 
 

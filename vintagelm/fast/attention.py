@@ -2,7 +2,7 @@
 over the lanes (lanes.py), with the compiled softmax kernels in float32.
 
 Same arguments, results and caches as attention_forward / attention_backward in
-nn/attention.py (tests/test_fast.py holds them equal); what differs is only where the work
+nn/attention.py (tests/test_lanes.py holds them equal); what differs is only where the work
 runs and where the results land:
   * the batch rows are split over the lanes, each lane running the loop on its rows with one
     BLAS thread (the per-head products are too small for BLAS to split usefully);

@@ -4,7 +4,7 @@ replacements for nn/ ops, float32 only.
 NumPy runs each ufunc as its own pass over memory, single-threaded; a GELU is nine passes.
 Here each op is one or two passes per row, compiled by numba. These are the SAME mathematics
 as the readable NumPy versions (nn/activation.py, nn/norm.py, nn/attention.py, optim.py),
-which stay the reference: tests/test_fast.py checks both agree within float32 rounding.
+which stay the reference: tests/test_fast_kernels.py checks both agree within float32 rounding.
 
 Every kernel is a plain loop that releases the GIL (nogil): the wrappers split big arrays
 by rows over the lanes of lanes.py, threads that run at the same time without a thread

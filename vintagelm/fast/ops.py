@@ -1,5 +1,6 @@
 """The fast backend's op table: nn/ops.py's ReferenceOps with entries replaced by faster
-versions of the same mathematics (tests/test_fast.py holds each equal to the one it replaces).
+versions of the same mathematics, held equal to the ones they replace by tests/test_fast_kernels.py
+(the kernels), tests/test_lanes.py (attention) and tests/test_backends.py (whole training runs).
 
 What is replaced, and why:
   * layer norm, GELU, the attention softmax (float32): compiled kernels (kernels.py), one or

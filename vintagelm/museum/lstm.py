@@ -20,7 +20,7 @@ Parameters (weights (in, out), applied as x @ W):
     lm_head.weight (C, V)        lm_head.bias (V)
 
 The embedding, head, dropout, carried state (carry_state) and decoding state (h and c) are
-common.RecurrentLM's; this file holds the layer and its gradient.
+recurrent.RecurrentLM's; this file holds the layer and its gradient.
 Shapes: B batch, T time, C hidden size (n_embd), V vocabulary, L layers.
 """
 import math
@@ -29,13 +29,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.museum.common import RecurrentConfig, RecurrentLM, uniform
+from vintagelm.museum.recurrent import RecurrentConfig, RecurrentLM
 from vintagelm.nn.linear import LinearCache, linear_backward, linear_forward
 
 
 @dataclass
 class LSTMConfig(RecurrentConfig):
-    """The shape of an LSTM (the carried state is (h, c)): RecurrentConfig's fields (museum/common.py)."""
+    """The shape of an LSTM (the carried state is (h, c)): RecurrentConfig's fields (museum/recurrent.py)."""
 
 
 def sigmoid(a):
@@ -151,7 +151,7 @@ class LSTMLM(RecurrentLM):
             elif name == "lm_head.bias":
                 p[...] = 0.0
             else:
-                p[...] = uniform(rng, p.shape, bound)
+                p[...] = rng.uniform(-bound, bound, p.shape)
             if name.endswith(".bias") and name.startswith("lstm."):
                 p[C : 2 * C] = 1.0  # the forget gate
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vintagelm.checked_config import ConfigIO
-from vintagelm.museum.common import MuseumModel, uniform
+from vintagelm.flat_model import FlatParamsModel
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
@@ -102,7 +102,7 @@ class TokenHistory:
 
 
 # ---------------------------------------------------------------- the model
-class MLPLM(MuseumModel):
+class MLPLM(FlatParamsModel):
     """Bengio's MLP language model. See the module docstring for the parameters."""
 
     architecture = "mlp"  # the name checkpoints record (architectures.py)
@@ -144,7 +144,8 @@ class MLPLM(MuseumModel):
             elif name.endswith(".bias"):
                 p[...] = 0.0
             else:
-                p[...] = uniform(rng, p.shape, 1.0 / math.sqrt(p.shape[0]))
+                bound = 1.0 / math.sqrt(p.shape[0])
+                p[...] = rng.uniform(-bound, bound, p.shape)
 
     def flops_per_token(self):
         """Forward + backward FLOPs per token: 6 per multiply-add with a weight (2 forward,
@@ -197,9 +198,8 @@ class MLPLM(MuseumModel):
 
     def backward(self, accumulate=False):
         """forward read in reverse -> self.grads (zeroed first unless accumulate)."""
-        self._zero_grads_unless(accumulate)
-        G, c = self.grads, self._cache
-        self._cache = None
+        c = self._backward_cache(zero_grads=not accumulate)
+        G = self.grads
         dlogits = cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
         dh = linear_backward(dlogits, c["head"], G["lm_head.weight"], G["lm_head.bias"])  # (B, T, H)
         dh = dropout_backward(dh, c["drop"])

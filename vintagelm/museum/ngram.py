@@ -36,14 +36,12 @@ positions just see a shorter history), pruning, or any training by gradient: bac
 returns zeros, and an optimizer step with them leaves every table as it is.
 Shapes: B batch, T time, V vocabulary, Q = B T queries, n order.
 """
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vintagelm.model import flat_views
 from vintagelm.checked_config import ConfigIO
-from vintagelm.museum.common import MuseumModel
+from vintagelm.flat_model import FlatParamsModel
 from vintagelm.nn.loss import IGNORE_INDEX
 
 MAX_ORDER = 6
@@ -215,7 +213,7 @@ class NgramHistory:
 
 
 # ---------------------------------------------------------------- the model
-class NgramLM(MuseumModel):
+class NgramLM(FlatParamsModel):
     """Interpolated modified Kneser-Ney n-gram model. fit(tokens), then forward as any model."""
 
     architecture = "ngram"  # the name checkpoints record (architectures.py)
@@ -235,10 +233,8 @@ class NgramLM(MuseumModel):
 
     def _layout(self, config):
         """New flat buffers for the table sizes of `config` (fit found them)."""
-        self.config, self.shapes = config, param_shapes(config)
-        size = sum(math.prod(s) for s in self.shapes.values())
-        self.flat_params, self.flat_grads = np.zeros(size), np.zeros(size)
-        self.params, self.grads = flat_views(self.flat_params, self.shapes), flat_views(self.flat_grads, self.shapes)
+        self.config = config
+        self._allocate(param_shapes(config))
 
     @property
     def fitted(self):
@@ -396,6 +392,5 @@ class NgramLM(MuseumModel):
 
     def backward(self, accumulate=False):
         """-> self.grads, all zero: a count model has no trainable parameters."""
-        self._zero_grads_unless(accumulate)
-        self._cache = None
+        self._backward_cache(zero_grads=not accumulate)
         return self.grads

@@ -16,7 +16,7 @@ Parameters (weights (in, out), applied as x @ W, like the rest of the project):
 torch.nn.RNN keeps two biases (b_ih + b_hh); one is the same function with fewer parameters.
 
 The embedding, head, dropout, carried state (carry_state) and decoding state are
-common.RecurrentLM's; this file holds the layer and its gradient.
+recurrent.RecurrentLM's; this file holds the layer and its gradient.
 Shapes: B batch, T time, C hidden size (n_embd), V vocabulary, L layers.
 """
 import math
@@ -25,13 +25,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.museum.common import RecurrentConfig, RecurrentLM, uniform
+from vintagelm.museum.recurrent import RecurrentConfig, RecurrentLM
 from vintagelm.nn.linear import LinearCache, linear_backward, linear_forward
 
 
 @dataclass
 class RNNConfig(RecurrentConfig):
-    """The shape of an Elman network: RecurrentConfig's fields (museum/common.py)."""
+    """The shape of an Elman network: RecurrentConfig's fields (museum/recurrent.py)."""
 
 
 # ---------------------------------------------------------------- the layer, forward and backward
@@ -117,7 +117,7 @@ class RNNLM(RecurrentLM):
             elif name == "lm_head.bias":
                 p[...] = 0.0
             else:
-                p[...] = uniform(rng, p.shape, bound)
+                p[...] = rng.uniform(-bound, bound, p.shape)
 
     def layer_forward(self, x, state, i):
         P, p = self.params, f"rnn.{i}."

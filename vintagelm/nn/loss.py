@@ -1,4 +1,6 @@
-"""Cross-entropy over logits, numerically stable, with ignored positions (target -1)."""
+"""Cross-entropy over logits, numerically stable, with ignored positions (target -1), and the
+log-softmax that everything scoring text with a model's logits uses (evaluation, the era's
+metrics, a reply's log-probabilities)."""
 from typing import NamedTuple
 
 import numpy as np
@@ -37,6 +39,15 @@ def cross_entropy_forward(logits, targets):
     logp = shifted[rows, t[rows]] - np.log(sumexp[rows, 0])
     loss = -float(np.sum(logp, dtype=np.float64)) / n_valid
     return loss, CrossEntropyCache(probs, t, n_valid, logits.shape)
+
+
+def log_softmax(logits):
+    """(..., V) logits -> (..., V) log-probabilities, in float64: z - logsumexp(z), the row max
+    taken out before exp so that it cannot overflow (cross_entropy_forward does the same in
+    the logits' own dtype, and only at the targets)."""
+    z = np.asarray(logits, dtype=np.float64)
+    zmax = z.max(axis=-1, keepdims=True)
+    return z - (np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True)) + zmax)
 
 
 def cross_entropy_backward(dloss, cache):

@@ -223,7 +223,7 @@ def child_peak_rss_mb(statement):
     importable). A process-wide high-water mark cannot be split between participants sharing
     a process, so each gets one of its own."""
     code = f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); {statement}; " \
-           "from common import vm_hwm_kib; print(vm_hwm_kib())"
+           "from harness import vm_hwm_kib; print(vm_hwm_kib())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"memory child failed ({statement}):\n{out.stderr.strip()}")

@@ -1,21 +1,22 @@
-"""What the museum's models share, so that each architecture file holds only its own mathematics.
+"""What the museum's recurrent models (rnn.py, lstm.py) share, so that each of those files
+holds only its own layer and that layer's gradient.
 
     RecurrentConfig the fields rnn.py's and lstm.py's configs share (each is a named subclass)
-    MuseumModel     the flat parameter and gradient buffers, train/eval, the idx check
-    RecurrentLM     embedding -> recurrent layers -> linear head, for rnn.py and lstm.py: the
-                    carried state of truncated BPTT and the decoding state live here
+    RecurrentLM     embedding -> recurrent layers -> linear head: the carried state of
+                    truncated BPTT and the decoding state live here
     RecurrentState  the decoding "cache" of a recurrent model: just its state
+
+The flat parameter and gradient buffers, train/eval and the idx check are every model's
+(flat_model.FlatParamsModel).
 
 Shapes: B batch, T time, C hidden size (n_embd), V vocabulary, L layers.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from vintagelm.backend import resolve_backend
 from vintagelm.checked_config import ConfigIO
-from vintagelm.model import flat_views
+from vintagelm.flat_model import FlatParamsModel
 from vintagelm.nn.dropout import dropout_backward, dropout_forward
 from vintagelm.nn.linear import linear_backward, linear_forward
 from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
@@ -35,81 +36,6 @@ class RecurrentConfig(ConfigIO):
 
     def __post_init__(self):
         self.check(positive=("vocab_size", "block_size", "n_embd", "n_layer"), booleans=("carry_state",))
-
-
-def uniform(rng, shape, bound):
-    """U(-bound, bound) drawn in float64 (so a seed gives the same weights in either dtype)."""
-    return rng.uniform(-bound, bound, shape)
-
-
-# ---------------------------------------------------------------- the model plumbing
-class MuseumModel:
-    """The parts of the LanguageModel interface that do not depend on the architecture.
-
-    A subclass sets `architecture` and `config_class` and defines param_shapes(config),
-    _init_weights(rng), forward, backward, flops_per_token and new_kv_cache."""
-
-    architecture = None
-    config_class = None
-
-    def __init__(self, config, seed=0, dtype=np.float32, backend="auto"):
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__}(config) needs a {self.config_class.__name__}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.config, self.dtype = config, dtype
-        # one implementation only: the name is recorded so the loops can report it
-        self.backend = resolve_backend(backend)
-        # one flat buffer for the parameters and one for the gradients, named views into each
-        # (model.py's layout), so AdamW, clipping, checkpoints and MPI see a GPT-like model
-        self.shapes = self.param_shapes(config)
-        n = sum(math.prod(s) for s in self.shapes.values())
-        self.flat_params = np.zeros(n, dtype=dtype)
-        self.flat_grads = np.zeros(n, dtype=dtype)
-        self.params = flat_views(self.flat_params, self.shapes)
-        self.grads = flat_views(self.flat_grads, self.shapes)
-        self.training = True
-        # one seed, two independent streams: weights now, dropout masks during training
-        self.dropout_rng = np.random.default_rng([seed, 1])
-        self._init_weights(np.random.default_rng([seed, 0]))
-        self._cache = None  # what backward() needs, kept by forward(idx, targets)
-
-    @staticmethod
-    def param_shapes(config):
-        raise NotImplementedError
-
-    @classmethod
-    def param_count(cls, config):
-        """Parameters a model of `config` has, counted from its shapes (nothing allocated)."""
-        return sum(math.prod(s) for s in cls.param_shapes(config).values())
-
-    def train(self, mode=True):
-        """Dropout (and, for a recurrent model, carried state) on, or off. Returns self."""
-        self.training = mode
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def num_params(self):
-        return int(self.flat_params.size)
-
-    def _check_idx(self, idx):
-        """idx -> a (B, T) integer array of valid ids. No length limit: none of these models
-        has positions, so block_size is only the window the training loop cuts."""
-        idx = np.asarray(idx)
-        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"idx must be a 2-D integer array (B, T), got {idx.dtype} {idx.shape}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got {idx.min()}..{idx.max()}")
-        return idx
-
-    def _zero_grads_unless(self, accumulate):
-        if self._cache is None:
-            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
-        if not accumulate:
-            self.flat_grads.fill(0.0)
 
 
 # ---------------------------------------------------------------- recurrent models
@@ -135,7 +61,7 @@ class RecurrentState:
         self.pos += n
 
 
-class RecurrentLM(MuseumModel):
+class RecurrentLM(FlatParamsModel):
     """embedding -> n_layer recurrent layers -> linear head, for rnn.py and lstm.py.
 
     A subclass gives `n_state` (1: h, 2: h and c) and the layer pair
@@ -237,9 +163,8 @@ class RecurrentLM(MuseumModel):
 
         The gradient with respect to the initial state is dropped: it belongs to the previous
         window (carried state) or to nothing (zeros)."""
-        self._zero_grads_unless(accumulate)
-        G, c = self.grads, self._cache
-        self._cache = None
+        c = self._backward_cache(zero_grads=not accumulate)
+        G = self.grads
         dlogits = cross_entropy_backward(1.0, c["ce"])  # (B, T, V)
         dx = linear_backward(dlogits, c["head"], G["lm_head.weight"], G["lm_head.bias"])  # (B, T, C)
         for i in reversed(range(self.config.n_layer)):
