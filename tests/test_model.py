@@ -7,6 +7,7 @@ import pytest
 
 from vintagelm import GPT, GPTConfig
 from vintagelm.cli import main
+from vintagelm.flat_model import evaluating
 from vintagelm.gradcheck import check_model
 from vintagelm.optim import AdamW, clip_grad_norm
 
@@ -55,6 +56,33 @@ def test_api_contract():
         model.forward(np.zeros((1, 7), dtype=np.int64))
     with pytest.raises(ValueError, match="token ids"):
         model.forward(np.full((1, 2), 11))
+
+
+def test_parameters_and_gradients_are_views_laid_end_to_end_in_one_buffer():
+    model = GPT(GPTConfig(**SMALL, tie_weights=False), seed=1)
+    assert GPT.param_count(model.config) == model.num_params() == model.flat_params.size
+    for flat, views in ((model.flat_params, model.params), (model.flat_grads, model.grads)):
+        flat[:] = np.arange(flat.size)  # every number distinct: the order of the views shows
+        np.testing.assert_array_equal(np.concatenate([v.ravel() for v in views.values()]), flat)
+        assert [v.shape for v in views.values()] == list(model.shapes.values())
+
+
+def test_evaluating_turns_dropout_off_and_gives_the_mode_back():
+    model = GPT(GPTConfig(**SMALL, dropout=0.5), seed=2)
+    idx = np.random.default_rng(0).integers(0, 11, (2, 6))
+    with evaluating(model) as same:
+        assert same is model and not model.training
+        quiet = model.forward(idx)[0]
+        np.testing.assert_array_equal(model.forward(idx)[0], quiet)  # no dropout masks drawn
+    assert model.training
+    assert not np.array_equal(model.forward(idx)[0], quiet)  # dropout is back on
+    with pytest.raises(KeyboardInterrupt), evaluating(model):
+        raise KeyboardInterrupt  # an error inside the block still restores the mode
+    assert model.training
+    model.eval()
+    with evaluating(model):
+        pass
+    assert not model.training  # a model in eval mode stays there
 
 
 def test_initial_loss_is_near_uniform_and_seeded():

@@ -318,6 +318,11 @@ def test_interface_and_flops(arch):
     matrices = [p for n, p in model.params.items() if p.ndim == 2 and n != "wte.weight"]
     assert model.flops_per_token() == 6 * sum(p.size for p in matrices)
     cfg = model.config
+    assert type(model).param_count(cfg) == model.num_params()  # counted from the config alone
+    longer = np.zeros((1, 3 * cfg.block_size), dtype=np.int64)  # no positions: block_size is no limit
+    assert model.forward(longer)[0].shape == (1, 3 * cfg.block_size, cfg.vocab_size)
+    with pytest.raises(ValueError, match="token ids"):
+        model.forward(np.full((1, 2), cfg.vocab_size))
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown .* field"):
         type(cfg).from_dict({**cfg.to_dict(), "n_head": 2})

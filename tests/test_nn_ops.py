@@ -16,7 +16,7 @@ from vintagelm.nn.embedding import (
     sinusoidal_table,
 )
 from vintagelm.nn.linear import linear_backward, linear_forward
-from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward
+from vintagelm.nn.loss import cross_entropy_backward, cross_entropy_forward, log_softmax
 from vintagelm.nn.mlp import mlp_backward, mlp_forward
 from vintagelm.nn.norm import layernorm_backward, layernorm_forward
 
@@ -265,3 +265,19 @@ def test_cross_entropy_rejects_bad_targets():
         cross_entropy_forward(np.zeros((2, 3)), np.array([-1, -1]))
     with pytest.raises(ValueError, match="targets must be"):
         cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_log_softmax_is_the_definition_in_float64():
+    z = rand(np.random.default_rng(5), 3, 4, 9) * 3
+    definition = np.log(np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True))  # safe at this scale
+    np.testing.assert_allclose(log_softmax(z), definition, rtol=1e-12, atol=1e-14)
+    low = log_softmax(z.astype(np.float32))
+    assert low.dtype == np.float64 and low.shape == z.shape
+    np.testing.assert_allclose(low, log_softmax(z.astype(np.float32).astype(np.float64)), rtol=0, atol=0)
+
+
+def test_log_softmax_is_stable_far_from_zero():
+    # exp(1000) overflows: only the shifted form gives these; a constant added to a row changes nothing
+    np.testing.assert_allclose(log_softmax(np.array([1000.0, 0.0, -1000.0])), [0.0, -1000.0, -2000.0], atol=1e-12)
+    z = rand(np.random.default_rng(6), 5, 7)
+    np.testing.assert_allclose(log_softmax(z + 1e4), log_softmax(z), atol=1e-9)
