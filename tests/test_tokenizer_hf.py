@@ -87,3 +87,39 @@ def test_char_ids_identical_to_hf(tmp_path, unknown):
         ours = tok.encode(text, allowed_special="all")
         assert hf.encode(text).ids == ours
         assert hf.decode(ours, skip_special_tokens=False) == tok.decode(ours)
+
+
+@pytest.mark.parametrize("unknown", ["error", "reserve"])
+def test_auto_tokenizer_reads_an_export_beside_save_hf_as_ours(tmp_path, unknown):
+    # the folder a user makes with save_hf and export_hf: transformers used to pick GPT2Tokenizer
+    # for it (from config.json's model_type), which dropped every space of a char tokenizer
+    transformers = pytest.importorskip("transformers")
+    from vintagelm import GPT, GPTConfig
+
+    tok = CharTokenizer.train(CORPUS, unknown=unknown, special_tokens=SPECIALS)
+    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=4)).save_hf(tmp_path)
+    tok.export_hf(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "the king, thou art\r\n\tExeunt.<|endoftext|>"
+    assert hf(text)["input_ids"] == tok.encode(text, allowed_special="all")
+    assert hf.decode(tok.encode(text, allowed_special="all")) == text
+    eot = tok.special_tokens["<|endoftext|>"]
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (eot, eot, eot)
+    assert hf.unk_token == ("<|unk|>" if unknown == "reserve" else None)
+
+
+def test_export_hf_to_a_file_writes_that_file_alone(tmp_path):
+    tok = CharTokenizer.train(CORPUS, special_tokens=SPECIALS)
+    tok.export_hf(tmp_path / "tok.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+def test_tokenizer_config_carries_the_chat_template_and_context(tmp_path):
+    import json
+
+    tok = BPETokenizer.train(CORPUS, vocab_size=300, special_tokens=SPECIALS)
+    tok.export_hf(tmp_path, chat_template="{{ messages }}", model_max_length=256)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (config["chat_template"], config["model_max_length"]) == ("{{ messages }}", 256)
+    assert config["add_bos_token"] is config["add_eos_token"] is config["clean_up_tokenization_spaces"] is False

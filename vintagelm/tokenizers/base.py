@@ -186,11 +186,13 @@ class Tokenizer:
         """The type-specific parts of a tokenizer.json: dict with model, pre_tokenizer, decoder."""
         raise NotImplementedError
 
-    def export_hf(self, path):
+    def export_hf(self, path, chat_template=None, model_max_length=None):
         """Write a Hugging Face `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, to
         the file `path` or into the folder `path` (an existing one, or a name ending in "/"),
         as HF's own tools do; other files there are left alone. Returns the file's path.
 
+        Into a folder it also writes `tokenizer_config.json` (hf_tokenizer_config), so that
+        transformers' AutoTokenizer loads the folder as it is, with our pipeline and specials.
         The specials become HF "added tokens", which HF always splits out of the text, so HF's
         `encode(text)` matches our `encode(text, allowed_special="all")`.
         """
@@ -201,10 +203,38 @@ class Tokenizer:
         ]
         doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
                "normalizer": None, "post_processor": None, **self._hf_parts()}
-        path = tokenizer_file(path)
-        with atomic_file(path) as tmp:
+        file = tokenizer_file(path)
+        with atomic_file(file) as tmp:
             tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        return path
+        if file != Path(path):  # a folder was given
+            config = self.hf_tokenizer_config(chat_template, model_max_length)
+            with atomic_file(file.parent / "tokenizer_config.json") as tmp:
+                tmp.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        return file
+
+    def hf_tokenizer_config(self, chat_template=None, model_max_length=None):
+        """The `tokenizer_config.json` of our HF export: which class reads tokenizer.json and
+        which tokens play which role.
+
+        The class is PreTrainedTokenizerFast, which runs tokenizer.json exactly as written.
+        Left to guess from a model's config.json, transformers picks GPT2Tokenizer, which
+        rebuilds GPT-2's own pipeline from the vocab and drops every space of a character
+        tokenizer. `<|endoftext|>` is bos, eos and pad (our documents start and end with it;
+        clients such as lm-eval need all three), and nothing is added to encoded text, so ids
+        stay ours. Decoding keeps spaces before punctuation as they were."""
+        eot = EOT if EOT in self.special_tokens else None
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": eot, "eos_token": eot, "pad_token": eot,
+            "unk_token": self._hf_parts()["model"]["unk_token"],  # a char tokenizer's <|unk|>, if it reserves one
+            "add_bos_token": False, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        if model_max_length is not None:  # the model's context (unset: transformers assumes no limit)
+            config["model_max_length"] = model_max_length
+        if chat_template is not None:
+            config["chat_template"] = chat_template
+        return config
 
 
 def tokenizer_file(path):

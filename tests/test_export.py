@@ -1,0 +1,417 @@
+"""`vintage export`, checked with the software people run exported models in, which nobody here
+wrote: transformers loads the hf folder with AutoModelForCausalLM/AutoTokenizer, llama.cpp
+(through llama-cpp-python) runs the GGUF file, and the gguf package's own reader reads its keys.
+
+Runs: one per tokenizer kind (char; byte-level BPE with the GPT-2 split; BPE with the GPT-4
+split, fine-tuned for chat), each a small GPT with random weights large enough that every block
+moves the logits and a greedy continuation does not hang on a near tie. The truths are our own forward
+pass, encoder and chat prompt. llama.cpp tests are skipped only where llama_cpp is not
+importable (CI installs it).
+Run: pytest -q tests/test_export.py
+"""
+import argparse
+import hashlib
+import json
+import random
+
+import numpy as np
+import pytest
+
+from test_tokenizers import CORPUS, EDGE_TEXTS
+from vintagelm import GPT, BPETokenizer, CharTokenizer, GPTConfig
+from vintagelm.checkpoint import save_checkpoint
+from vintagelm.commands import export as export_command
+from vintagelm.common import UserError
+from vintagelm.optim import AdamW
+
+gguf = pytest.importorskip("gguf")
+
+BLOCK = 64
+# text beyond CORPUS: multi-byte characters of 2, 3 and 4 bytes, so the char tokenizer's GGUF
+# needs its byte merges, and scripts the BPE split patterns treat differently
+EXTRA = "café naïve — «Ελληνικά» русский 漢字かな 한국어 🌹 e\u0301 it's I'LL 1234567 3.14\r\n\t  x\n\n\n"
+PIECES = [  # what varied_texts strings are made of, beside words of the corpus
+    "'s", "'T", "'ll", "'VE", "'re", "'d", "'M", "1", "12", "1234567", "3.14", "...", "?!", "—", "«", "»", "--",
+    "\n", "\r\n", "  ", "\t", " \n ", "\n\n\n", "\u00a0", "\u3000", "   x", "café", "naïve", "Ελληνικά", "русский",
+    "漢字", "한국어", "🌹", "👨‍👩‍👧", "e\u0301", "\u0915\u094d\u0937", "<|endoftext|>", "<|user|>", "<|end|>", "<|end",
+    "|>", "<|", "<|unk|>", "",
+]
+RUNS = {  # name -> (tokenizer maker, fine-tuned for chat)
+    "char": (lambda: CharTokenizer.train(CORPUS + EXTRA + "<|>"), False),
+    "bpe-gpt2": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt2"), False),
+    "bpe-gpt4": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt4"), True),
+}
+
+
+def vintage_export(*argv):
+    """`vintage export ARGV`, through the command module's own parser and run()."""
+    parser = argparse.ArgumentParser(prog="vintage export")
+    export_command.add_arguments(parser)
+    return export_command.run(parser.parse_args([str(a) for a in argv]))
+
+
+def make_run(folder, tok, chat, seed=0, **config):
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, **config),
+                seed=seed, backend="reference")
+    rng = np.random.default_rng(seed)
+    for name, p in model.params.items():  # weights that matter: every block changes the logits
+        if p.ndim == 2:
+            p[...] = rng.normal(0.0, 0.3, p.shape)
+        else:  # layer-norm gains around 1, biases around 0
+            gain = name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+            p[...] = (1.0 if gain else 0.0) + rng.normal(0.0, 0.1, p.shape)
+    train_state = {"train_config": {"data": "chat:builtin" if chat else "builtin:shakespeare"}}
+    save_checkpoint(folder, 7, model, AdamW(model.params, lr=0.0), train_state, tokenizer=tok)
+    return model
+
+
+class Run:
+    """A saved run, its model and tokenizer, and its exports, made once each on demand."""
+
+    def __init__(self, name, folder):
+        make_tokenizer, self.chat = RUNS[name]
+        self.name, self.folder, self.tok = name, folder, make_tokenizer()
+        self.model = make_run(folder / "run", self.tok, self.chat, seed=len(name))
+        self.exports = {}
+
+    def export(self, fmt, dtype="f32"):
+        if (fmt, dtype) not in self.exports:
+            out = self.folder / (f"{dtype}.gguf" if fmt == "gguf" else f"hf-{dtype}")
+            assert vintage_export(self.folder / "run", "--format", fmt, "--out", out, "--dtype", dtype) == 0
+            self.exports[fmt, dtype] = out
+        return self.exports[fmt, dtype]
+
+    def logits(self, ids):
+        logits, _ = self.model.forward(np.asarray([ids], dtype=np.int64))
+        return logits[0]  # (T, V)
+
+    def texts(self, n=200, seed=0):
+        """n varied strings this tokenizer can encode: corpus slices, edge texts and random
+        mixtures of PIECES, words, specials and stray characters (for a char tokenizer, only
+        of characters it knows)."""
+        rng = random.Random(seed)
+        words = CORPUS.split()
+        chars = getattr(self.tok, "chars", None)
+        texts = [t for t in EDGE_TEXTS if self.encodable(t)][:20]
+        while len(texts) < n:
+            parts = []
+            for _ in range(rng.randint(1, 12)):
+                kind = rng.random()
+                if kind < 0.4:
+                    parts.append(rng.choice(PIECES))
+                elif kind < 0.7:
+                    parts.append(rng.choice(words) + rng.choice(["", " ", ",", ".\n", "'s", "  "]))
+                elif kind < 0.85:
+                    start = rng.randrange(len(CORPUS) - 200)
+                    parts.append(CORPUS[start:start + rng.randint(1, 200)])
+                else:
+                    parts.append("".join(rng.choice(chars) if chars else chr(rng.randrange(0x20, 0x3000))
+                                         for _ in range(rng.randint(1, 8))))
+            text = "".join(parts)
+            if self.encodable(text):
+                texts.append(text)
+        return texts
+
+    def encodable(self, text):
+        try:
+            self.tok.encode(text, allowed_special="all")
+        except UserError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request, tmp_path_factory):
+    return Run(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def prompt_ids(run):
+    return run.tok.encode("<|endoftext|>" + CORPUS[:12], allowed_special="all")
+
+
+# ---- transformers ----
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+
+def hf_logits(folder, ids):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()  # (T, V)
+
+
+def test_hf_folder_gives_our_logits(run):
+    folder = run.export("hf")
+    ids = run.tok.encode(run.texts(1, seed=5)[0] + CORPUS[:200], allowed_special="all")[:BLOCK]
+    ours = run.logits(ids)
+    rel = np.abs(hf_logits(folder, ids) - ours).max() / np.abs(ours).max()
+    print(f"{run.name}: hf f32 max relative logit diff {rel:.2e} (logits up to {np.abs(ours).max():.1f})")
+    assert rel < 1e-5  # float32 rounding, two orders of summation
+
+
+def test_hf_folder_f16_weights_give_our_logits_within_f16(run):
+    folder = run.export("hf", "f16")
+    from safetensors.numpy import load_file
+
+    assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {np.dtype(np.float16)}
+    ids = prompt_ids(run)
+    ours = run.logits(ids)
+    rel = np.abs(hf_logits(folder, ids) - ours).max() / np.abs(ours).max()
+    print(f"{run.name}: hf f16 max relative logit diff {rel:.2e}")
+    assert rel < 2e-2
+
+
+def test_hf_tokenizer_gives_our_ids_for_every_text(run):
+    hf = transformers.AutoTokenizer.from_pretrained(run.export("hf"))
+    assert not isinstance(hf, transformers.GPT2Tokenizer)  # which rebuilds GPT-2's pipeline, losing ours
+    texts = run.texts()
+    agree = sum(hf(t)["input_ids"] == run.tok.encode(t, allowed_special="all") for t in texts)
+    print(f"{run.name}: AutoTokenizer ids equal ours for {agree}/{len(texts)} texts")
+    assert agree == len(texts)
+    for text in texts[:50]:
+        assert hf.decode(run.tok.encode(text, allowed_special="all")) == text
+
+
+def test_hf_tokenizer_names_its_special_tokens(run):
+    hf = transformers.AutoTokenizer.from_pretrained(run.export("hf"))
+    eot = run.tok.special_tokens["<|endoftext|>"]
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (eot, eot, eot)
+    assert hf.model_max_length == BLOCK
+    generation = json.loads((run.export("hf") / "generation_config.json").read_text())
+    end = run.tok.special_tokens["<|end|>"]
+    assert generation["eos_token_id"] == ([end, eot] if run.chat else eot)
+    assert (hf.chat_template is not None) == run.chat
+
+
+def test_hf_chat_template_renders_our_chat_prompt(run):
+    if not run.chat:
+        pytest.skip("a base run carries no chat template")
+    from vintagelm.chat.format import Message
+    from vintagelm.chat.reply import ChatModel
+
+    hf = transformers.AutoTokenizer.from_pretrained(run.export("hf"))
+    for messages in CONVERSATIONS:
+        ours, _, _ = ChatModel(run.model, run.tok, "t").chat_prompt([Message(**m) for m in messages], reserve=1)
+        rendered = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert hf(rendered)["input_ids"] == ours
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Good morrow."}],
+    [{"role": "system", "content": "Speak as Hamlet."}, {"role": "user", "content": "Who's there?"},
+     {"role": "assistant", "content": "Nay, answer me."}, {"role": "user", "content": "Long live the king!"}],
+]
+
+
+# ---- the gguf package's reader ----
+
+def read_gguf(path):
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items()}, {t.name: t for t in reader.tensors}
+
+
+def test_gguf_keys_and_tensors_read_back(run):
+    fields, tensors = read_gguf(run.export("gguf"))
+    cfg, tok = run.model.config, run.tok
+    assert fields["general.architecture"] == "gpt2"
+    assert (fields["gpt2.context_length"], fields["gpt2.embedding_length"], fields["gpt2.block_count"],
+            fields["gpt2.feed_forward_length"], fields["gpt2.attention.head_count"]) == (BLOCK, 32, 2, 128, 2)
+    assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == {"char": "gpt-2", "bpe-gpt2": "gpt-2", "bpe-gpt4": "dbrx"}[run.name]
+    assert len(fields["tokenizer.ggml.tokens"]) == cfg.vocab_size
+    specials = list(tok.special_tokens)
+    assert fields["tokenizer.ggml.tokens"][tok.n_ordinary:] == specials
+    assert fields["tokenizer.ggml.token_type"][tok.n_ordinary:] == [gguf.TokenType.CONTROL] * len(specials)
+    assert set(fields["tokenizer.ggml.token_type"][:tok.n_ordinary]) == {gguf.TokenType.NORMAL}
+    if run.name.startswith("bpe"):
+        assert len(fields["tokenizer.ggml.merges"]) == len(tok.merges)
+    eot, end = tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|end|>"]
+    assert fields["tokenizer.ggml.bos_token_id"] == eot
+    assert fields["tokenizer.ggml.eos_token_id"] == (end if run.chat else eot)
+    assert fields["tokenizer.ggml.add_bos_token"] is False
+    assert ("tokenizer.chat_template" in fields) == run.chat
+    # every tensor is one llama.cpp's gpt2 architecture knows, with GGUF's reversed dims
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GPT2]}
+    assert {name.replace("blk.0.", "blk.{bid}.").replace("blk.1.", "blk.{bid}.").rsplit(".", 1)[0]
+            for name in tensors} <= known
+    assert len(tensors) == len(run.model.params)
+    assert list(tensors["token_embd.weight"].shape) == [32, cfg.vocab_size]
+    assert list(tensors["blk.1.attn_qkv.weight"].shape) == [32, 96]
+    np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_qkv.weight"].data),
+                                  run.model.params["h.1.attn.c_attn.weight"].T)
+
+
+def test_gguf_f16_stores_matrices_in_half_and_vectors_in_single_precision(run):
+    fields, tensors = read_gguf(run.export("gguf", "f16"))
+    assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
+    for name, t in tensors.items():
+        expected = gguf.GGMLQuantizationType.F16 if len(t.shape) > 1 else gguf.GGMLQuantizationType.F32
+        assert t.tensor_type == expected, name
+
+
+# ---- llama.cpp ----
+
+def llama(path, **kw):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (a test extra)")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=BLOCK, n_threads=2, verbose=False, **kw)
+
+
+def llama_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)])  # (T, V)
+
+
+def test_llama_cpp_tokenizes_every_text_as_we_do(run):
+    llm = llama(run.export("gguf"), vocab_only=True)
+    texts = run.texts()
+    agree = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == run.tok.encode(t, allowed_special="all")
+                for t in texts)
+    ordinary = sum(llm.tokenize(t.encode(), add_bos=False, special=False) == run.tok.encode_ordinary(t)
+                   for t in texts)
+    print(f"{run.name}: llama.cpp ids equal ours for {agree}/{len(texts)} texts (specials parsed), "
+          f"{ordinary}/{len(texts)} (specials as text)")
+    assert agree == ordinary == len(texts)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-3), ("f16", 2e-2)])
+def test_llama_cpp_logits_match_ours(run, dtype, tolerance):
+    llm = llama(run.export("gguf", dtype), logits_all=True)
+    ids = prompt_ids(run)
+    ours = run.logits(ids)
+    rel = np.abs(llama_logits(llm, ids) - ours).max() / np.abs(ours).max()
+    print(f"{run.name}: llama.cpp {dtype} max relative logit diff {rel:.2e}")
+    assert rel < tolerance
+
+
+def test_llama_cpp_greedy_continuation_is_ours(run):
+    from vintagelm.generate import generate
+
+    llm = llama(run.export("gguf"), logits_all=True)
+    ids = prompt_ids(run)
+    ours = list(generate(run.model, ids, 50, np.random.default_rng(0), temperature=0.0))
+    llm.reset()
+    llm.eval(ids)
+    theirs = []
+    for _ in range(50):
+        theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([theirs[-1]])
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
+    print(f"{run.name}: greedy continuations agree on {same}/50 tokens")
+    assert theirs == ours
+
+
+def test_llama_cpp_python_renders_our_chat_prompt(run):
+    if not run.chat:
+        pytest.skip("a base run carries no chat template")
+    llm = llama(run.export("gguf"), vocab_only=True)
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from vintagelm.chat.format import Message
+    from vintagelm.chat.reply import ChatModel
+
+    template = llm.metadata["tokenizer.chat_template"]
+    formatter = Jinja2ChatFormatter(template, eos_token="<|end|>", bos_token="<|endoftext|>")
+    for messages in CONVERSATIONS:
+        ours, _, _ = ChatModel(run.model, run.tok, "t").chat_prompt([Message(**m) for m in messages], reserve=1)
+        prompt = formatter(messages=messages).prompt
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ours
+
+
+# ---- what is refused, and what is never lost ----
+
+def digest(path):
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()} if path.is_dir() else path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    make_run(folder, CharTokenizer.train(CORPUS), chat=False)
+    return folder
+
+
+def test_a_missing_run_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        vintage_export(tmp_path / "nothing", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_museum_run_is_refused(tmp_path):
+    from vintagelm.museum.mlp import MLPLM, MLPConfig
+
+    tok = CharTokenizer.train(CORPUS)
+    model = MLPLM(MLPConfig(vocab_size=tok.vocab_size, block_size=8, n_embd=4, hidden=8))
+    save_checkpoint(tmp_path / "run", 1, model, AdamW(model.params, lr=0.0), {}, tokenizer=tok)
+    for fmt in ("hf", "gguf"):
+        with pytest.raises(UserError, match="museum"):
+            vintage_export(tmp_path / "run", "--format", fmt, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, fmt, message", [
+    ({"norm": "post"}, "hf", "GPT-2-shaped"),
+    ({"pos": "sinusoidal"}, "gguf", "GPT-2-shaped"),
+    ({"activation": "relu"}, "gguf", "relu"),
+])
+def test_models_the_clients_compute_differently_are_refused(tmp_path, config, fmt, message):
+    make_run(tmp_path / "run", CharTokenizer.train(CORPUS), chat=False, **config)
+    with pytest.raises(UserError, match=message):
+        vintage_export(tmp_path / "run", "--format", fmt, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bpe_split_llama_cpp_does_not_know_is_refused_for_gguf(tmp_path):
+    tok = BPETokenizer.train(CORPUS, vocab_size=300, pattern=r"\w+|\s+|[^\w\s]+")
+    make_run(tmp_path / "run", tok, chat=False)
+    with pytest.raises(UserError, match="--pattern gpt2 or gpt4"):
+        vintage_export(tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert vintage_export(tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf") == 0  # HF runs any regex
+
+
+def test_a_folder_of_the_users_is_never_written_into(small_run, tmp_path):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    (users / "config.json").write_text("{}")
+    before = digest(users)
+    with pytest.raises(UserError, match="did not write"):
+        vintage_export(small_run, "--format", "hf", "--out", users)
+    assert digest(users) == before
+
+
+def test_a_file_of_the_users_is_never_replaced_by_a_gguf(small_run, tmp_path):
+    users = tmp_path / "model.gguf"
+    users.write_bytes(b"GGUF but not ours")
+    with pytest.raises(UserError, match="did not write"):
+        vintage_export(small_run, "--format", "gguf", "--out", users)
+    assert users.read_bytes() == b"GGUF but not ours"
+    with pytest.raises(UserError, match="is a folder"):
+        vintage_export(small_run, "--format", "gguf", "--out", tmp_path)
+
+
+def test_an_earlier_export_is_replaced_whole(small_run, tmp_path):
+    for fmt, out in (("hf", tmp_path / "hf"), ("gguf", tmp_path / "m.gguf")):
+        assert vintage_export(small_run, "--format", fmt, "--out", out, "--dtype", "f16") == 0
+        first = digest(out)
+        assert vintage_export(small_run, "--format", fmt, "--out", out) == 0
+        assert digest(out) != first  # f32 now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.gguf"]  # no temporaries left
+
+
+def test_a_failed_export_leaves_the_earlier_one_untouched(small_run, tmp_path, monkeypatch):
+    out = tmp_path / "m.gguf"
+    vintage_export(small_run, "--format", "gguf", "--out", out)
+    before = digest(out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    with pytest.raises(UserError, match="No space left"):
+        vintage_export(small_run, "--format", "gguf", "--out", out)
+    assert digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
