@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vintagelm import GPT, GPTConfig
 from vintagelm.chat.format import Message, parse_rendered, special_ids
 from vintagelm.chat.reply import ChatModel, Reply, first_stop, held_back, log_softmax
+from vintagelm.generate import SamplingSettings, generate
 from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
 TEXT = "Good morrow, my lord. What news from the court? None, my liege; the king is well. You are Hamlet."
@@ -45,7 +46,7 @@ def text_only(chat):
 
 
 def greedy_text(chat, prompt, n):
-    reply = Reply(chat, prompt, n, temperature=0.0, rules=text_only(chat))
+    reply = Reply(chat, prompt, SamplingSettings(max_new_tokens=n, temperature=0.0), rules=text_only(chat))
     return "".join(reply), reply
 
 
@@ -56,7 +57,8 @@ def test_a_stop_string_over_several_tokens_is_cut_and_never_shown_even_in_part(s
     full, _ = greedy_text(chat, prompt, 40)
     stop = full[10:13]  # three characters: three tokens of a char tokenizer
     cut = full.find(stop)
-    reply = Reply(chat, prompt, 40, temperature=0.0, stop=[stop], rules=text_only(chat))
+    sampling = SamplingSettings(max_new_tokens=40, temperature=0.0, stop=[stop])
+    reply = Reply(chat, prompt, sampling, rules=text_only(chat))
     shown = ""
     for piece in reply:
         shown += piece
@@ -68,6 +70,9 @@ def test_a_stop_string_over_several_tokens_is_cut_and_never_shown_even_in_part(s
 def test_max_tokens_ends_a_reply_with_length(char_chat):
     text, reply = greedy_text(char_chat, char_chat.tokenizer.encode("Good"), 7)
     assert reply.finish_reason == "length" and reply.completion_tokens == 7 and len(text) == 7
+
+
+GREEDY_TWO = SamplingSettings(max_new_tokens=2, temperature=0.0)
 
 
 class Scripted:
@@ -99,7 +104,7 @@ def test_a_character_split_over_tokens_is_shown_whole():
     byte_token = {tok.decode_bytes([i]): i for i in range(tok.vocab_size)}
     script = [byte_token[b"\xc3"], byte_token[b"\xa9"]]  # the two bytes of "é", as two tokens
     model = Scripted(chat_model(tok).model.config, tok.vocab_size, script)
-    pieces = list(Reply(ChatModel(model, tok, "scripted"), [tok.eot_id], 2, temperature=0.0, rules=([], [])))
+    pieces = list(Reply(ChatModel(model, tok, "scripted"), [tok.eot_id], GREEDY_TWO, rules=([], [])))
     assert pieces == ["é"]  # one piece, the whole character, never "\ufffd" for its first byte
 
 
@@ -153,5 +158,48 @@ def test_a_character_cut_in_half_by_max_tokens_is_left_out_not_replaced():
     tok = BPETokenizer.train("plain words and more words " * 20, vocab_size=280)
     byte_token = {tok.decode_bytes([i]): i for i in range(tok.vocab_size)}
     model = Scripted(chat_model(tok).model.config, tok.vocab_size, [byte_token[b"w"], byte_token[b"\xc3"]])
-    reply = Reply(ChatModel(model, tok, "scripted"), [tok.eot_id], 2, temperature=0.0, rules=([], []))
+    reply = Reply(ChatModel(model, tok, "scripted"), [tok.eot_id], GREEDY_TWO, rules=([], []))
     assert list(reply) == ["w"] and reply.finish_reason == "length" and reply.completion_tokens == 2
+
+
+# ---------------------------------------------------------------- the tokens behind the text
+def reply_prompt(chat):
+    """24 tokens: with 60 more the reply outgrows the context of 48, so its window restarts."""
+    prompt, _, _ = chat.chat_prompt([Message("user", "Good morrow, my lord.")], reserve=24)
+    assert len(prompt) == 24
+    return prompt
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.2, top_k=20, top_p=0.95), dict(temperature=0.7),
+                                dict(temperature=1.0, top_k=3)], ids=["topk-topp", "plain", "topk"])
+def test_a_reply_shows_what_generate_samples_with_the_same_settings(char_chat, kw):
+    """The settings reach the sampler whole and nothing on the way changes a draw: the reply's
+    tokens are those of the plain generate function given the same arguments one by one."""
+    prompt, rules = reply_prompt(char_chat), text_only(char_chat)
+    reply = Reply(char_chat, prompt, SamplingSettings(max_new_tokens=60, seed=11, **kw), rules=rules, logprobs=0)
+    text = "".join(reply)
+    want = list(generate(char_chat.model, prompt, 60, np.random.default_rng(11), banned_ids=rules[0],
+                         stop_ids=rules[1], **kw))
+    assert len(want) == 60 and [t.id for t in reply.tokens] == want
+    assert text == char_chat.tokenizer.decode(want)
+
+
+# What this model, prompt, seed and settings gave at commit 7380be6, before the sampling settings
+# were passed whole and the reply stopped driving the window itself: the same seed and settings
+# must keep giving the same tokens. A float64 model on the reference backend, so that rounding
+# differences between machines stay far below the margin of any draw.
+PINNED_REPLY = [23, 21, 6, 6, 4, 22, 14, 4, 6, 17, 2, 21, 26, 23, 8, 28, 5, 0, 19, 26, 0, 7, 9, 26, 23, 11, 8, 1, 2,
+                25, 17, 23, 28, 12, 21, 5, 15, 21, 2, 25, 25, 23, 28, 5, 23, 4, 7, 7, 3, 11, 5, 22, 22, 22, 20, 27, 6,
+                10, 16, 3]
+PINNED_CHAT_REPLY = [23, 21, 19, 0, 0, 16, 17]  # then <|end|>, with the chat's own rules
+
+
+def test_a_seeded_reply_gives_the_tokens_it_gave_before(char_chat):
+    prompt = reply_prompt(char_chat)
+    sampling = SamplingSettings(max_new_tokens=60, temperature=1.2, top_k=20, top_p=0.95, seed=11)
+    reply = Reply(char_chat, prompt, sampling, rules=text_only(char_chat), logprobs=0)
+    assert "".join(reply) == char_chat.tokenizer.decode(PINNED_REPLY)
+    assert [t.id for t in reply.tokens] == PINNED_REPLY and reply.finish_reason == "length"
+    chat_reply = Reply(char_chat, prompt, sampling, logprobs=0)
+    assert "".join(chat_reply) == "rnl  hi" and [t.id for t in chat_reply.tokens] == PINNED_CHAT_REPLY
+    assert chat_reply.finish_reason == "stop" and chat_reply.completion_tokens == len(PINNED_CHAT_REPLY)

@@ -3,6 +3,7 @@ filters against independent computations, determinism, and UTF-8-safe streaming.
 
     pytest tests/test_generate.py -q
 """
+import dataclasses
 import inspect
 import re
 import itertools
@@ -12,7 +13,7 @@ import pytest
 
 from vintagelm import GPT, GPTConfig
 from vintagelm.common import UserError
-from vintagelm.generate import ContextWindow, TextStream, encode_prompt, generate, sample_next_token
+from vintagelm.generate import ContextWindow, SamplingSettings, TextStream, encode_prompt, generate, sample_next_token
 from vintagelm.kv_cache import KVCache
 from vintagelm.tokenizers import BPETokenizer, CharTokenizer
 
@@ -154,6 +155,80 @@ def test_generate_turns_dropout_off_and_restores_the_training_mode():
     runs = [list(generate(model, [1, 2], 2 * BLOCK, np.random.default_rng(0), use_kv_cache=kv)) for kv in (True, False)]
     assert runs[0] == runs[1]  # dropout would make the no-cache path random
     assert model.training
+
+
+# What generate gave at commit 7380be6, before SamplingSettings and ContextWindow.sample took over
+# its loop: the same seed and settings must keep giving the same tokens. A float64 model on the
+# reference backend, so that rounding differences between machines stay far below any draw's margin.
+PINNED = {
+    "topk-topp": (dict(temperature=0.9, top_k=6, top_p=0.9),
+                  [4, 1, 1, 1, 9, 1, 9, 4, 1, 9, 9, 9, 4, 1, 9, 9, 2, 1, 1, 2, 9, 9, 9, 9, 9, 2, 1, 1, 1, 9, 9, 9]),
+    "sampled": (dict(temperature=1.3),
+                [1, 4, 5, 1, 1, 12, 1, 7, 4, 1, 5, 9, 1, 1, 1, 9, 6, 1, 9, 0, 5, 9, 9, 5, 9, 5, 1, 1, 1, 5, 9, 9]),
+    "greedy": (dict(temperature=0.0),
+               [2, 1, 1, 1, 9, 9, 9, 4, 1, 9, 9, 9, 4, 1, 9, 5, 9, 4, 1, 1, 5, 9, 9, 9, 9, 9, 1, 1, 1, 5, 5, 9]),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_seeded_generation_gives_the_tokens_it_gave_before(name):
+    kw, want = PINNED[name]
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 8, "init": "normal"}), seed=4, dtype=np.float64, backend="reference")
+    assert list(generate(model, [5, 1, 2], 4 * BLOCK, np.random.default_rng(7), **kw)) == want
+    sampling = SamplingSettings(max_new_tokens=4 * BLOCK, seed=7, **kw)  # the path of a server's reply
+    assert [token for token, _ in ContextWindow(model, [5, 1, 2]).sample(sampling, sampling.new_rng())] == want
+
+
+class RecordingLock:
+    """A context manager that says whether it is held and how often it was entered."""
+
+    def __init__(self):
+        self.held, self.entered = False, 0
+
+    def __enter__(self):
+        self.held, self.entered = True, self.entered + 1
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+def test_every_forward_of_a_window_runs_inside_its_lock():
+    model, lock = tiny_model(), RecordingLock()
+    forward = model.forward
+
+    def forward_holding_the_lock(idx, targets=None, kv_cache=None):
+        assert lock.held, "a forward ran outside the window's lock"
+        return forward(idx, targets, kv_cache)
+
+    model.forward = forward_holding_the_lock
+    window = ContextWindow(model, [1, 2, 3], lock=lock)
+    steps = window.sample(SamplingSettings(max_new_tokens=3 * BLOCK), np.random.default_rng(0))
+    tokens = [token for token, _ in steps]
+    assert len(tokens) == lock.entered == 3 * BLOCK and not lock.held  # one forward per token, restarts included
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [(dict(max_new_tokens=-1), "max_new_tokens"), (dict(max_new_tokens=2.0), "max_new_tokens"),
+     (dict(max_new_tokens=True), "max_new_tokens"), (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"),
+     (dict(top_p=1.5), "top_p"), (dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(stop="end"), "stop"),
+     (dict(stop=["end", 3]), "stop")],
+)
+def test_sampling_settings_are_checked_when_made_and_when_changed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingSettings(**{"max_new_tokens": 5, **kw})
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(SamplingSettings(max_new_tokens=5), **kw)
+
+
+def test_sampling_settings_are_one_frozen_value():
+    sampling = SamplingSettings(max_new_tokens=5, seed=3, stop=["", "end"])
+    assert sampling.stop == ("end",)  # an empty stop string would stop every reply at once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sampling.temperature = 0.5
+    assert sampling.new_rng().random() == sampling.new_rng().random() == np.random.default_rng(3).random()
+    unseeded = SamplingSettings(max_new_tokens=5)
+    assert unseeded.new_rng().random() != unseeded.new_rng().random()  # a fresh seed each time
 
 
 # ---------------------------------------------------------------- sample_next_token

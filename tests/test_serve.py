@@ -41,6 +41,8 @@ from vintagelm.chat.format import Message
 from vintagelm.chat.reply import ChatModel, log_softmax
 from vintagelm.checkpoint import load_checkpoint
 from vintagelm.cli import main
+from vintagelm.generate import SamplingSettings, encode_prompt, generate
+from vintagelm.serve import protocol
 
 CHAR_RUN = "tinychar"  # the run folder's name is the served model's name
 CHAR_ITERS = 150
@@ -344,6 +346,29 @@ def test_the_stream_says_what_the_plain_answer_says_for_the_same_seed(client, en
 def test_a_different_seed_gives_a_different_answer(client):
     answers = {ask(client, "chat", "Good morrow.", max_tokens=30, temperature=1.0, seed=s).text for s in range(3)}
     assert len(answers) > 1, "the seed changes nothing: is it ignored?"
+
+
+def test_a_request_becomes_one_sampling_settings_field_by_field():
+    doc = {"messages": HELLO, "max_tokens": 7, "temperature": 0.5, "top_k": 3, "top_p": 0.25, "seed": 9,
+           "stop": ["x", ""], "stream": True, "logprobs": True, "top_logprobs": 2}
+    req = protocol.chat_request(doc, CHAR_RUN, default_max_tokens=200, max_tokens_cap=CAP)
+    assert req.sampling == SamplingSettings(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.25, seed=9, stop=["x"])
+    assert (req.stream, req.include_usage, req.logprobs) == (True, False, 2)
+    req = protocol.completion_request({"prompt": "Good", "top_k": 4}, CHAR_RUN, max_tokens_cap=CAP)
+    assert req.sampling == SamplingSettings(max_new_tokens=16, top_k=4)  # OpenAI's defaults: 16 tokens, temperature 1
+
+
+def test_a_seeded_request_gets_what_generate_samples_with_its_settings(client, chat_model):
+    """Every sampling field reaches the sampler, each as itself: the answer is the text the plain
+    generate function samples, given the same model, prompt, seed and settings one by one."""
+    prompt = "Good morrow, my lord."
+    response = client.completions.create(model=CHAR_RUN, prompt=prompt, max_tokens=40, temperature=1.3, top_p=0.9,
+                                         seed=21, extra_body={"top_k": 12})
+    banned, stops = chat_model.text_rules()
+    want = list(generate(chat_model.model, encode_prompt(chat_model.tokenizer, prompt), 40, np.random.default_rng(21),
+                         temperature=1.3, top_k=12, top_p=0.9, banned_ids=banned, stop_ids=stops))
+    assert len(want) > 10, "a short answer proves little"
+    assert response.choices[0].text == chat_model.tokenizer.decode(want)
 
 
 def test_chat_stream_chunks_have_the_openai_shape(server):

@@ -1,16 +1,25 @@
-"""Text generation: the token sampler and the streaming `generate` loop, over a model's KV
-cache (kv_cache.py; a model hands out its own decoding state with model.new_kv_cache()).
+"""Text generation: the sampling settings, the token sampler and the window a continuation is
+sampled in, over a model's KV cache (kv_cache.py; a model hands out its own decoding state
+with model.new_kv_cache()).
 
 Separate pieces, each usable on its own:
+    SamplingSettings   what one continuation is sampled with (temperature, top_k, top_p, seed,
+                       max_new_tokens, stop strings), made once where a request is read and
+                       passed whole down to the sampler
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
-    generate           a generator yielding one new token id at a time (batch 1)
-    generate_steps     the same loop over a ContextWindow, yielding each token with its logits
+    ContextWindow      the one owner of a continuation's window: the text seen so far, the
+                       sliding window, the cache and its prefill; `sample` extends the text
+                       token by token, yielding each token with its logits
+    generate           the same with plain keyword arguments, yielding token ids (batch 1)
     sample_text        generate from an empty prompt, text streamed to a callback (the
                        sample `vintage train` prints at the end)
-plus `ContextWindow`, which owns the text seen so far, the sliding window and the cache and
-hands out next-token logits (generate, the tests and the benchmark all drive it),
-`encode_prompt` (text -> ids, with the empty-prompt rule), and `TextStream`, which turns ids
-into text as they arrive without splitting a UTF-8 character.
+plus `encode_prompt` (text -> ids, with the empty-prompt rule), and `TextStream`, which turns
+ids into text as they arrive without splitting a UTF-8 character.
+
+How a request reaches the sampler: the server's protocol.py (or `vintage sample`, `vintage
+chat`) makes a SamplingSettings; chat/reply.py's Reply opens a ContextWindow and reads the
+(token, logits) pairs of its `sample` as text. Control goes down that path once and comes back
+only as yielded tokens: nothing here calls back up.
 
 Two paths compute the next-token logits, and they must agree (tests/test_generate.py):
     KV cache (default)  prefill the window once, then ONE forward per new token over the
@@ -32,11 +41,13 @@ window start at exactly the same steps, so both see identical token windows at i
 positions and produce the same logits (up to float rounding) and the same tokens for a seed.
 
 What this file does not do: batched sampling of several prompts, beam search, stop strings
-(those are chat/reply.py's, over generate_steps).
+(SamplingSettings carries them; chat/reply.py cuts the text at them).
 Shape legend: B batch, T time, L layers, H heads, D head size, V vocab size.
 """
 import codecs
 import numbers
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,6 +67,38 @@ def check_sampling_params(temperature=1.0, top_k=None, top_p=None):
         isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
     ):
         raise ValueError(f"top_p must be a number in (0, 1] or None (no limit), got {top_p!r}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How one continuation is sampled. Made once, where a request is read (the server's
+    protocol.py, `vintage sample`, `vintage chat`), checked then (a ValueError naming the
+    field), and passed whole to the sampler; change a field with dataclasses.replace."""
+    max_new_tokens: int  # at most this many tokens are sampled
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = None  # None: no limit
+    top_p: float = None  # None: no limit
+    seed: int = None  # None: every new_rng() draws a fresh seed from the operating system
+    stop: tuple = ()  # strings that end a reply: chat/reply.py cuts its text there (the sampler sees no text)
+
+    def __post_init__(self):
+        check_sampling_params(self.temperature, self.top_k, self.top_p)
+        if not is_whole(self.max_new_tokens, low=0):
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if self.seed is not None and not is_whole(self.seed, low=0):
+            raise ValueError(f"seed must be an integer >= 0 or None (a fresh one), got {self.seed!r}")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
+            raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))  # an empty string stops nothing
+
+    def new_rng(self):
+        """The generator this continuation draws from: the same seed, the same tokens."""
+        return np.random.default_rng(self.seed)
+
+
+def is_whole(value, low):
+    """An integer (not a bool) >= low."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
 
 
 def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
@@ -104,9 +147,13 @@ def window_restart(length, block_size):
 
 
 class ContextWindow:
-    """The text so far, its sliding window, and (with use_kv_cache) the cache over the window.
+    """The text so far, its sliding window, and (with use_kv_cache) the cache over the window:
+    everything a continuation keeps between two tokens.
 
         ctx = ContextWindow(model, prompt_ids)
+        for token, logits in ctx.sample(sampling, rng):   # the whole loop, as generate runs it
+            ...
+    or step by step:
         logits = ctx.logits()      # (V,) next-token logits after the whole text
         ctx.append(token)          # extend the text; the window slides when it must
 
@@ -114,11 +161,13 @@ class ContextWindow:
     Both paths move `start` at the same steps, so their logits agree at every step.
     The cache holds the first cache.pos tokens of the window; the rest are fed at the next
     logits() call. `forward_last` is the one place a model is run (the sampling benchmark
-    overrides it to drive the torch reference through the same window bookkeeping).
+    overrides it to drive the torch reference through the same window bookkeeping), inside
+    `lock` when one is given: the server's replies share one model and take turns on its lock.
     """
 
-    def __init__(self, model, prompt_ids, use_kv_cache=True):
+    def __init__(self, model, prompt_ids, use_kv_cache=True, lock=None):
         self.model = model
+        self.lock = nullcontext() if lock is None else lock
         self.block_size = model.config.block_size
         self.ids = [int(t) for t in prompt_ids]
         if not self.ids:
@@ -126,6 +175,27 @@ class ContextWindow:
         self.start = 0 if len(self.ids) <= self.block_size else window_restart(len(self.ids), self.block_size)
         self.cache = model.new_kv_cache() if use_kv_cache else None
         self._logits = None  # (V,) logits after the last token, once computed
+
+    def sample(self, sampling, rng, banned_ids=(), stop_ids=()):
+        """Extend the text by sampling (sampling: SamplingSettings; rng: np.random.Generator):
+        yield (token, logits) for up to sampling.max_new_tokens new tokens, `logits` the (V,)
+        row the token was drawn from, before bans and filters (a server reports
+        log-probabilities from them). banned_ids are never sampled (their logits are set to
+        -inf); sampling a token of stop_ids ends the loop there, without yielding it."""
+        banned_ids, stop_ids = list(banned_ids), set(stop_ids)
+        for step in range(sampling.max_new_tokens):
+            if step:
+                self.append(token)  # fed lazily, so no forward is spent after the last token
+            logits = self.logits()
+            allowed = logits
+            if banned_ids:
+                allowed = logits.copy()
+                allowed[banned_ids] = -np.inf
+            token = int(sample_next_token(allowed[None], rng, temperature=sampling.temperature,
+                                          top_k=sampling.top_k, top_p=sampling.top_p)[0])
+            if token in stop_ids:
+                return
+            yield token, logits
 
     @property
     def window(self):
@@ -153,45 +223,24 @@ class ContextWindow:
         """The model's logits (V,) at the last of `tokens` (all of the window, or with a cache
         only the tokens it lacks). Dropout is off for this call only: the model's training
         mode is restored, so sampling in the middle of training changes nothing."""
-        with evaluating(self.model) as model:
+        with self.lock, evaluating(self.model) as model:
             logits, _ = model.forward(np.asarray([tokens], dtype=np.int64), kv_cache=cache)  # (1, T, V)
         return logits[0, -1]
 
 
 def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_kv_cache=True,
              banned_ids=(), stop_ids=()):
-    """Yield up to max_new_tokens new token ids (ints), one at a time, continuing prompt_ids.
+    """Yield up to max_new_tokens new token ids (ints), one at a time, continuing prompt_ids:
+    ContextWindow.sample with its settings given as plain arguments (the tokens only).
 
     rng: np.random.Generator (same seed, same tokens, with or without the cache).
-    banned_ids are never sampled (their logits are set to -inf); sampling a token of
-    stop_ids ends the sample there, without yielding it (see special_token_rules).
+    banned_ids are never sampled; sampling a token of stop_ids ends the sample there, without
+    yielding it (see special_token_rules).
     The arguments are checked now, not at the first next(), so mistakes surface at the call.
     """
-    check_sampling_params(temperature, top_k, top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    ctx = ContextWindow(model, prompt_ids, use_kv_cache)
-    steps = generate_steps(ctx, max_new_tokens, rng, temperature, top_k, top_p, banned_ids, stop_ids)
-    return (token for token, _ in steps)
-
-
-def generate_steps(ctx, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, banned_ids=(), stop_ids=()):
-    """generate's loop over a ContextWindow, yielding (token, logits): the (V,) logits the
-    token was sampled from, before bans and filters (a server reports log-probabilities from
-    them). The arguments are as generate's and are not checked again here."""
-    banned_ids, stop_ids = list(banned_ids), set(stop_ids)
-    for step in range(max_new_tokens):
-        if step:
-            ctx.append(token)  # fed lazily, so no forward is spent after the last token
-        logits = ctx.logits()
-        allowed = logits
-        if banned_ids:
-            allowed = logits.copy()
-            allowed[banned_ids] = -np.inf
-        token = int(sample_next_token(allowed[None], rng, temperature, top_k, top_p)[0])
-        if token in stop_ids:
-            return
-        yield token, logits
+    sampling = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    window = ContextWindow(model, prompt_ids, use_kv_cache)
+    return (token for token, _ in window.sample(sampling, rng, banned_ids, stop_ids))
 
 
 def special_token_rules(tokenizer, allow_special=False):

@@ -1,6 +1,10 @@
 """Replies from a trained model, as the terminal chat and the server need them: the prompt of a
 conversation (trimmed to the context window from the oldest turn), and a streamed reply that
-ends at <|end|>, at a stop string or at max_tokens, with log-probabilities when asked.
+ends at <|end|>, at a stop string or at max_new_tokens, with log-probabilities when asked.
+
+A Reply turns tokens into text and nothing else: the tokens come from generate.py's
+ContextWindow.sample, which owns the window (cache, sliding, prefill) and the sampling, and is
+given the reply's SamplingSettings whole.
 
 Two rules make a stream safe to show as it arrives:
   * a character whose UTF-8 bytes are split over tokens is shown only once complete
@@ -9,7 +13,6 @@ Two rules make a stream safe to show as it arrives:
     be the start of a stop string is held back until the next token settles it.
 Shape legend: T tokens, V vocabulary.
 """
-import secrets
 import threading
 from dataclasses import dataclass
 
@@ -18,7 +21,7 @@ import numpy as np
 from vintagelm.chat.format import Message, special_ids
 from vintagelm.common import UserError
 from vintagelm.flat_model import evaluating
-from vintagelm.generate import ContextWindow, TextStream, check_sampling_params, generate_steps, special_token_rules
+from vintagelm.generate import ContextWindow, TextStream, special_token_rules
 from vintagelm.nn.loss import log_softmax
 
 
@@ -138,18 +141,6 @@ class ChatModel:
         return self.tokenizer.decode([token_id])
 
 
-class LockedWindow(ContextWindow):
-    """A ContextWindow whose forward passes take the ChatModel's lock."""
-
-    def __init__(self, chat_model, prompt_ids):
-        super().__init__(chat_model.model, prompt_ids)
-        self.lock = chat_model.lock
-
-    def forward_last(self, tokens, cache=None):
-        with self.lock:
-            return super().forward_last(tokens, cache)
-
-
 @dataclass
 class Token:
     """One generated token, for log-probabilities."""
@@ -161,20 +152,18 @@ class Token:
 
 
 class Reply:
-    """One reply being generated. Iterating yields pieces of text as they become safe to show;
-    `tokens` then holds the Tokens behind the pieces shown so far (when logprobs is not None).
+    """One reply being generated: the tokens sampled with `sampling` (a SamplingSettings, stop
+    strings included) after prompt_ids, as text. Iterating yields pieces of text as they become
+    safe to show; `tokens` then holds the Tokens behind the pieces shown so far (when logprobs is
+    not None: that many alternatives each). rules: (banned ids, stop ids), by default the chat's.
     Afterwards: finish_reason "stop" (<|end|>, end of text or a stop string) or "length"
-    (max_tokens reached), prompt_tokens and completion_tokens."""
+    (max_new_tokens reached), prompt_tokens and completion_tokens."""
 
-    def __init__(self, chat_model, prompt_ids, max_tokens, temperature=1.0, top_p=None, top_k=None, seed=None,
-                 stop=(), rules=None, logprobs=None):
-        check_sampling_params(temperature, top_k, top_p)
+    def __init__(self, chat_model, prompt_ids, sampling, rules=None, logprobs=None):
         self.chat_model = chat_model
         self.prompt_ids = list(prompt_ids)
-        self.max_tokens = max_tokens
-        self.sampling = (temperature, top_k, top_p)
-        self.rng = np.random.default_rng(secrets.randbits(64) if seed is None else seed)
-        self.stops = [s for s in stop if s]
+        self.sampling = sampling
+        self.rng = sampling.new_rng()
         self.banned, self.stop_ids = rules if rules is not None else chat_model.chat_rules()
         self.logprobs = logprobs
         self.tokens, self._pending = [], []  # Tokens shown / generated but not yet shown
@@ -183,27 +172,27 @@ class Reply:
         self.text = ""  # what has been shown
 
     def __iter__(self):
-        temperature, top_k, top_p = self.sampling
-        ctx = LockedWindow(self.chat_model, self.prompt_ids)
-        stream, made = TextStream(self.chat_model.tokenizer), ""  # made: all text decoded so far
-        steps = generate_steps(ctx, self.max_tokens, self.rng, temperature, top_k, top_p, self.banned, self.stop_ids)
-        self.finish_reason = "stop" if self.max_tokens else "length"
+        chat, max_new_tokens, stops = self.chat_model, self.sampling.max_new_tokens, self.sampling.stop
+        window = ContextWindow(chat.model, self.prompt_ids, lock=chat.lock)
+        steps = window.sample(self.sampling, self.rng, self.banned, self.stop_ids)
+        stream, made = TextStream(chat.tokenizer), ""  # made: all text decoded so far
+        self.finish_reason = "stop" if max_new_tokens else "length"
         for n, (token, logits) in enumerate(steps, 1):
             self.completion_tokens = n
             if self.logprobs is not None:
                 logp = log_softmax(logits)
-                self._pending.append(Token(token, self.chat_model.token_text(token), float(logp[token]),
-                                           self.chat_model.top(logp, self.logprobs), len(made)))
+                self._pending.append(Token(token, chat.token_text(token), float(logp[token]),
+                                           chat.top(logp, self.logprobs), len(made)))
             made += stream.push(token)
-            cut = first_stop(made, self.stops, len(self.text))
+            cut = first_stop(made, stops, len(self.text))
             if cut is not None:
                 yield from self._show(made[:cut])
                 return
-            yield from self._show(made[: len(made) - held_back(made, self.stops)])
-            if n == self.max_tokens:
+            yield from self._show(made[: len(made) - held_back(made, stops)])
+            if n == max_new_tokens:
                 self.finish_reason = "length"
         # the end: what was held back for a stop string that never came is shown; the bytes of a
-        # character that max_tokens cut in half are not (they would show as U+FFFD)
+        # character that max_new_tokens cut in half are not (they would show as U+FFFD)
         yield from self._show(made)
 
     def _show(self, upto):

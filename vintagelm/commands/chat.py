@@ -21,23 +21,25 @@ def add_arguments(p):
 
 def run(args):
     import sys
+    from dataclasses import replace
 
     from vintagelm.chat.format import Message
     from vintagelm.chat.reply import ChatModel, Reply
     from vintagelm.common import UserError
-    from vintagelm.generate import check_sampling_params
+    from vintagelm.generate import SamplingSettings
 
-    try:
-        check_sampling_params(args.temperature, args.top_k, args.top_p)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    try:
+        sampling = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                    top_p=args.top_p)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 are kept as escapes, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
     chat = ChatModel.load(args.run, backend=args.backend)
     chat.chat_rules()  # a tokenizer without role tokens fails here, before the first question
-    temperature, system, history, turn = args.temperature, args.system, [], 0
+    system, history, turn = args.system, [], 0
     print(f"chatting with {chat.name} ({chat.model.num_params():,} parameters, context {chat.block_size} tokens). "
           f"{COMMANDS_HELP}.")
     while True:
@@ -65,13 +67,11 @@ def run(args):
             continue
         if command == "/temp":
             try:
-                value = float(rest)
-                check_sampling_params(value, args.top_k, args.top_p)
+                sampling = replace(sampling, temperature=float(rest))
             except ValueError:
-                print(f"(/temp takes a number >= 0, e.g. /temp 0.7; still {temperature})")
+                print(f"(/temp takes a number >= 0, e.g. /temp 0.7; still {sampling.temperature})")
                 continue
-            temperature = value
-            print(f"(temperature {temperature})")
+            print(f"(temperature {sampling.temperature})")
             continue
         if command.startswith("/"):
             print(f"(unknown command {command}; {COMMANDS_HELP})")
@@ -82,7 +82,7 @@ def run(args):
             print(f"(left out {describe_left_out(dropped)})")
         if left_out:
             print(f"({left_out} earlier message(s) left out: they no longer fit the context of {chat.block_size} tokens)")
-        reply = Reply(chat, prompt, args.max_tokens, temperature, args.top_p, args.top_k, seed=args.seed + turn)
+        reply = Reply(chat, prompt, replace(sampling, seed=args.seed + turn))
         turn += 1
         print(f"{chat.name}> ", end="", flush=True)
         try:

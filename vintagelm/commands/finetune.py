@@ -48,6 +48,7 @@ def run(args):
     from vintagelm.common import UserError
     from vintagelm.train_config import TrainConfig, resolve_config
     from vintagelm.era.metrics import run_dir
+    from vintagelm.generate import SamplingSettings
     from vintagelm.tokenizers import load_tokenizer
     from vintagelm.rundir import saved_config
     from vintagelm.train import train
@@ -98,6 +99,7 @@ def run(args):
     print(summary)
     chat = ChatModel(result.model, result.tokenizer, Path(out).name)
     prompt, _, _ = chat.chat_prompt([Message("user", SHOWN_QUESTION)], reserve=chat.block_size // 2)
-    reply = "".join(Reply(chat, prompt, chat.block_size // 2, temperature=0.8, seed=cfg.seed))
+    sampling = SamplingSettings(max_new_tokens=chat.block_size // 2, temperature=0.8, seed=cfg.seed)
+    reply = "".join(Reply(chat, prompt, sampling))
     print(f"--- user: {SHOWN_QUESTION}\n--- {chat.name}: {reply}\nTalk to it with: vintage chat {out}")
     return 0

@@ -27,12 +27,15 @@ def run(args):
     import sys
     import time
 
-    import numpy as np
-
     from vintagelm.checkpoint import load_checkpoint
     from vintagelm.common import UserError
-    from vintagelm.generate import TextStream, encode_prompt, generate, special_token_rules
+    from vintagelm.generate import ContextWindow, SamplingSettings, TextStream, encode_prompt, special_token_rules
 
+    try:
+        sampling = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     ckpt = load_checkpoint(args.ckpt, with_optimizer=False, finite=True)
     if ckpt.tokenizer is None:
         raise UserError(f"checkpoint {ckpt.path} has no tokenizer.json, so its ids cannot be turned into text")
@@ -41,17 +44,12 @@ def run(args):
                         f"only {ckpt.model.config.vocab_size}")
     prompt_ids = encode_prompt(ckpt.tokenizer, args.prompt)
     banned, stop = special_token_rules(ckpt.tokenizer, args.allow_special)
-    try:
-        tokens = generate(ckpt.model, prompt_ids, args.max_new_tokens, np.random.default_rng(args.seed),
-                          args.temperature, args.top_k, args.top_p, use_kv_cache=not args.no_kv_cache,
-                          banned_ids=banned, stop_ids=stop)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    window = ContextWindow(ckpt.model, prompt_ids, use_kv_cache=not args.no_kv_cache)
     out, text = sys.stdout, TextStream(ckpt.tokenizer)
     out.write(args.prompt)
     out.flush()
     t0, n = time.perf_counter(), 0
-    for token in tokens:
+    for token, _ in window.sample(sampling, sampling.new_rng(), banned_ids=banned, stop_ids=stop):
         out.write(text.push(token))
         out.flush()  # one token at a time, as it is sampled
         n += 1

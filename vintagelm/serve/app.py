@@ -250,25 +250,24 @@ def create_app(chat_model, settings=None):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = protocol.chat_request(await read_body(request), name, settings.default_max_tokens, settings.max_tokens_cap)
-        s = req.sampling
 
         def chat_reply():
             try:
-                reserve = min(s.max_tokens, chat_model.block_size // 2)
+                reserve = min(req.sampling.max_new_tokens, chat_model.block_size // 2)
                 prompt, _, _ = chat_model.chat_prompt(req.messages, reserve=reserve)
             except UserError as e:  # a tokenizer without the role tokens: this model cannot chat
                 raise ApiError(400, str(e), "model") from None
-            return make_reply(prompt, s, chat_model.chat_rules())
+            return Reply(chat_model, prompt, req.sampling, rules=chat_model.chat_rules(), logprobs=req.logprobs)
 
         reply, leave = await admitted(chat_reply)
         meta = {"id": protocol.new_id("chatcmpl"), "created": protocol.now(), "model": name}
-        if s.stream:
-            return event_stream(chat_chunks(reply, s, meta), leave)
+        if req.stream:
+            return event_stream(chat_chunks(reply, req, meta), leave)
         try:
             text = await generated(request, lambda: whole_text(reply))
         finally:
             leave()
-        logprobs = protocol.chat_logprobs(tokenizer, reply.tokens) if s.logprobs is not None else None
+        logprobs = protocol.chat_logprobs(tokenizer, reply.tokens) if req.logprobs is not None else None
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                              "finish_reason": reply.finish_reason}],
@@ -283,7 +282,7 @@ def create_app(chat_model, settings=None):
                 return await work()
         return await unless_client_leaves(request, in_place())
 
-    async def chat_chunks(reply, s, meta):
+    async def chat_chunks(reply, req, meta):
         """The events of one streamed chat reply (see protocol.py for the shape)."""
         def chunk(delta, finish_reason=None, logprobs=None):
             return {**meta, "object": "chat.completion.chunk",
@@ -294,19 +293,18 @@ def create_app(chat_model, settings=None):
             shown = 0  # tokens whose log-probabilities were sent
             async for piece in pieces(reply):
                 logprobs = None
-                if s.logprobs is not None:
+                if req.logprobs is not None:
                     logprobs = protocol.chat_logprobs(tokenizer, reply.tokens[shown:])
                     shown = len(reply.tokens)
                 yield chunk({"content": piece}, logprobs=logprobs)
             yield chunk({}, reply.finish_reason)
-            if s.include_usage:
+            if req.include_usage:
                 yield {**meta, "object": "chat.completion.chunk", "choices": [],
                        "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = protocol.completion_request(await read_body(request), name, settings.max_tokens_cap)
-        s = req.sampling
 
         def prompt_ids():
             try:
@@ -324,31 +322,32 @@ def create_app(chat_model, settings=None):
         ids, leave = await admitted(prompt_ids)
         # an empty prompt is generated from <|endoftext|> (encode_prompt), which the client never sent
         echoed = tokenizer.decode(ids) if req.echo and req.prompt else ""
-        reply = make_reply(ids, s, chat_model.text_rules())
+        reply = Reply(chat_model, ids, req.sampling, rules=chat_model.text_rules(), logprobs=req.logprobs)
         meta = {"id": protocol.new_id("cmpl"), "created": protocol.now(), "model": name}
-        if s.stream:
-            return event_stream(completion_chunks(reply, s, meta, ids, echoed), leave)
+        if req.stream:
+            return event_stream(completion_chunks(reply, req, meta, ids, echoed), leave)
 
         async def scored_then_generated():
-            return await scored_prompt(ids, s, echoed), await whole_text(reply)
+            return await scored_prompt(ids, req.logprobs, echoed), await whole_text(reply)
 
         try:
             prompt_entries, text = await generated(request, scored_then_generated)
         finally:
             leave()
         logprobs = None
-        if s.logprobs is not None:
+        if req.logprobs is not None:
             logprobs = protocol.completion_logprobs(prompt_entries + generated_entries(reply.tokens, len(echoed)))
         return {**meta, "object": "text_completion",
                 "choices": [{"index": 0, "text": echoed + text, "logprobs": logprobs,
                              "finish_reason": reply.finish_reason}],
                 "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
 
-    async def scored_prompt(ids, s, echoed):
-        """With echo and logprobs: the prompt's own tokens, each with its log-probability."""
-        if not (echoed and s.logprobs is not None):
+    async def scored_prompt(ids, top_n, echoed):
+        """With echo and logprobs (top_n alternatives): the prompt's own tokens, each with its
+        log-probability."""
+        if not (echoed and top_n is not None):
             return []
-        scored = await anyio.to_thread.run_sync(chat_model.prompt_logprobs, ids, s.logprobs)
+        scored = await anyio.to_thread.run_sync(chat_model.prompt_logprobs, ids, top_n)
         entries, offset = [], 0
         for token_id, (logprob, top) in zip(ids, scored):
             text = chat_model.token_text(token_id)
@@ -356,30 +355,26 @@ def create_app(chat_model, settings=None):
             offset += len(text)
         return entries
 
-    async def completion_chunks(reply, s, meta, ids, echoed):
+    async def completion_chunks(reply, req, meta, ids, echoed):
         def chunk(text, finish_reason=None, logprobs=None):
             return {**meta, "object": "text_completion",
                     "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
         async with admission.running():
             if echoed:
-                entries = await scored_prompt(ids, s, echoed)
+                entries = await scored_prompt(ids, req.logprobs, echoed)
                 yield chunk(echoed, logprobs=protocol.completion_logprobs(entries) if entries else None)
             shown = 0
             async for piece in pieces(reply):
                 logprobs = None
-                if s.logprobs is not None:
+                if req.logprobs is not None:
                     logprobs = protocol.completion_logprobs(generated_entries(reply.tokens[shown:], len(echoed)))
                     shown = len(reply.tokens)
                 yield chunk(piece, logprobs=logprobs)
             yield chunk("", reply.finish_reason)
-            if s.include_usage:
+            if req.include_usage:
                 yield {**meta, "object": "text_completion", "choices": [],
                        "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
-
-    def make_reply(prompt_ids, s, rules):
-        return Reply(chat_model, prompt_ids, s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, s.stop, rules,
-                     s.logprobs)
 
     def generated_entries(tokens, start):
         return [(t.text, t.logprob, t.top, start + t.offset) for t in tokens]

@@ -1,5 +1,6 @@
 """The OpenAI wire format, as clients send and read it: request bodies checked field by field
-into plain dataclasses, and the JSON objects of responses and stream chunks.
+into plain dataclasses, and the JSON objects of responses and stream chunks. The sampling
+fields of a request become one generate.SamplingSettings here, which the reply is given whole.
 
 Every mistake in a request is an ApiError that names the field (`param`), so a client sees
 {"error": {"message", "type", "param", "code"}} with a 4xx, never a 500. Fields a client may
@@ -11,9 +12,10 @@ import json
 import numbers
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vintagelm.chat.format import ROLES, Message
+from vintagelm.generate import SamplingSettings
 
 MAX_STOPS = 4  # as OpenAI: up to 4 stop strings
 MAX_MESSAGES = 2048  # as OpenAI; far more than any context here holds (each turn takes 2 tokens at least)
@@ -42,30 +44,23 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-@dataclass
-class Sampling:
-    """What both endpoints share."""
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = None
-    top_k: int = None
-    stop: list = field(default_factory=list)
-    seed: int = None
+@dataclass(kw_only=True)
+class Request:
+    """What both endpoints share: how to sample, and how the answer is sent."""
+    sampling: SamplingSettings  # passed whole to the reply (chat.reply.Reply)
     stream: bool = False
     include_usage: bool = False
     logprobs: int = None  # None: no log-probabilities; k: with the k most likely alternatives
 
 
-@dataclass
-class ChatRequest:
+@dataclass(kw_only=True)
+class ChatRequest(Request):
     messages: list  # [Message, ...]
-    sampling: Sampling
 
 
-@dataclass
-class CompletionRequest:
+@dataclass(kw_only=True)
+class CompletionRequest(Request):
     prompt: str
-    sampling: Sampling
     echo: bool = False
     truncate_prompt_tokens: int = None
 
@@ -114,7 +109,7 @@ def stop_strings(doc):
         raise ApiError(400, "stop must be a string or a list of strings", "stop")
     if len(value) > MAX_STOPS:
         raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(value)}", "stop")
-    return [s for s in value if s]
+    return value
 
 
 def refuse_unsupported(doc, names):
@@ -134,7 +129,10 @@ def refuse_unsupported(doc, names):
             raise ApiError(400, f"{name} is not supported by this server: leave it out or send {accepted}", name)
 
 
-def sampling(doc, max_tokens, max_tokens_cap, logprobs):
+def shared_fields(doc, max_tokens, max_tokens_cap, logprobs):
+    """The fields both endpoints read -> the keyword arguments of a Request: the sampling ones
+    made into one SamplingSettings (every field checked here first, so that a mistake is a 400
+    naming the request's own field)."""
     if doc.get("n") is not None and doc.get("n") != 1:
         raise ApiError(400, f"n must be 1 (one reply per request), got {doc.get('n')!r}", "n")
     options = doc.get("stream_options")
@@ -142,17 +140,16 @@ def sampling(doc, max_tokens, max_tokens_cap, logprobs):
         raise ApiError(400, "stream_options must be an object", "stream_options")
     if max_tokens > max_tokens_cap:
         raise ApiError(400, f"max_tokens must be at most {max_tokens_cap} on this server, got {max_tokens}", "max_tokens")
-    return Sampling(
-        max_tokens=max_tokens,
+    sampling = SamplingSettings(
+        max_new_tokens=max_tokens,
         temperature=number(doc, "temperature", 1.0, 0.0, 2.0),
-        top_p=number(doc, "top_p", None, 0.0, 1.0, low_open=True),
         top_k=integer(doc, "top_k", None, 1),
-        stop=stop_strings(doc),
+        top_p=number(doc, "top_p", None, 0.0, 1.0, low_open=True),
         seed=integer(doc, "seed", None, 0, 2**63 - 1),
-        stream=boolean(doc, "stream"),
-        include_usage=boolean(options or {}, "include_usage"),
-        logprobs=logprobs,
+        stop=stop_strings(doc),
     )
+    return dict(sampling=sampling, stream=boolean(doc, "stream"), include_usage=boolean(options or {}, "include_usage"),
+                logprobs=logprobs)
 
 
 def check_model(doc, name):
@@ -195,7 +192,7 @@ def chat_request(doc, name, default_max_tokens, max_tokens_cap):
         logprobs = integer(doc, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS["chat"])
     elif doc.get("top_logprobs") is not None:
         raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-    return ChatRequest(messages, sampling(doc, max_tokens, max_tokens_cap, logprobs))
+    return ChatRequest(messages=messages, **shared_fields(doc, max_tokens, max_tokens_cap, logprobs))
 
 
 def completion_request(doc, name, max_tokens_cap):
@@ -214,8 +211,9 @@ def completion_request(doc, name, max_tokens_cap):
     if max_tokens == 0 and not echo:
         raise ApiError(400, "max_tokens must be at least 1 (0 only with echo, to score a prompt)", "max_tokens")
     logprobs = integer(doc, "logprobs", None, 0, MAX_TOP_LOGPROBS["completions"])
-    return CompletionRequest(prompt, sampling(doc, max_tokens, max_tokens_cap, logprobs), echo,
-                             integer(doc, "truncate_prompt_tokens", None, 1))
+    shared = shared_fields(doc, max_tokens, max_tokens_cap, logprobs)
+    return CompletionRequest(prompt=prompt, echo=echo, **shared,
+                             truncate_prompt_tokens=integer(doc, "truncate_prompt_tokens", None, 1))
 
 
 # ---------------------------------------------------------------- responses
