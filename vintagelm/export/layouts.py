@@ -49,9 +49,9 @@ def gpt2_hparams(config):
         "context_length": config.block_size,
         "embedding_length": config.n_embd,
         "block_count": config.n_layer,
-        "feed_forward_length": 4 * config.n_embd,
+        "feed_forward_length": getattr(config, "mlp_width", 4 * config.n_embd),
         "attention.head_count": config.n_head,
-        "attention.layer_norm_epsilon": LN_EPS,
+        "attention.layer_norm_epsilon": getattr(config, "norm_eps", LN_EPS),
     }
 
 
@@ -79,12 +79,20 @@ GPT2 = Layout("gpt2", tensors=(
 ), hparams=gpt2_hparams, activation="gelu")
 
 
+# GPTConfig switches -> the values a GPT-2 may have (a switch a config lacks is at GPT-2's value)
+GPT2_SHAPE = {"norm": ("pre",), "norm_type": ("layer",), "pos": ("learned",), "bias": (True,),
+              "qk_norm": (False,), "activation": ("gelu", "relu")}
+
+
 def layout_of(config):
     """The outside architecture a GPTConfig is -> Layout; a UserError naming what no
     architecture of llama.cpp or transformers computes the way we do."""
-    gpt2_shape = {"norm": "pre", "pos": "learned", "bias": True}
-    differences = [f"{k}={getattr(config, k)!r}" for k, v in gpt2_shape.items() if getattr(config, k) != v]
+    differences = [f"{k}={getattr(config, k)!r}" for k, allowed in GPT2_SHAPE.items()
+                   if getattr(config, k, allowed[0]) not in allowed]
+    if getattr(config, "kv_heads", config.n_head) != config.n_head:
+        differences.append(f"n_kv_head={config.n_kv_head}")
     if differences:
-        raise UserError(f"this model has {', '.join(differences)}; exported models are GPT-2-shaped (norm='pre', "
-                        "pos='learned', bias=True), which llama.cpp and transformers run as our model computes")
+        raise UserError(f"this model has {', '.join(differences)}; exports are GPT-2-shaped for now (pre-norm "
+                        "LayerNorm with biases, learned positions, a key/value head per head, no QK-norm, a GELU "
+                        "or ReLU MLP), which llama.cpp and transformers run as our model computes")
     return GPT2
