@@ -22,6 +22,7 @@ COMMANDS = {
     "finetune": "finetune",
     "eval": "eval",
     "plot": "plot",
+    "export": "export",
     "sample": "sample",
     "chat": "chat",
     "serve": "serve",
