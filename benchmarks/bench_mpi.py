@@ -113,7 +113,7 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    from vintagelm.lab.common import machine
+    from vintagelm.lab.measure import machine
 
     print(f"machine: {machine()}; model {args.model}, {args.steps} timed steps each")
     runs = {"1 rank x 2 threads": run_config(args, 1, 2, False),

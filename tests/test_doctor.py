@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from vintagelm.cli import main
-from vintagelm.lab.doctor import diagnose, load_run
+from vintagelm.doctor import diagnose
+from vintagelm.run_metrics import load_run
 
 V = 65
 

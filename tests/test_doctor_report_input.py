@@ -159,7 +159,7 @@ def test_a_huge_sparse_tail_is_refused_without_reading_it_whole(capsys, run, com
     tail = 200 << 20
     with open(metrics, "r+b") as f:
         f.truncate(metrics.stat().st_size + tail)  # sparse: no disk is used
-    import vintagelm.lab.report  # noqa: F401  (imports are not what is measured)
+    import vintagelm.report_card  # noqa: F401  (imports are not what is measured)
 
     tracemalloc.start()
     try:

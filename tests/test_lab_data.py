@@ -142,7 +142,7 @@ def test_mix_in_holds_its_share_and_keeps_the_base_order():
 def test_period_filter_flags_the_modern_text_and_not_shakespeare():
     period = PeriodFilter(1900, load_terms())
     modern = data_quality.modern_paragraphs()
-    assert len(data_quality.MODERN_TEXT.encode("utf-8")) > 3000 and len(modern) >= 20
+    assert len(data_quality.modern_text().encode("utf-8")) > 3000 and len(modern) >= 20
     assert sum(not period.keep(p) for p in modern) / len(modern) > 0.9
     plays = [p for d in list(shakespeare_documents())[:5] for p in split_paragraphs(d.text)]
     assert sum(not period.keep(p) for p in plays) / len(plays) < 0.01

@@ -124,7 +124,7 @@ def test_attention_weights_are_the_models_own(run_dir):
     own (reference) forward computed: equal to its attention cache, and weights @ v gives the
     attention output it fed to c_proj."""
     from vintagelm.checkpoint import load_checkpoint
-    from vintagelm.lab.attention_maps import attention_weights
+    from vintagelm.lab.trained_gpt import attention_weights
     from vintagelm.nn.attention import merge_heads
 
     ckpt = load_checkpoint(run_dir, with_optimizer=False, backend="reference")

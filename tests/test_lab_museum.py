@@ -18,7 +18,7 @@ import pytest
 
 from lab_checks import numbers
 from vintagelm import cli
-from vintagelm.lab.museum import ARCHS, draw_samples_figure, state_gradient_norms
+from vintagelm.lab.before_transformers import ARCHS, draw_samples_figure, state_gradient_norms
 from vintagelm.lab.page import LabPage
 from vintagelm.museum.lstm import LSTMConfig, LSTMLM
 from vintagelm.museum.rnn import RNNConfig, RNNLM

@@ -16,7 +16,7 @@ import pytest
 
 from vintagelm import cli
 from vintagelm.common import UserError, check_output_folder, temporary_prefix
-from vintagelm.lab import gradients, kv_cache
+from vintagelm.lab import gradients, kv_cache_savings
 
 
 def hashes(folder):
@@ -50,7 +50,7 @@ def no_experiment(monkeypatch):
     def ran(args, page):
         raise AssertionError("the experiment ran before --out was checked")
 
-    monkeypatch.setattr(kv_cache, "run", ran)
+    monkeypatch.setattr(kv_cache_savings, "run", ran)
     monkeypatch.setattr(gradients, "run", ran)
 
 
@@ -66,7 +66,7 @@ def small_experiment(monkeypatch):
         page.results["value"] = 1.5
         page.say("The line rose.")
 
-    monkeypatch.setattr(kv_cache, "run", run)
+    monkeypatch.setattr(kv_cache_savings, "run", run)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_a_disk_filling_up_during_the_page_keeps_the_old_page(fails, page_copy, 
 
     monkeypatch.setattr(os, "replace", replace_on_a_full_disk)
     if fails == "experiment":
-        monkeypatch.setattr(kv_cache, "run", experiment_on_a_full_disk)
+        monkeypatch.setattr(kv_cache_savings, "run", experiment_on_a_full_disk)
     before = hashes(page_copy)
     err = one_line_error(*lab(["kv-cache", "--quick", "--out", str(page_copy)], capsys)[::2])
     assert err.endswith(f"cannot write {page_copy}: No space left on device")
@@ -202,7 +202,7 @@ def test_a_failed_experiment_leaves_no_folder(tmp_path, monkeypatch, capsys):
         (page.out_dir / "runs").mkdir()
         raise UserError("every learning rate diverged")
 
-    monkeypatch.setattr(kv_cache, "run", fails)
+    monkeypatch.setattr(kv_cache_savings, "run", fails)
     err = one_line_error(*lab(["kv-cache", "--quick", "--out", str(tmp_path / "lab" / "out")], capsys)[::2])
     assert err.endswith("every learning rate diverged")
     assert os.listdir(tmp_path / "lab") == []

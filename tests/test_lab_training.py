@@ -6,6 +6,9 @@ reads, and the facts they exist to show hold in the numbers they measured:
                 across the blocks more than pre-norm does
     lr-batch    the largest learning rate of the sweep diverges (and is kept, with loss None)
     scaling     every size spent the same compute, and more compute gave a lower frontier
+And short_run itself, the loop every experiment trains in: it validates on its schedule (steps,
+seconds of a clock the test drives, the start, the end), and a recurrent model that carries
+its state reads its text in order, row by row.
 """
 import contextlib
 import html
@@ -14,6 +17,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from lab_checks import numbers
@@ -205,3 +209,78 @@ def test_more_compute_lowers_the_frontier_and_the_fit_predicts_it(scaling):
     assert results["prediction"]["budget"] == 10 * results["size"]["budget"]
     assert results["prediction"]["val_loss"] < min(frontier["loss"])
     assert math.isfinite(results["params_fit"]["a"]) and 0 <= results["params_fit"]["r2"] <= 1
+
+
+# ---- short_run, the one training loop of the lab ----
+
+def tiny_text():
+    """A SplitData of a short repeated sentence, character level."""
+    from vintagelm.lab.short_run import SplitData
+    from vintagelm.tokenizers import CharTokenizer
+
+    text = "the quick brown fox jumps over the lazy dog. " * 60
+    tokenizer = CharTokenizer.train([text])
+    ids = np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint16)
+    return SplitData(ids[:2400], ids[2400:], tokenizer)
+
+
+def tiny_gpt(data):
+    from vintagelm.model import GPTConfig
+
+    return GPTConfig(vocab_size=data.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+
+
+@pytest.mark.parametrize("validation, budget, steps, validated", [
+    (dict(seconds=0.5, at_start=True), 2.0, 8, [0, 2, 4, 6, 8]),  # every 2 steps of 0.25 s, the start and the end
+    (dict(steps=3), None, 7, [3, 6, 7]),  # every 3 steps and after the last
+    (dict(steps=3, seconds=1.0), None, 7, [3, 4, 6, 7]),  # either interval
+    (dict(), 1.0, 4, []),  # no interval: never
+])
+def test_short_run_validates_on_its_schedule(validation, budget, steps, validated, monkeypatch):
+    """A clock that moves 0.25 s at each reading makes every step take 0.25 s of training (the
+    loop reads it before and after a step): a budget of 2 s is 8 steps, whatever the machine."""
+    import itertools
+
+    from vintagelm.lab import short_run as loop
+    from vintagelm.lab.short_run import Validation, short_run
+
+    readings = itertools.count()
+    monkeypatch.setattr(loop, "perf_counter", lambda: 0.25 * next(readings))
+    data = tiny_text()
+    record = short_run(tiny_gpt(data), data, 7 if budget is None else 1000, 1e-3, batch_size=4, seconds=budget,
+                       validation=Validation(batches=2, **validation))
+    assert len(record.losses) == steps and record.seconds == 0.25 * steps
+    assert [p.step for p in record.val] == validated
+    assert [p.seconds for p in record.val] == [0.25 * s for s in validated]
+    assert all(math.isfinite(p.loss) and p.bpb > 0 for p in record.val)
+
+
+def test_a_model_that_carries_its_state_reads_its_streams_in_order(monkeypatch):
+    """A recurrent model with carry_state gets, at every step, the windows that continue the
+    step before's row by row, and a fresh state exactly when its streams start over from the
+    beginning of their stretches of the text."""
+    from vintagelm.lab import short_run as loop
+    from vintagelm.museum.rnn import RNNConfig, RNNLM
+
+    data = tiny_text()
+    batches, resets = [], []
+    take_step = loop.training_step
+
+    def recording_step(model, optimizer, micro_batches, lr, grad_clip):
+        batches.append(micro_batches[0])
+        return take_step(model, optimizer, micro_batches, lr, grad_clip)
+
+    monkeypatch.setattr(loop, "training_step", recording_step)
+    reset = RNNLM.reset_state
+    monkeypatch.setattr(RNNLM, "reset_state", lambda self: (resets.append(len(batches)), reset(self)))
+    config = RNNConfig(vocab_size=data.tokenizer.vocab_size, block_size=16, n_embd=16, carry_state=True)
+    B, lane = 4, (len(data.train) - 1) // 4  # each of the 4 rows reads its own quarter of the text
+    record = loop.short_run(config, data, 50, 1e-3, batch_size=B)
+    assert len(record.losses) == 50 and not record.diverged
+    starts = np.asarray(data.train)[np.arange(B) * lane]  # the first token of each quarter
+    for step, (x, y) in enumerate(batches):
+        if step in resets:
+            assert (x[:, 0] == starts).all()
+        else:
+            assert (x[:, 0] == batches[step - 1][1][:, -1]).all()  # the row goes on where it stopped
+    assert resets[0] == 0 and len(resets) >= 2  # the streams went round at least once in 50 steps

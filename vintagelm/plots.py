@@ -1,41 +1,16 @@
-"""Pictures of a run: the training and validation loss curves from metrics.jsonl.
+"""Pictures of a run: the training and validation loss curves from metrics.jsonl, and what
+every picture of the project shares (pyplot off-screen, the smoothing of a noisy curve).
 
 matplotlib is an optional extra (`pip install 'vintagelm[plot]'`), imported only when a plot
 is drawn; it renders off-screen (Agg), so no display is needed.
 """
-import json
 from pathlib import Path
 
 from vintagelm.common import UserError
 
 
-def read_metrics(run_dir):
-    """metrics.jsonl -> {step: row}. When a step appears twice (a run restored an earlier
-    checkpoint and went over it again) the later row wins: it is the history that continued."""
-    file = Path(run_dir) / "metrics.jsonl"
-    if not file.is_file():
-        raise UserError(f"no metrics in {run_dir}: {file} not found (is it a run directory of `vintage train`?)")
-    rows = {}
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-            rows[int(row["step"])] = row
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{file} line {n} is not a metrics record") from None
-    return dict(sorted(rows.items()))
-
-
-def smooth(values, weight=0.9):
-    """Exponential moving average with bias correction, so the first points are not dragged to 0."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i))
-    return out
-
-
-def plot_losses(run_dir, out_png):
-    """Draw train loss (raw and smoothed) and val loss against step; return the PNG path."""
+def pyplot():
+    """pyplot on the off-screen Agg backend; a UserError naming the extra when it is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -43,11 +18,24 @@ def plot_losses(run_dir, out_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
-    train = [(s, r["loss"]) for s, r in rows.items() if r.get("loss") is not None]
-    val = [(s, r["val_loss"]) for s, r in rows.items() if r.get("val_loss") is not None]
-    if not train and not val:
-        raise UserError(f"{Path(run_dir) / 'metrics.jsonl'} has no loss values to plot")
+    return plt
+
+
+def smooth(values, weight=0.9):
+    """Exponential moving average with bias correction, so the first points are not dragged to 0.
+    About the last 1 / (1 - weight) values count; a NaN (a step with no finite value) carries on."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def loss_figure(rows, title):
+    """Train loss (raw and smoothed) and val loss against step, from metrics rows -> a figure."""
+    plt = pyplot()
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
     if train:
         steps, losses = zip(*train)
@@ -58,9 +46,22 @@ def plot_losses(run_dir, out_png):
         ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.5, markersize=4, label="val")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title(f"{Path(run_dir).resolve().name}: loss")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:
+        ax.legend()
+    return fig
+
+
+def plot_losses(run_dir, out_png):
+    """Draw a run's loss curves (loss_figure) into a PNG -> its path."""
+    from vintagelm.run_metrics import read_metrics
+
+    plt = pyplot()  # before reading: a missing matplotlib is said first
+    rows, _ = read_metrics(run_dir)
+    if not any(r.get("loss") is not None or r.get("val_loss") is not None for r in rows.values()):
+        raise UserError(f"{Path(run_dir) / 'metrics.jsonl'} has no loss values to plot")
+    fig = loss_figure(list(rows.values()), f"{Path(run_dir).resolve().name}: loss")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120, bbox_inches="tight")

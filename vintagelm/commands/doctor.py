@@ -1,5 +1,5 @@
 """`vintage doctor RUN`: name what went wrong in a training run, with the evidence from its
-metrics and what to try (vintagelm/lab/doctor.py holds the rules)."""
+metrics and what to try (vintagelm/doctor.py holds the rules, vintagelm/run_metrics.py reads the run)."""
 HELP = "diagnose a run from its metrics: divergence, no learning, plateau, overfitting, spikes, slowdowns"
 
 
@@ -9,7 +9,8 @@ def add_arguments(p):
 
 
 def run(args):
-    from vintagelm.lab.doctor import diagnose, load_run, report_json, report_text
+    from vintagelm.doctor import diagnose, report_json, report_text
+    from vintagelm.run_metrics import load_run
 
     run_ = load_run(args.run)
     findings = diagnose(run_)

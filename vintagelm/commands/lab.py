@@ -30,7 +30,7 @@ def add_arguments(p):
 
 def run(args):
     from vintagelm.common import UserError, disk_errors
-    from vintagelm.lab.common import machine
+    from vintagelm.lab.measure import machine
     from vintagelm.lab.page import LabPage, check_out
 
     if not getattr(args, "experiment", None):

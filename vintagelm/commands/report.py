@@ -10,7 +10,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from vintagelm.lab.report import write_report
+    from vintagelm.report_card import write_report
 
     out = write_report(args.run, args.out, args.prompt)
     print(f"wrote {out}; open it in a browser")

@@ -22,7 +22,7 @@ def add_arguments(p):
 def run(args, page):
     import numpy as np
 
-    from vintagelm.lab.common import bar, median_seconds, peak_bytes, power_fit
+    from vintagelm.lab.measure import bar, median_seconds, peak_bytes, power_fit
     from vintagelm.nn.attention import attention_backward, attention_forward
     from vintagelm.nn.attention_tiled import tiled_attention_backward, tiled_attention_forward
     from vintagelm.nn.ops import ATTENTION_BLOCK

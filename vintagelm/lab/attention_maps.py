@@ -3,7 +3,7 @@
 In each layer, each head turns every position t into a query and every position j <= t into
 a key, and spreads one unit of attention over the keys: row t of the head's (T, T) weight
 matrix is softmax(q_t · k_j / sqrt(D)) over j <= t, zero above the diagonal (the future).
-The weights are recomputed here from the model's own parameters: the model runs block by
+The weights are recomputed from the model's own parameters (trained_gpt.attention_weights): the model runs block by
 block (GPT.block_forward, its own code), and at each layer the input of the attention
 sublayer (after ln_1 in a pre-norm model) is projected by that layer's c_attn into q and k.
 As a check, the weights times the values v give back the attention output the model's own
@@ -21,7 +21,6 @@ HELP = "every head's attention weights for a prompt, per layer, from a trained r
 QUICK = dict(max_tokens=48)
 DEFAULT = dict(max_tokens=None)  # the whole prompt, up to the model's block_size
 DEFAULT_PROMPT = "To be, or not to be: that is the question."
-LABELLED = 48  # prompts up to this many tokens get their tokens as tick labels
 ROLE_SHARE = 0.5  # a head "looks at the previous token" when that token gets at least half its weight
 SPREAD = 0.75  # a head "spreads out" when its rows' entropy is at least this share of uniform
 # what role() calls a head -> how a sentence says it
@@ -38,10 +37,10 @@ def add_arguments(p):
 def run(args, page):
     from vintagelm.common import UserError
     from vintagelm.generate import encode_prompt
-    from vintagelm.lab.embeddings import load_run, token_label
+    from vintagelm.lab.trained_gpt import attention_weights, draw_attention_maps, load_gpt, token_label
 
     size = dict(QUICK if args.quick else DEFAULT)
-    ckpt = load_run(args.run_dir)
+    ckpt = load_gpt(args.run_dir)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
     ids = encode_prompt(tokenizer, args.prompt)
     keep = min(model.config.block_size, size["max_tokens"] or model.config.block_size)
@@ -58,7 +57,7 @@ def run(args, page):
         tokens=labels, cut_tokens=cut, check_max_difference=outputs_gap,
         heads={f"layer {i}": {f"head {h}": numbers for h, numbers in enumerate(layer)} for i, layer in enumerate(heads)},
     )
-    draw_maps(page, maps, labels)
+    draw_attention_maps(page, maps, labels)
     draw_numbers(page, heads)
     page.table("per head, means over rows 1..: entropy, distance back, and the weight on the previous token, the "
                "token itself, the first token and each row's favourite key",
@@ -69,37 +68,6 @@ def run(args, page):
                  f"{n['first_share']:.2f}", f"{n['peak_share']:.2f}", n["role"]]
                 for i, layer in enumerate(heads) for h, n in enumerate(layer)])
     say(page, page.results, heads, len(ids))
-
-
-def attention_weights(model, ids):
-    """ids (T,) -> (L-long list of (H, T, T) float64 attention weights, the largest difference
-    between weights @ v and the attention output of the model's own forward).
-
-    The residual stream x (1, T, C) is advanced by the model's own block_forward; at layer i
-    the sublayer input h is ln_1(x) (pre-norm) or x (post-norm, none), and
-        qkv = h W_attn + b_attn (1, T, 3C) -> q, k, v (H, T, D)
-        P   = softmax(q kᵀ / sqrt(D) + causal mask)  (H, T, T), row t sums to 1 over j <= t."""
-    import numpy as np
-
-    from vintagelm.nn.attention import causal_softmax, merge_heads, qkv_heads
-
-    cfg, ops = model.config, model.ops
-    idx = np.asarray([ids], dtype=np.int64)  # (1, T)
-    x, _ = ops.embedding_forward(idx, model.params["wte.weight"], model.pos_table, 0)  # (1, T, C)
-    maps, gap = [], 0.0
-    for i in range(cfg.n_layer):
-        h = x
-        if cfg.norm == "pre":
-            h, _ = ops.layernorm_forward(x, *model.layer(f"h.{i}.ln_1"))
-        w, b = model.layer(f"h.{i}.attn.c_attn")  # (C, 3C), (3C,) or None
-        qkv = h.astype(np.float64) @ w + (0.0 if b is None else b)  # (1, T, 3C)
-        q, k, v = qkv_heads(qkv, cfg.n_head)  # (1, H, T, D) each
-        P = causal_softmax(q @ k.transpose(0, 1, 3, 2), scale=1.0 / np.sqrt(q.shape[-1]))  # (1, H, T, T)
-        maps.append(P[0])
-        x, cache = model.block_forward(x, i, None)  # rng None: no dropout, as in evaluation
-        ours = merge_heads(P @ v)  # (1, T, C): the attention output these weights give
-        gap = max(gap, float(np.max(np.abs(ours - cache["attn_proj"].x))))  # the input the model fed c_proj
-    return maps, gap
 
 
 def head_numbers(P):
@@ -134,33 +102,6 @@ def role(n):
     if n["peak_share"] >= ROLE_SHARE:  # sharp, but on some other earlier token (a space, a punctuation mark...)
         return "one other token"
     return "spread out" if n["entropy_share_of_uniform"] >= SPREAD else "mixed"
-
-
-def draw_maps(page, maps, labels):
-    """A grid of heatmaps: rows = layers, columns = heads, and a colour bar in its own column;
-    tokens as tick labels when few. The colour scale is a square root, so that the small
-    weights of a spread-out head stay visible next to a sharp head's near-1 ones."""
-    from matplotlib.colors import PowerNorm
-
-    L, H, T = len(maps), maps[0].shape[0], len(labels)
-    cell = 2.6 if T <= 16 else 3.4 if T <= LABELLED else 3.0
-    fig, _ = page.figure("attention_maps", f"Attention weights of every head (rows: layers 0..{L - 1}, "
-                         f"columns: heads 0..{H - 1}); row t = the query at token t, column j = the key it looks "
-                         "at; square-root colour scale", size=(cell * H + 0.8, cell * L))
-    fig.clf()
-    grid = fig.add_gridspec(L, H + 1, width_ratios=[1] * H + [0.05])
-    ticks, norm = T <= LABELLED, PowerNorm(0.5, vmin=0.0, vmax=1.0)
-    for i in range(L):
-        for h in range(H):
-            ax = fig.add_subplot(grid[i, h])
-            image = ax.imshow(maps[i][h], cmap="viridis", norm=norm, interpolation="nearest")
-            ax.set_title(f"layer {i} head {h}", fontsize=9)
-            if ticks:
-                ax.set_xticks(range(T), labels, fontsize=5 if T > 24 else 7, rotation=90, parse_math=False)
-                ax.set_yticks(range(T), labels, fontsize=5 if T > 24 else 7, parse_math=False)
-            else:
-                ax.set(xlabel="key position", ylabel="query position")
-    fig.colorbar(image, cax=fig.add_subplot(grid[:, H]), label="attention weight")
 
 
 def draw_numbers(page, heads):

@@ -10,7 +10,8 @@ of the builtin Shakespeare's training plays, each the same number of characters 
     ocr         every character is, with probability ocr_rate, the site of one OCR-style error
                 (a look-alike glyph: rn->m, l->1, e->c ...; a dropped or stray character; a
                 word broken in two or two run together): `ocr_noise`
-    modern      original modern-English paragraphs (MODERN_TEXT, written for this experiment:
+    modern      original modern-English paragraphs (modern_paragraphs.txt beside this module,
+                written for this experiment:
                 email, smartphones, airports, software ...) cycled in until they are
                 modern_share of the text
 All four are encoded by ONE character tokenizer trained on the union of their characters (and
@@ -23,7 +24,6 @@ samples, and the period filter (data/period.py, with the shipped term list) coun
 terms in them.
 """
 from collections import Counter
-from dataclasses import dataclass
 
 TITLE = "Data quality: duplicated passages, OCR noise and modern text against clean Shakespeare"
 HELP = "one model trained on clean, duplicated, OCR-noisy and modern-mixed text: val bits per byte, gap, samples"
@@ -37,81 +37,15 @@ VARIANTS = ("clean", "duplicated", "ocr", "modern")
 # heart. The noisy and mixed runs train normally; what is wrong with them is in their text (their
 # data summaries say what), not in a loss curve, so they carry a label of their own.
 EXPECTED = {"clean": "healthy", "duplicated": "overfit", "ocr": "noisy-data", "modern": "mixed-data"}
-VAL_FRACTION = 0.1  # the plays prepare's split puts in val (split_score < 0.1 at its default seed)
-SPLIT_SEED = 1337  # prepare's default split seed
 GRAD_CLIP = 1.0
 EXCERPT_CHARS = 160
 # below `vintage sample`'s 0.8: at 0.8 a small model misspells most long words it knows, and the
 # period filter counts only a term spelled out ("smotphone" is no smartphone)
 SAMPLE_TEMPERATURE = 0.6
 
-# Original sentences of everyday modern life, one paragraph each; every paragraph names at least
-# one term of the shipped list that is modern for a cut-off of 1900, or a year after it.
-MODERN_TEXT = """\
-Before breakfast I checked my email on the smartphone, deleted eleven newsletters and answered a message from the office about the software release.
-
-The train to the airport was cancelled again, so the timetable app suggested a bus, a taxicab and a short walk past the car park.
-
-Our internet connection dropped during the video call, and the whole team watched my frozen face while the router blinked in the hall.
-
-She bought a new laptop for the course, installed the software over the weekend and chose a password she has already forgotten.
-
-The website promises next-day delivery, free returns and a chat robot that answers questions at any hour of the night.
-
-Every teenager on the platform was looking at a smartphone; nobody looked up when the train finally arrived four minutes late.
-
-Please reply to this email by Friday with the updated spreadsheet and the slides for the meeting on the third floor.
-
-The radio said the motorway was closed after an accident, so we charged the electric car and took the long road through the hills.
-
-My grandmother learned to send email at eighty and now forwards every funny video she finds on the internet to the whole family.
-
-The airplane sat on the runway for an hour while the pilot apologised over the speakers and the screens showed the same movie trailer.
-
-In 2019 the company moved its servers to the cloud, and the software engineers spent a year rewriting the billing system.
-
-The television in the waiting room showed the weather forecast on a loop: rain in the morning, sunshine after lunch, wind by the evening.
-
-He ordered a pizza through the website, paid with his smartphone and followed the delivery scooter on a map in real time.
-
-The laser printer jammed on page forty, so the report went out as an email attachment instead, two hours after the deadline.
-
-Our weekly newsletter now reaches twelve thousand readers by email, and the website gets most of its visitors from search engines.
-
-The doctor prescribed an antibiotic for the infection and suggested vitamin tablets, plenty of water and a week away from the computer screen.
-
-Commuters complained on the internet when the railway company changed the timetable and removed the last train home after midnight.
-
-The robot vacuum cleaner bumped into the sofa, turned around and went back to its charging station under the desk.
-
-The microchip shortage of 2021 delayed new cars for months, and dealers sold secondhand ones for more than their original price.
-
-At the cinema the audience was asked to switch off every smartphone, and the movie began with ten minutes of advertisements.
-
-I downloaded the tickets to my smartphone, but the battery died at the gate and the airport staff had to print a boarding pass.
-
-The software update changed every menu, moved the buttons and made the font smaller, and the help website had not been updated.
-
-Streaming services have replaced the television schedule: people watch a whole series in a weekend and talk about it on Monday.
-
-The transistor radio in the kitchen still works, though most of the family listens to podcasts through their headphones.
-
-My sister works from home three days a week; her email and her calendar keep her busy while the washing machine runs.
-
-The self-driving taxicab stopped at the crossing, waited for a cyclist and then crept forward while its sensors scanned the road.
-
-To reset your password, open the link in the email we sent you and enter the six-digit code shown on your smartphone.
-
-The teenager posted a photo of the sunset on the internet, and within an hour it had three hundred likes and a dozen comments.
-
-The ticket machine at the station only took cards, so I bought the ticket on the railway website while the train doors were closing.
-
-Our office computers restart every Tuesday night for security patches, and the software asks us to save our work ten times first.
-
-The satellite navigation told him to turn left into a lake; he switched it off and asked a teenager at the petrol station instead.
-
-She keeps her boarding pass, her bank card and her vaccine certificate on the smartphone, and carries a paper copy just in case."""
-
+# original sentences of everyday modern life, one paragraph each; every paragraph names at least
+# one term of the shipped list that is modern for a cut-off of 1900, or a year after it
+MODERN_FILE = "modern_paragraphs.txt"
 # glyphs an OCR engine confuses on worn or badly inked type (the first two letters of a pair count as one site)
 LOOKALIKES = {
     "rn": "m", "m": "rn", "cl": "d", "d": "cl", "vv": "w", "w": "vv",
@@ -120,14 +54,6 @@ LOOKALIKES = {
 }
 STRAY = ".,'-~^"  # specks of ink or dirt read as marks
 OCR_KINDS = ("lookalike", "drop", "stray", "break")
-
-
-@dataclass
-class SplitData:
-    """What lab.common.short_run and validate read from a dataset: token arrays and their tokenizer."""
-    train: object  # (N_train,) token ids
-    val: object  # (N_val,) token ids: the clean held-out plays, the same for every variant
-    tokenizer: object
 
 
 def add_arguments(p):
@@ -178,22 +104,17 @@ def ocr_noise(text, rate, seed):
     return "".join(pieces), edits
 
 
+def modern_text():
+    """The modern paragraphs (MODERN_FILE), joined by blank lines."""
+    from pathlib import Path
+
+    return Path(__file__).with_name(MODERN_FILE).read_text(encoding="utf-8").rstrip("\n")
+
+
 def modern_paragraphs():
     from vintagelm.data.clean import split_paragraphs
 
-    return split_paragraphs(MODERN_TEXT)
-
-
-def held_out_split():
-    """The builtin plays split as `vintage prepare` splits them at its default seed ->
-    (training plays' texts in split order, the held-out plays' text)."""
-    from vintagelm.data.prepare import content_key, split_score
-    from vintagelm.data.sources import shakespeare_documents
-
-    plays = sorted((split_score(SPLIT_SEED, content_key(d.text)), d.text) for d in shakespeare_documents())
-    val = [text for u, text in plays if u < VAL_FRACTION] or [plays[0][1]]
-    train = [text for _, text in plays[len(val):]]
-    return train, "\n\n".join(val)
+    return split_paragraphs(modern_text())
 
 
 def training_paragraphs(plays, limit):
@@ -254,6 +175,7 @@ def build_variants(paragraphs, size, seed):
     clean = join_paragraphs(paragraphs)
     noisy, edits = ocr_noise(clean, size["ocr_rate"], seed)
     modern = modern_paragraphs()
+    modern_chars = len(modern_text())
     texts = {
         "clean": clean,
         "duplicated": join_paragraphs(mix_in(paragraphs, passages, size["dup_share"], rng)),
@@ -266,8 +188,8 @@ def build_variants(paragraphs, size, seed):
         "duplicated": {"dup_share": size["dup_share"], "passages": len(passages), "passage_chars": copied,
                        "copies_of_each": round(size["dup_share"] * len(clean) / copied, 1)},
         "ocr": {"ocr_rate": size["ocr_rate"], "edits": dict(edits), "edits_per_char": sum(edits.values()) / len(clean)},
-        "modern": {"modern_share": size["modern_share"], "modern_chars": len(MODERN_TEXT),
-                   "copies_of_each": round(size["modern_share"] * len(clean) / len(MODERN_TEXT), 1)},
+        "modern": {"modern_share": size["modern_share"], "modern_chars": modern_chars,
+                   "copies_of_each": round(size["modern_share"] * len(clean) / modern_chars, 1)},
     }
     return texts, notes
 
@@ -304,19 +226,6 @@ def write_samples(model, tokenizer, n, n_tokens, seed):
             for i in range(n)]
 
 
-def loss_on(model, tokens, batch_size, n_batches, seed, byte_lengths):
-    """(loss, bits per byte) on n_batches fixed random windows of `tokens` (as validate, any split)."""
-    import numpy as np
-
-    from vintagelm.data.loader import get_batch
-    from vintagelm.evaluate import evaluate_batches
-
-    rng = np.random.default_rng([seed, 3])
-    T = model.config.block_size
-    result = evaluate_batches(model, (get_batch(tokens, batch_size, T, rng) for _ in range(n_batches)), byte_lengths)
-    return result["loss"], result["bits_per_byte"]
-
-
 def settings(args):
     from vintagelm.common import UserError
 
@@ -340,7 +249,8 @@ def run(args, page):
     from vintagelm.data.clean import split_paragraphs
     from vintagelm.data.period import PeriodFilter, load_terms
     from vintagelm.evaluate import token_byte_lengths
-    from vintagelm.lab.common import bar, save_run, short_run
+    from vintagelm.lab.measure import bar
+    from vintagelm.lab.short_run import SplitData, Validation, held_out_split, save_run, short_run
     from vintagelm.model import GPTConfig
     from vintagelm.tokenizers import CharTokenizer
 
@@ -350,7 +260,7 @@ def run(args, page):
     texts, notes = build_variants(paragraphs, size, args.seed)
     tokenizer = CharTokenizer.train([*texts.values(), val_text])  # one vocabulary for every variant
     val = np.asarray(tokenizer.encode_ordinary(val_text), dtype=np.uint16)
-    modern = np.asarray(tokenizer.encode_ordinary(MODERN_TEXT), dtype=np.uint16)
+    modern = np.asarray(tokenizer.encode_ordinary(modern_text()), dtype=np.uint16)
     byte_lengths = token_byte_lengths(tokenizer)
     period = PeriodFilter(size["before"], load_terms())
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=size["block_size"], n_layer=size["n_layer"],
@@ -363,8 +273,9 @@ def run(args, page):
         for name in VARIANTS:
             data = SplitData(np.asarray(tokenizer.encode_ordinary(texts[name]), dtype=np.uint16), val, tokenizer)
             record = short_run(config, data, size["steps"], size["lr"], size["batch_size"], seed=args.seed,
-                               warmup=size["warmup"], grad_clip=GRAD_CLIP, eval_every=size["eval_every"],
-                               eval_batches=size["eval_batches"], progress=progress)
+                               warmup=size["warmup"], grad_clip=GRAD_CLIP,
+                               validation=Validation(steps=size["eval_every"], batches=size["eval_batches"]),
+                               progress=progress)
             summary = {"variant": name, "train_chars": len(texts[name]), "val_chars": len(val_text),
                        "tokenizer": "char, trained on the union of every variant's characters",
                        "paragraphs_flagged": flagged_share(split_paragraphs(texts[name]), period), **notes[name]}
@@ -382,13 +293,15 @@ def run(args, page):
 
 def measure(record, data, modern, size, seed, byte_lengths, period, summary):
     """The numbers of one trained variant: losses, gap, samples and the modern terms in them.
-    modern: (N,) the token ids of MODERN_TEXT."""
+    modern: (N,) the token ids of the modern paragraphs."""
+    from vintagelm.lab.short_run import loss_on
+
     model = record.model
     if record.diverged:
         train_loss = train_bpb = val_loss = val_bpb = gap = modern_bpb = None
     else:
         train_loss, train_bpb = loss_on(model, data.train, size["batch_size"], size["eval_batches"], seed, byte_lengths)
-        _, val_loss, val_bpb = record.val[-1]
+        _, val_loss, val_bpb, _ = record.val[-1]
         gap = val_loss - train_loss
         modern_bpb = loss_on(model, modern, size["batch_size"], size["eval_batches"], seed, byte_lengths)[1]
     samples = write_samples(model, data.tokenizer, size["samples"], size["sample_tokens"], seed)
@@ -401,8 +314,8 @@ def measure(record, data, modern, size, seed, byte_lengths, period, summary):
         "train_loss": train_loss, "train_bpb": train_bpb,  # on fixed windows of its own training text
         "val_loss": val_loss, "val_bpb": val_bpb,  # on the clean held-out plays
         "gap": gap,  # val_loss - train_loss, nats per token
-        "modern_bpb": modern_bpb,  # on MODERN_TEXT: how likely the model finds modern English
-        "val_curve": [[int(s), float(l), float(b)] for s, l, b in record.val],
+        "modern_bpb": modern_bpb,  # on the modern paragraphs: how likely the model finds modern English
+        "val_curve": [[int(p.step), float(p.loss), float(p.bpb)] for p in record.val],
         "seconds": record.seconds,
         "data": summary,
         "modern_terms": sum(map(len, hits)),
@@ -415,6 +328,8 @@ def measure(record, data, modern, size, seed, byte_lengths, period, summary):
 
 def draw(page, measured, records, size):
     import numpy as np
+
+    from vintagelm.plots import smooth
 
     fig, (ax_loss, ax_bpb) = page.figure("curves", "Training loss (thin) and validation loss on the clean "
                                          "held-out plays (dots) per step; validation bits per byte", ncols=2)
@@ -454,15 +369,6 @@ def draw(page, measured, records, size):
     for ax in (ax_gap, ax_modern, ax_terms):
         ax.set(xticks=x, xticklabels=VARIANTS)
         ax.grid(True, axis="y", alpha=0.3)
-
-
-def smooth(values, width=10):
-    """Moving average over `width` steps (NaN where a step had no finite loss)."""
-    import numpy as np
-
-    v = np.asarray(values, float)
-    kernel = np.ones(width) / width
-    return np.convolve(np.pad(v, (width - 1, 0), mode="edge"), kernel, mode="valid")
 
 
 def tabulate(page, measured):

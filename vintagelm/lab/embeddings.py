@@ -39,13 +39,14 @@ def run(args, page):
     import numpy as np
 
     from vintagelm.common import UserError
+    from vintagelm.lab.trained_gpt import load_gpt, token_label
 
     size = dict(QUICK if args.quick else DEFAULT)
     if args.neighbours is not None:
         if args.neighbours < 1:
             raise UserError("--neighbours must be at least 1")
         size["neighbours"] = args.neighbours
-    ckpt = load_run(args.run_dir)
+    ckpt = load_gpt(args.run_dir)
     tokenizer = ckpt.tokenizer
     n = tokenizer.n_ordinary
     E = np.asarray(ckpt.model.params["wte.weight"][:n], dtype=np.float64)  # (N, C) ordinary tokens
@@ -75,35 +76,6 @@ def run(args, page):
     page.table(f"{k} nearest neighbours by cosine similarity", ["token", "neighbours (cosine)"],
                [[t, ", ".join(f"{x['token']} ({x['cosine']:.2f})" for x in row)] for t, row in neighbours.items()])
     say(page, page.results, labels, p)
-
-
-def load_run(path):
-    """A run or checkpoint directory -> checkpoint.Checkpoint with finite weights and a tokenizer;
-    a one-line UserError otherwise."""
-    from vintagelm.checkpoint import load_checkpoint
-    from vintagelm.common import UserError
-
-    ckpt = load_checkpoint(path, with_optimizer=False, finite=True)
-    if ckpt.tokenizer is None:
-        raise UserError(f"checkpoint {ckpt.path} has no tokenizer.json: its tokens cannot be named")
-    if ckpt.model.architecture != "gpt":
-        raise UserError(f"checkpoint {ckpt.path} holds a {ckpt.model.architecture!r} model; the lab reads GPTs")
-    return ckpt
-
-
-def token_label(tokenizer, token_id):
-    """A token as readable text: a space as ␣, a newline as \\n, other control characters as
-    \\xNN, and a byte-level piece that is not whole UTF-8 characters as its bytes, <e2 80>."""
-    if hasattr(tokenizer, "decode_bytes"):
-        raw = tokenizer.decode_bytes([token_id])
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "<" + raw.hex(" ") + ">"
-    else:
-        text = tokenizer.decode([token_id])
-    text = text.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text) or repr(text)
 
 
 def command_line_token(text):

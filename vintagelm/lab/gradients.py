@@ -24,11 +24,9 @@ DEFAULT = dict(depths=[2, 6, 12, 24], n_embd=64, n_head=4, block_size=64, batch_
 NORMS = ("pre", "post", "none")
 NORM_NAMES = {"pre": "pre-norm", "post": "post-norm", "none": "no norm"}
 INITS = ("gpt2", "normal")
-# the rules that name what a run shows (results["expected_rules"] repeats them for the reader)
-VANISHING_RATIO = 100.0  # median max/min ratio of block gradient norms: two decades (doctor's rule too)
+# the rules that name what a run shows (results["expected_rules"] repeats them for the reader); the
+# vanishing rule is `vintage doctor`'s (doctor.VANISHING_RATIO), the plateau rule the lab's (measure.py)
 EXPLODING_GRAD_NORM = 100.0  # global gradient norm at step 0
-PLATEAU_MARGIN = 0.05  # nats either side of the unigram entropy: learned letter frequencies and no more
-LEARNED_MARGIN = 0.25  # nats below it that the best run must reach before "plateau" means anything
 
 
 def add_arguments(p):
@@ -45,7 +43,9 @@ def run(args, page):
     import numpy as np
 
     from vintagelm.common import UserError
-    from vintagelm.lab.common import bar, corpus, save_run, short_run
+    from vintagelm.doctor import VANISHING_RATIO
+    from vintagelm.lab.measure import LEARNED_MARGIN, PLATEAU_MARGIN, bar, unigram_entropy
+    from vintagelm.lab.short_run import corpus, save_run, short_run
     from vintagelm.model import GPTConfig
 
     size = dict(QUICK if args.quick else DEFAULT)
@@ -120,6 +120,8 @@ def describe_run(record, depth, early):
     """What results.json keeps of one setting's RunRecord."""
     import numpy as np
 
+    from vintagelm.doctor import block_norm_ratio
+
     blocks = [f"h.{i}" for i in range(depth)]
     layers = list(record.layer_norms[0][1]) if record.layer_norms else []
     steps = [step for step, _ in record.layer_norms]
@@ -143,29 +145,6 @@ def describe_run(record, depth, early):
             "losses": record.losses, "grad_norms": record.grad_norms}
 
 
-def block_norm_ratio(norms):
-    """Largest / smallest gradient norm of the blocks h.0 .. h.L-1 in one per-layer record
-    ({layer: norm}), or None unless there are two blocks or more and every norm is finite and
-    positive. The lab's "vanishing" label and the doctor's finding are its median over a run."""
-    import math
-
-    if not isinstance(norms, dict):
-        return None
-    values = [v for k, v in norms.items() if k.startswith("h.") and k[2:].isdigit()]
-    if len(values) < 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-        return None
-    return max(values) / min(values)
-
-
-def unigram_entropy(tokens, vocab_size):
-    """Entropy in nats of the token frequencies: the loss of a model that ignores all context."""
-    import numpy as np
-
-    counts = np.bincount(tokens, minlength=vocab_size)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
 def min_final_loss(measured):
     return min((m["final_loss"] for m in measured.values() if m["final_loss"] is not None), default=None)
 
@@ -173,6 +152,9 @@ def min_final_loss(measured):
 def health(m, ln_vocab, unigram, best_loss):
     """diverged | exploding | vanishing | plateau | healthy, by the rules in results["expected_rules"]
     (the first that applies: a cause before a symptom)."""
+    from vintagelm.doctor import VANISHING_RATIO
+    from vintagelm.lab.measure import LEARNED_MARGIN, PLATEAU_MARGIN
+
     if m["diverged"]:
         return "diverged"
     if m["first_loss"] > ln_vocab + 1 or m["grad_norm_first"] > EXPLODING_GRAD_NORM:
@@ -284,6 +266,8 @@ def draw_losses(page, measured, depths, ln_vocab):
 def say_findings(page, measured, size, depth, ln_vocab, unigram):
     """Sentences written from the numbers just measured."""
     import numpy as np
+
+    from vintagelm.lab.measure import LEARNED_MARGIN, PLATEAU_MARGIN
 
     pre, post, none = (measured[f"{n}-L{depth}-gpt2"] for n in NORMS)
     if post["early_spread"] is not None and pre["early_spread"] is not None:

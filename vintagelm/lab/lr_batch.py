@@ -42,8 +42,8 @@ def run(args, page):
 
     from vintagelm.common import UserError
     from vintagelm.evaluate import token_byte_lengths
-    from vintagelm.lab.common import bar, corpus, save_run, short_run, validate
-    from vintagelm.lab.gradients import LEARNED_MARGIN, PLATEAU_MARGIN, unigram_entropy
+    from vintagelm.lab.measure import LEARNED_MARGIN, PLATEAU_MARGIN, bar, unigram_entropy
+    from vintagelm.lab.short_run import ValPoint, corpus, save_run, short_run, validate
     from vintagelm.model import GPTConfig
 
     size = dict(QUICK if args.quick else DEFAULT)
@@ -83,7 +83,7 @@ def run(args, page):
             val = None if record.diverged else validate(record.model, data, B0, size["eval_batches"], args.seed,
                                                         byte_lengths)
             if val is not None:
-                record.val.append((len(record.losses), *val))
+                record.val.append(ValPoint(len(record.losses), *val, record.seconds))
             name = run_name(lr, B)
             records[name] = record
             save_run(record, page.out_dir / "runs" / name, config,
@@ -153,7 +153,7 @@ def describe_run(name, record, lr, batch_size, steps, warmup, val):
 def label_runs(measured, ln_vocab, unigram):
     """Name what each run shows (results["expected_rules"]), comparing it with the best run of
     its batch size (a plateau as in the gradients experiment)."""
-    from vintagelm.lab.gradients import LEARNED_MARGIN, PLATEAU_MARGIN
+    from vintagelm.lab.measure import LEARNED_MARGIN, PLATEAU_MARGIN
 
     for B in {m["batch_size"] for m in measured}:
         runs = [m for m in measured if m["batch_size"] == B]
@@ -179,7 +179,7 @@ def best_run(runs):
 def best_lr_fit(best):
     """Exponent a of best LR ~ B^a over the batch sizes (None when the best LR did not move or
     fewer than two batch sizes finished)."""
-    from vintagelm.lab.common import power_fit
+    from vintagelm.lab.measure import power_fit
 
     points = [(B, m["lr"]) for B, m in best.items() if m]
     if len(points) < 2 or len({lr for _, lr in points}) < 2:

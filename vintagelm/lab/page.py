@@ -31,21 +31,10 @@ from pathlib import Path
 
 from vintagelm.common import (UserError, atomic_dir, atomic_file, check_output_folder, foreign_files,
                               probe_writable, write_json_atomic)
+from vintagelm.plots import pyplot
 
 MARK = "vintagelm_lab"  # results.json key: {"version", "experiment", "files"}: a lab page wrote this folder
 VERSION = 1
-
-
-def matplotlib_pyplot():
-    """pyplot on the off-screen Agg backend; a UserError naming the extra when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("the lab draws with matplotlib: pip install 'vintagelm[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class LabPage:
@@ -59,7 +48,7 @@ class LabPage:
 
     def figure(self, name, caption, ncols=1, size=(6.4, 4.0)):
         """A new matplotlib figure saved as NAME.png by write() -> (fig, axes)."""
-        plt = matplotlib_pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, ncols, figsize=(size[0] * ncols, size[1]), squeeze=True)
         self._figs[name] = fig
         self.figures.append((f"{name}.png", caption))
@@ -84,7 +73,7 @@ class LabPage:
 
     def write(self):
         """Save every figure, results.json (with the MARK) and index.html -> the index.html path."""
-        plt = matplotlib_pyplot()
+        plt = pyplot()
         check_finite(self.results)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, fig in self._figs.items():

@@ -5,7 +5,7 @@ the weights plus the attention, model.flops_per_token) trains for budget / (F x 
 a small model takes many steps, a big one few. Along the way each is evaluated on the same
 validation windows, which gives its loss against FLOPs spent; the lower envelope of those
 curves is the compute-optimal frontier (at each compute, the best loss any of these sizes
-reached). Two fits (lab.common.power_fit, least squares in log-log):
+reached). Two fits (lab.measure.power_fit, least squares in log-log):
     loss vs parameters    the final validation loss of the sizes at this budget, L ~ a N^b
     frontier vs FLOPs     the envelope, L ~ k C^e, extrapolated to 10x the budget
 A parabola in log N through the final losses (the "IsoFLOP" curve of the Chinchilla paper)
@@ -31,7 +31,8 @@ def run(args, page):
     import math
 
     from vintagelm.common import UserError
-    from vintagelm.lab.common import bar, corpus, short_run
+    from vintagelm.lab.measure import bar
+    from vintagelm.lab.short_run import Validation, corpus, short_run
     from vintagelm.model import GPT, GPTConfig
 
     size = dict(QUICK if args.quick else DEFAULT)
@@ -56,8 +57,9 @@ def run(args, page):
     with bar(sum(plan), "scaling", not args.no_progress) as progress:
         for config, f, steps in zip(configs, per_token, plan):
             record = short_run(config, data, steps, size["lr"], B, seed=args.seed,
-                               warmup=max(1, round(WARMUP_FRACTION * steps)), eval_every=steps // size["evals"],
-                               eval_batches=size["eval_batches"], progress=progress)
+                               warmup=max(1, round(WARMUP_FRACTION * steps)),
+                               validation=Validation(steps=steps // size["evals"], batches=size["eval_batches"]),
+                               progress=progress)
             progress.update(steps - len(record.losses))
             models.append(describe_model(config, record, f, steps, B * T, len(data.train)))
     finished = sorted((m for m in models if m["final_val_loss"] is not None), key=lambda m: m["params"])
@@ -94,7 +96,7 @@ def run(args, page):
 def describe_model(config, record, flops_per_token, steps, tokens_per_step, train_tokens):
     """One size's numbers: its validation curve against FLOPs spent, and its final loss."""
     curve = [{"step": s, "flops": s * flops_per_token * tokens_per_step, "val_loss": float(loss),
-              "val_bpb": float(bpb)} for s, loss, bpb in record.val]
+              "val_bpb": float(bpb)} for s, loss, bpb, _ in record.val]
     last = curve[-1] if curve and not record.diverged else None
     return {"name": f"{config.n_layer}x{config.n_embd}", "n_layer": config.n_layer, "n_embd": config.n_embd,
             "n_head": config.n_head, "params": record.params, "flops_per_token": flops_per_token,
@@ -109,7 +111,7 @@ def power_fit_dict(x, y):
     """power_fit as {a, c, r2}: y ~ c x^a, r2 of the fit in log-log."""
     import numpy as np
 
-    from vintagelm.lab.common import power_fit
+    from vintagelm.lab.measure import power_fit
 
     a, c = power_fit(x, y)
     log_y, fitted = np.log(y), np.log(c) + a * np.log(x)

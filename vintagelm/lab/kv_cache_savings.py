@@ -35,7 +35,7 @@ def run(args, page):
     import numpy as np
 
     from vintagelm.common import UserError
-    from vintagelm.lab.common import bar, power_fit
+    from vintagelm.lab.measure import bar, power_fit
     from vintagelm.model import GPT, GPTConfig
 
     size = dict(QUICK if args.quick else DEFAULT)
@@ -136,7 +136,7 @@ def cache_bytes(config, lengths, dtype):
     """For each context length: the nbytes of a KVCache's k and v arrays, what NumPy allocated
     while making one (tracemalloc), and the formula -> dict of lists."""
     from vintagelm.kv_cache import KVCache
-    from vintagelm.lab.common import peak_bytes
+    from vintagelm.lab.measure import peak_bytes
 
     def make(T):
         return KVCache(config.n_layer, 1, config.n_head, T, config.n_embd // config.n_head, dtype)

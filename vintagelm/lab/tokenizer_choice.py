@@ -77,8 +77,8 @@ def sweep(train_text, heldout, extras, progress):
 def run(args, page):
     import numpy as np
 
-    from vintagelm.lab.common import bar, short_run
-    from vintagelm.lab.data_quality import SplitData, held_out_split
+    from vintagelm.lab.measure import bar
+    from vintagelm.lab.short_run import SplitData, held_out_split, short_run
     from vintagelm.model import GPTConfig
     from vintagelm.tokenizers import CharTokenizer
 
@@ -106,7 +106,7 @@ def run(args, page):
         runs[name] = (data, config)
     models = {}
     for name, (data, config) in runs.items():
-        with bar(None, f"tokenizers: {name} model, {size['seconds']:g} s", not args.no_progress) as progress:
+        with bar(size["seconds"], f"tokenizers: {name} model", not args.no_progress, unit="s") as progress:
             record = short_run(config, data, MAX_STEPS, size["lr"], size["batch_size"], seed=args.seed,
                                warmup=size["warmup"], grad_clip=GRAD_CLIP, seconds=size["seconds"], progress=progress)
         models[name] = describe_model(record, data, size, args.seed, config)
@@ -125,7 +125,7 @@ def describe_model(record, data, size, seed, config):
     import numpy as np
 
     from vintagelm.evaluate import token_byte_lengths
-    from vintagelm.lab.common import validate
+    from vintagelm.lab.short_run import validate
 
     train_bpt = float(token_byte_lengths(data.tokenizer)[np.asarray(data.train)].mean())  # bytes per training token
     steps = len(record.losses)
@@ -143,9 +143,10 @@ def describe_model(record, data, size, seed, config):
             "diverged": record.diverged, "val_loss": val_loss, "val_bpb": val_bpb, "train_bpb_curve": curve}
 
 
-
 def draw(page, rows, char_row, models, size):
     import numpy as np
+
+    from vintagelm.plots import smooth
 
     fig, ax = page.figure("bytes_per_token", "Bytes of held-out text per token against vocabulary size")
     ax.semilogx([r["vocab_size"] for r in rows], [r["bytes_per_token"] for r in rows], "o-", base=2, label="byte-level BPE")
@@ -163,7 +164,7 @@ def draw(page, rows, char_row, models, size):
     for i, (name, m) in enumerate(models.items()):
         t = [c[0] for c in m["train_bpb_curve"]]
         bpb = [np.nan if c[1] is None else c[1] for c in m["train_bpb_curve"]]
-        ax_curve.plot(t, smooth(bpb), color=f"C{i}", label=f"{name} (V = {m['vocab_size']}, {m['steps']} steps)")
+        ax_curve.plot(t, smooth(bpb, weight=0.95), color=f"C{i}", label=f"{name} (V = {m['vocab_size']}, {m['steps']} steps)")
     ax_curve.set(xlabel="seconds", ylabel="training bits per byte", title="training")
     ax_curve.legend()
     ax_curve.grid(True, alpha=0.3)
@@ -174,14 +175,6 @@ def draw(page, rows, char_row, models, size):
     ax_bar.set(ylabel="bits per byte", title="held-out plays")
     ax_bar.margins(y=0.2)
     ax_bar.grid(True, axis="y", alpha=0.3)
-
-
-def smooth(values, width=20):
-    """Moving average over `width` steps (the first steps average what there is)."""
-    import numpy as np
-
-    v = np.asarray(values, float)
-    return np.convolve(np.pad(v, (width - 1, 0), mode="edge"), np.ones(width) / width, mode="valid")
 
 
 def tabulate(page, rows, char_row, models):

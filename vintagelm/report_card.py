@@ -13,16 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from vintagelm import doctor
 from vintagelm.common import UserError, atomic_file, read_json
-from vintagelm.lab import doctor
-from vintagelm.lab.page import esc, figure_tag, matplotlib_pyplot, page_html, table_html
-from vintagelm.plots import smooth
+from vintagelm.lab.page import esc, figure_tag, page_html, table_html
+from vintagelm.plots import loss_figure, pyplot
+from vintagelm.run_metrics import load_run
 
 SAMPLE_TOKENS = 200
 
 
 def figure_html(fig, caption):
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -32,19 +33,8 @@ def figure_html(fig, caption):
 
 def curves(run):
     """The loss, throughput and gradient-norm figures of a run, as HTML."""
-    plt = matplotlib_pyplot()
-    steps, loss = run.series("loss")
-    v_steps, val = run.series("val_loss")
-    parts = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, alpha=0.3, label="train (per step)")
-    ax.plot(steps, smooth(list(loss)), label="train (smoothed)")
-    if len(val):
-        ax.plot(v_steps, val, "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss (nats per token)", title="Loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    parts.append(figure_html(fig, "Training and validation loss"))
+    plt = pyplot()
+    parts = [figure_html(loss_figure(run.rows, "Loss"), "Training and validation loss")]
 
     t_steps, tps = run.series("tokens_per_s")
     g_steps, norms = run.series("grad_norm")
@@ -113,16 +103,16 @@ class Figures:
     """What lab drawing functions need of a LabPage (figure()), keeping the figure for inlining."""
 
     def figure(self, name, caption, ncols=1, size=(6.4, 4.0)):
-        plt = matplotlib_pyplot()
+        plt = pyplot()
         self.fig, axes = plt.subplots(1, ncols, figsize=(size[0] * ncols, size[1]))
         self.caption = caption
         return self.fig, axes
 
 
 def attention_section(checkpoint, prompt):
-    """The attention maps of a GPT checkpoint for a prompt (lab/attention_maps.py), as HTML."""
+    """The attention maps of a GPT checkpoint for a prompt (as `vintage lab attention-maps` draws them), as HTML."""
     from vintagelm.checkpoint import load_checkpoint
-    from vintagelm.lab.attention_maps import attention_weights, draw_maps
+    from vintagelm.lab.trained_gpt import attention_weights, draw_attention_maps
 
     ckpt = load_checkpoint(checkpoint, with_optimizer=False)
     if ckpt.tokenizer is None or ckpt.model.architecture != "gpt":
@@ -130,7 +120,7 @@ def attention_section(checkpoint, prompt):
     ids = ckpt.tokenizer.encode(prompt, allowed_special="none")[-ckpt.model.config.block_size:]
     maps, _ = attention_weights(ckpt.model, ids)
     figures = Figures()
-    draw_maps(figures, maps, [ckpt.tokenizer.decode([i]) for i in ids])
+    draw_attention_maps(figures, maps, [ckpt.tokenizer.decode([i]) for i in ids])
     return figure_html(figures.fig, f"{figures.caption}; prompt {prompt!r}, step {ckpt.step}")
 
 
@@ -153,7 +143,7 @@ def build_report(run_dir, prompt=None):
     from vintagelm.checkpoint import list_checkpoints, read_state
 
     run_dir = Path(run_dir)
-    run = doctor.load_run(run_dir)
+    run = load_run(run_dir)
     findings = doctor.diagnose(run)
     checkpoints = list_checkpoints(run_dir)
     state = read_state(checkpoints[-1] / "state.json") if checkpoints else {}

@@ -1,4 +1,4 @@
-"""museum: the language models before the transformer, on the same text, budget and measuring stick.
+"""museum (before_transformers): the language models before the transformer, on the same text, budget and measuring stick.
 
 Five architectures (architectures.ARCHITECTURES) get the same wall-clock budget on the same corpus
 (builtin Shakespeare, character level) and are measured in bits per byte on the same
@@ -14,8 +14,8 @@ validation windows:
     lstm    1997 with a forget gate: the same, gated
     gpt     the project's transformer
 The neural models have roughly equal parameter counts (MODELS: 134k-175k); the n-gram's size
-is whatever the text makes its tables. Every neural model trains with train.py's
-training_step (AdamW, gradient clipping) at one peak learning rate (1e-2, better than 3e-3
+is whatever the text makes its tables. Every neural model trains in the lab's short_run
+(train.py's training_step: AdamW, gradient clipping) at one peak learning rate (1e-2, better than 3e-3
 for all four in 30-second trials) with a warm-up and a cosine decay over the wall-clock
 budget; the GPT on the `auto` backend, as `vintage train` (--backend changes it). The budget
 counts only the training steps: validation (every few seconds of training) is paused time,
@@ -62,6 +62,7 @@ DEFAULT = dict(seconds=150.0, block_size=64, batch_size=16, lr=1e-2, warmup=50, 
 COPY_N = 8  # the n of the verbatim-copy test: an 8-character run is rarely a coincidence
 GRAD_CLIP = 1.0
 MIN_LR_RATIO = 0.1
+MAX_STEPS = 10**9  # the clock ends every run long before this
 TEMPERATURE = 0.8  # as `vintage sample` and generate.sample_text
 
 
@@ -78,7 +79,8 @@ def add_arguments(p):
 def run(args, page):
     from vintagelm.common import UserError
     from vintagelm.evaluate import token_byte_lengths
-    from vintagelm.lab.common import bar, corpus
+    from vintagelm.lab.measure import bar
+    from vintagelm.lab.short_run import corpus
 
     size = dict(QUICK if args.quick else DEFAULT)
     if args.seconds is not None:
@@ -96,12 +98,11 @@ def run(args, page):
                for arch, fields in models.items()}
 
     measured = {}
-    with bar(round(len(NEURAL) * size["seconds"]), "museum (seconds of training)", not args.no_progress) as progress:
+    with bar(round(len(NEURAL) * size["seconds"]), "museum: training", not args.no_progress, unit="s") as progress:
         ngram_model, measured["ngram"] = count_ngram(configs["ngram"], data, size, args.seed, byte_lengths)
         trained = {"ngram": ngram_model}
         for arch in NEURAL:
-            trained[arch], measured[arch] = train_for(configs[arch], data, size, args.seed, byte_lengths,
-                                                      args.backend, progress)
+            trained[arch], measured[arch] = train_for(configs[arch], data, size, args.seed, args.backend, progress)
     samples = sample_all(trained, data.tokenizer, size["sample_chars"], args.seed)
     copying = copy_shares(data, samples, COPY_N)
     vanishing = {arch: vanishing_gradients(trained[arch], configs[arch], data, size["grad_windows"], args.seed)
@@ -148,7 +149,7 @@ def count_ngram(config, data, size, seed, byte_lengths):
 
     import numpy as np
 
-    from vintagelm.lab.common import validate
+    from vintagelm.lab.short_run import validate
     from vintagelm.museum.ngram import NgramLM
 
     n_train = len(data.train)
@@ -179,69 +180,30 @@ def time_lr(step, elapsed, size):
     return peak * (MIN_LR_RATIO + (1.0 - MIN_LR_RATIO) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_for(config, data, size, seed, byte_lengths, backend, progress):
-    """Train a fresh model of `config` for size["seconds"] of training-step wall time ->
-    (the model, its measurements). The curve holds (training seconds, steps, FLOPs, bits per
-    byte) at the start and after every eval_seconds of training; a non-finite loss, or one
-    above 1.5x the first and above ln V + 1, ends the run as diverged (val_bpb None)."""
-    import math
-    import time
+def train_for(config, data, size, seed, backend, progress):
+    """Train a fresh model of `config` for size["seconds"] of training-step wall time
+    (short_run) -> (the model, its measurements). The curve holds (training seconds, steps,
+    FLOPs, bits per byte) at the start and after every eval_seconds of training; a run that
+    diverges ends early, with val_bpb None."""
+    from functools import partial
 
-    import numpy as np
+    from vintagelm.lab.short_run import Validation, short_run
 
-    from vintagelm.lab.common import validate
-    from vintagelm.architectures import model_for
-    from vintagelm.optim import AdamW
-    from vintagelm.train import training_step
-
-    cls = model_for(config)
     B, T = size["batch_size"], config.block_size
-
-    def fresh():
-        model = cls(config, seed=seed, backend=backend)
-        return model, AdamW(model.params, size["lr"], (0.9, 0.99), weight_decay=0.1, backend=backend)
-
-    def batch(model, step, rng):
-        """Random windows, or for a model that carries its state the streams read in order."""
-        if getattr(config, "carry_state", False):
-            x, y, restart = data.stream(B, T, step)
-            if restart:
-                model.reset_state()
-            return x, y
-        return data.batch("train", B, T, rng)
-
-    def point(model, seconds, steps):
-        _, bpb = validate(model, data, B, size["eval_batches"], seed, byte_lengths)
-        return dict(seconds=seconds, steps=steps, flops=float(model.flops_per_token() * B * T * steps), bpb=float(bpb))
-
-    warm, warm_opt = fresh()  # one throwaway step: compilation and first allocations are not the budget's
-    training_step(warm, warm_opt, [batch(warm, 0, np.random.default_rng([seed, 2]))], size["lr"], GRAD_CLIP)
-    del warm, warm_opt
-
-    model, optimizer = fresh()
-    rng = np.random.default_rng([seed, 2])
-    limit = math.log(config.vocab_size) + 1
-    curve, elapsed, step, first, diverged = [point(model, 0.0, 0)], 0.0, 0, None, False
-    next_eval = size["eval_seconds"]
-    while elapsed < size["seconds"]:
-        t0 = time.perf_counter()
-        x, y = batch(model, step, rng)
-        loss, _, stepped = training_step(model, optimizer, [(x, y)], time_lr(step, elapsed, size), GRAD_CLIP)
-        spent = time.perf_counter() - t0
-        progress.update(min(spent, size["seconds"] - elapsed))
-        elapsed, step = elapsed + spent, step + 1
-        first = loss if first is None else first
-        if not stepped or loss > max(1.5 * first, limit):
-            diverged = True
-            break
-        if elapsed >= next_eval or elapsed >= size["seconds"]:
-            curve.append(point(model, elapsed, step))
-            next_eval += size["eval_seconds"]
-    implementation = model.backend if cls.architecture == "gpt" else "numpy"  # the museum's have one
-    return model, dict(config=config.to_dict(), params=model.num_params(), flops_per_token=model.flops_per_token(),
-                       training_flops=float(model.flops_per_token() * B * T * step), steps=step, train_seconds=elapsed,
-                       val_bpb=None if diverged else curve[-1]["bpb"], diverged=diverged, backend=implementation,
-                       curve=curve)
+    settings = dict(batch_size=B, seed=seed, grad_clip=GRAD_CLIP, backend=backend)
+    # one throwaway step on a model of its own: compilation and first allocations are not the budget's
+    short_run(config, data, 1, size["lr"], **settings)
+    record = short_run(config, data, MAX_STEPS, size["lr"], **settings, seconds=size["seconds"],
+                       lr_of=partial(time_lr, size=size), progress=progress,
+                       validation=Validation(seconds=size["eval_seconds"], batches=size["eval_batches"], at_start=True))
+    model, steps = record.model, len(record.losses)
+    curve = [dict(seconds=p.seconds, steps=p.step, flops=float(model.flops_per_token() * B * T * p.step),
+                  bpb=float(p.bpb)) for p in record.val]
+    implementation = model.backend if model.architecture == "gpt" else "numpy"  # the museum's have one
+    return model, dict(config=config.to_dict(), params=record.params, flops_per_token=model.flops_per_token(),
+                       training_flops=record.flops, steps=steps, train_seconds=record.seconds,
+                       val_bpb=None if record.diverged else curve[-1]["bpb"], diverged=record.diverged,
+                       backend=implementation, curve=curve)
 
 
 def first_time_below(curve, target):
