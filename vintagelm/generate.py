@@ -4,8 +4,8 @@ with model.new_kv_cache()).
 
 Separate pieces, each usable on its own:
     SamplingSettings   what one continuation is sampled with (temperature, top_k, top_p, seed,
-                       max_new_tokens, stop strings), made once where a request is read and
-                       passed whole down to the sampler
+                       max_new_tokens, stop strings, logit biases), made once where a request
+                       is read and passed whole down to the sampler
     sample_next_token  a pure function: logits (B, V) + an explicit rng -> token ids (B,)
     ContextWindow      the one owner of a continuation's window: the text seen so far, the
                        sliding window, the cache and its prefill; `sample` extends the text
@@ -80,6 +80,7 @@ class SamplingSettings:
     top_p: float = None  # None: no limit
     seed: int = None  # None: every new_rng() draws a fresh seed from the operating system
     stop: tuple = ()  # strings that end a reply: chat/reply.py cuts its text there (the sampler sees no text)
+    logit_bias: tuple = ()  # ((token id, bias), ...): added to those logits before sampling (OpenAI's logit_bias)
 
     def __post_init__(self):
         check_sampling_params(self.temperature, self.top_k, self.top_p)
@@ -90,6 +91,15 @@ class SamplingSettings:
         if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
             raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))  # an empty string stops nothing
+        bad_bias = ValueError(f"logit_bias must map token ids (integers >= 0) to finite numbers, got {self.logit_bias!r}")
+        try:
+            pairs = dict(self.logit_bias).items()  # a dict, or (id, bias) pairs
+        except (TypeError, ValueError):
+            raise bad_bias from None
+        if not all(is_whole(i, low=0) and isinstance(b, numbers.Real) and np.isfinite(b) for i, b in pairs):
+            raise bad_bias
+        # sorted, so that equal settings compare equal
+        object.__setattr__(self, "logit_bias", tuple(sorted((int(i), float(b)) for i, b in pairs)))
 
     def new_rng(self):
         """The generator this continuation draws from: the same seed, the same tokens."""
@@ -180,16 +190,20 @@ class ContextWindow:
         """Extend the text by sampling (sampling: SamplingSettings; rng: np.random.Generator):
         yield (token, logits) for up to sampling.max_new_tokens new tokens, `logits` the (V,)
         row the token was drawn from, before bans and filters (a server reports
-        log-probabilities from them). banned_ids are never sampled (their logits are set to
-        -inf); sampling a token of stop_ids ends the loop there, without yielding it."""
+        log-probabilities from them). sampling.logit_bias is added to the logits first; banned_ids
+        are never sampled (their logits are set to -inf, whatever their bias); sampling a token of
+        stop_ids ends the loop there, without yielding it."""
         banned_ids, stop_ids = list(banned_ids), set(stop_ids)
+        bias = None
         for step in range(sampling.max_new_tokens):
             if step:
                 self.append(token)  # fed lazily, so no forward is spent after the last token
             logits = self.logits()
+            if bias is None:
+                bias = bias_vector(sampling.logit_bias, len(logits))
             allowed = logits
-            if banned_ids:
-                allowed = logits.copy()
+            if banned_ids or sampling.logit_bias:
+                allowed = logits + bias
                 allowed[banned_ids] = -np.inf
             token = int(sample_next_token(allowed[None], rng, temperature=sampling.temperature,
                                           top_k=sampling.top_k, top_p=sampling.top_p)[0])
@@ -226,6 +240,16 @@ class ContextWindow:
         with self.lock, evaluating(self.model) as model:
             logits, _ = model.forward(np.asarray([tokens], dtype=np.int64), kv_cache=cache)  # (1, T, V)
         return logits[0, -1]
+
+
+def bias_vector(logit_bias, vocab_size):
+    """((token id, bias), ...) -> (V,) float64 biases, 0 for every id not named."""
+    bias = np.zeros(vocab_size)
+    for token, value in logit_bias:
+        if token >= vocab_size:
+            raise ValueError(f"logit_bias names token id {token}, but the model's ids are 0..{vocab_size - 1}")
+        bias[token] = value
+    return bias
 
 
 def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_kv_cache=True,

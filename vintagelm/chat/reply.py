@@ -157,7 +157,10 @@ class Reply:
     safe to show; `tokens` then holds the Tokens behind the pieces shown so far (when logprobs is
     not None: that many alternatives each). rules: (banned ids, stop ids), by default the chat's.
     Afterwards: finish_reason "stop" (<|end|>, end of text or a stop string) or "length"
-    (max_new_tokens reached), prompt_tokens and completion_tokens."""
+    (max_new_tokens reached), prompt_tokens and completion_tokens (the tokens of text; the
+    stop token that ended a reply is not one), and `end`: that stop token as a Token (its
+    text is at the end of the reply's) when logprobs is not None, else None. A client that
+    scores text by generating one token (lm-eval) needs its log-probability even then."""
 
     def __init__(self, chat_model, prompt_ids, sampling, rules=None, logprobs=None):
         self.chat_model = chat_model
@@ -167,22 +170,25 @@ class Reply:
         self.banned, self.stop_ids = rules if rules is not None else chat_model.chat_rules()
         self.logprobs = logprobs
         self.tokens, self._pending = [], []  # Tokens shown / generated but not yet shown
-        self.finish_reason = None
+        self.finish_reason, self.end = None, None
         self.prompt_tokens, self.completion_tokens = len(self.prompt_ids), 0
         self.text = ""  # what has been shown
 
     def __iter__(self):
         chat, max_new_tokens, stops = self.chat_model, self.sampling.max_new_tokens, self.sampling.stop
         window = ContextWindow(chat.model, self.prompt_ids, lock=chat.lock)
-        steps = window.sample(self.sampling, self.rng, self.banned, self.stop_ids)
+        # the stop ids are caught here, not by the window, to keep the stop token's logits
+        steps = window.sample(self.sampling, self.rng, self.banned)
         stream, made = TextStream(chat.tokenizer), ""  # made: all text decoded so far
         self.finish_reason = "stop" if max_new_tokens else "length"
         for n, (token, logits) in enumerate(steps, 1):
+            scored = self.scored(token, logits, len(made))
+            if token in self.stop_ids:
+                self.end = scored
+                break
             self.completion_tokens = n
-            if self.logprobs is not None:
-                logp = log_softmax(logits)
-                self._pending.append(Token(token, chat.token_text(token), float(logp[token]),
-                                           chat.top(logp, self.logprobs), len(made)))
+            if scored is not None:
+                self._pending.append(scored)
             made += stream.push(token)
             cut = first_stop(made, stops, len(self.text))
             if cut is not None:
@@ -194,6 +200,14 @@ class Reply:
         # the end: what was held back for a stop string that never came is shown; the bytes of a
         # character that max_new_tokens cut in half are not (they would show as U+FFFD)
         yield from self._show(made)
+
+    def scored(self, token, logits, offset):
+        """The Token of one sampled id with its log-probabilities, or None when none were asked."""
+        if self.logprobs is None:
+            return None
+        logp = log_softmax(logits)
+        chat = self.chat_model
+        return Token(token, chat.token_text(token), float(logp[token]), chat.top(logp, self.logprobs), offset)
 
     def _show(self, upto):
         """Yield the text from what was shown up to `upto` (the whole text shown so far after)."""
@@ -214,13 +228,17 @@ def first_stop(text, stops, start=0):
 
 def held_back(text, stops):
     """How many characters at the end of `text` could be the start of a stop string, and so
-    must wait for the next token before they are shown."""
+    must wait for the next token before they are shown. A client may send many stop strings,
+    and long ones: each is tried only where the text holds its first character, longest first."""
     longest = 0
     for s in stops:
-        for k in range(min(len(s) - 1, len(text)), longest, -1):
-            if text.endswith(s[:k]):
-                longest = k
+        tail = text[len(text) - min(len(s) - 1, len(text)):]  # the end of text that could start s
+        i = tail.find(s[0]) if tail else -1
+        while 0 <= i < len(tail) - longest:  # only a longer match than the best so far matters
+            if s.startswith(tail[i:]):
+                longest = len(tail) - i
                 break
+            i = tail.find(s[0], i + 1)
     return longest
 
 

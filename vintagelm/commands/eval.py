@@ -1,6 +1,10 @@
 """`vintage eval CKPT`: loss, perplexity and bits per byte of a checkpoint over a whole split
 (or a text file). Bits per byte count only the text, so char and BPE models compare fairly.
 
+`vintage eval RUN --choices FILE` / `--documents FILE`: a task's items scored as
+lm-evaluation-harness scores them through `vintage serve` (vintagelm/harness.py): acc and
+acc_norm of multiple-choice items, or word and byte perplexity and bits per byte of documents.
+
 `vintage eval RUN --era`: the era card instead (vintagelm/era/metrics.py): is the model
 vintage? Surprise at period vs modern text, anachronisms in samples, minimal pairs, cloze and
 who-speaks-next from the val split, and the period filter's precision and recall. It is also
@@ -18,6 +22,15 @@ def add_arguments(p):
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split of --data (default val)")
     p.add_argument("--text", metavar="FILE", help="evaluate the whole of this UTF-8 text file instead of a split "
                                                   "(with --era: a period text the model never saw, scored too)")
+    p.add_argument("--choices", metavar="FILE.jsonl",
+                   help='multiple-choice items, one {"context", "choices", "answer"} a line: acc and acc_norm, '
+                        "as lm-eval scores them")
+    p.add_argument("--documents", metavar="FILE.jsonl",
+                   help='documents, one {"text"} a line, each scored whole from <|endoftext|>: word and byte '
+                        "perplexity and bits per byte, as lm-eval's rolling log-likelihood")
+    p.add_argument("--context", type=int, metavar="N",
+                   help="with --choices or --documents: the most tokens the model sees at once (default: its "
+                        "block_size; lm-eval with max_length=M gives M-1)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default 16)")
     p.add_argument("--max-batches", type=int, default=None, metavar="N",
                    help="stop after N batches (default: all; with --era, each text's first 1 MB)")
@@ -46,6 +59,12 @@ def run(args):
 
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UserError("--batch-size and --max-batches must be at least 1")
+    task = args.choices or args.documents
+    if task and (args.choices and args.documents or args.era or args.text or args.data):
+        raise UserError("--choices and --documents each score one task file alone: leave out --documents or "
+                        "--choices, --era, --text and --data")
+    if args.context is not None and not task:
+        raise UserError("--context sets the window of --choices or --documents; give one of them")
     if args.era:
         from vintagelm.era.metrics import check_samples
 
@@ -58,6 +77,8 @@ def run(args):
     train_config = ckpt.state.get("train_config", {})
     if args.era:
         return era(args, ckpt, quiet)
+    if task:
+        return harness_task(args, ckpt)
     if args.text:
         try:
             text = regular_file(args.text, "--text").read_text(encoding="utf-8")
@@ -106,6 +127,32 @@ def report(args, ckpt, what, result):
               f"{result['tokens']:,} tokens, {result['bytes']:,} bytes")
         print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
               f"bits per byte {result['bits_per_byte']:.4f}")
+    return 0
+
+
+def harness_task(args, ckpt):
+    """--choices or --documents: the task file's items scored, printed as one line of metrics."""
+    import json
+
+    from vintagelm.common import UserError
+    from vintagelm.harness import read_choice_items, read_documents, score_choices, score_documents
+
+    size = ckpt.model.config.block_size if args.context is None else args.context
+    if not 2 <= size <= ckpt.model.config.block_size:
+        raise UserError(f"--context must be from 2 to the model's block_size ({ckpt.model.config.block_size}), "
+                        f"got {size}")
+    if args.choices:
+        result = score_choices(ckpt.model, ckpt.tokenizer, read_choice_items(args.choices), size)
+        what, metrics, count = args.choices, ("acc", "acc_norm"), f"{result['items']} items"
+    else:
+        result = score_documents(ckpt.model, ckpt.tokenizer, read_documents(args.documents), size)
+        what, metrics = args.documents, ("word_perplexity", "byte_perplexity", "bits_per_byte")
+        count = f"{result['documents']} documents, {result['words']:,} words, {result['bytes']:,} bytes"
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "step": ckpt.step, "data": what, "context": size, **result}))
+    else:
+        print(f"checkpoint {ckpt.path} (step {ckpt.step}) on {what}: {count}, windows of {size} tokens")
+        print("  ".join(f"{m} {result[m]:.4f}" for m in metrics))
     return 0
 
 

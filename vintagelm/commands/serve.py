@@ -1,5 +1,6 @@
 """`vintage serve RUN`: a chat page at http://127.0.0.1:8000/ and an OpenAI-compatible API
-(/v1/chat/completions, /v1/completions, /v1/models) over the run's latest checkpoint."""
+(/v1/chat/completions, /v1/completions, /v1/models, and vLLM's /tokenizer_info, /tokenize and
+/detokenize, which lm-evaluation-harness uses) over the run's latest checkpoint."""
 import argparse
 
 HELP = "serve a model: a chat page in the browser and an OpenAI-compatible API (chat and completions)"
@@ -42,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--name", help="the model's name in the API (default: the run folder's name)")
     p.add_argument("--api-key", metavar="KEY", type=api_key,
-                   help="require `Authorization: Bearer KEY` on every /v1 request")
+                   help="require `Authorization: Bearer KEY` on every API request (/v1/..., /tokenizer_info, "
+                        "/tokenize, /detokenize)")
     p.add_argument("--allowed-host", metavar="NAME", type=host_name, action="append", default=[],
                    help="a host name clients may reach this server by (repeatable). Requests whose Host header "
                         "names another site are refused, against DNS rebinding; localhost, IP addresses and "
@@ -78,7 +80,10 @@ def run(args):
     app = create_app(chat_model, settings)
     # bind first, so the address printed is one that already accepts connections (and --port 0 works)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # named TCP, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that
+    # say they are TCP, and with it on, every answer on a kept-alive connection waited ~40 ms for
+    # the client's delayed ACK between its headers and its body
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))

@@ -1,7 +1,9 @@
 """`vintage serve`: the chat page and an OpenAI-compatible API over one model (FastAPI).
 
-Routes: GET / (the page), GET /health, GET /v1/models (each also HEAD), POST /v1/chat/completions
-and POST /v1/completions (protocol.py holds the wire format). How requests share one model:
+Routes: GET / (the page), GET /health, GET /v1/models, GET /v1/models/{id} and GET /tokenizer_info
+(each also HEAD), POST /v1/chat/completions and POST /v1/completions, and the tokenizer's own
+POST /tokenize and POST /detokenize at the root, where vLLM has them and lm-evaluation-harness
+looks for them (protocol.py holds the wire format). How requests share one model:
   * a request takes its place (or gets a 503 with Retry-After) before any work on its prompt;
     the prompt is then tokenized, and the reply generated one piece of text per call, in worker
     threads, so the event loop stays free to accept, stream and notice a client that went away;
@@ -32,8 +34,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from vintagelm.chat.format import special_ids
 from vintagelm.chat.reply import Reply
 from vintagelm.common import UserError
+from vintagelm.export.chat_template import chat_template
 from vintagelm.generate import encode_prompt
 from vintagelm.serve import protocol
 from vintagelm.serve.protocol import ApiError
@@ -241,15 +245,60 @@ def create_app(chat_model, settings=None):
                 "waiting": admission.in_flight - admission.active, "max_tokens_cap": settings.max_tokens_cap,
                 "api_key_required": settings.api_key is not None, "defaults": DEFAULTS}
 
+    def model_entry():
+        return {"id": name, "object": "model", "created": started, "owned_by": "vintagelm",
+                "context_length": chat_model.block_size}
+
     @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "vintagelm",
-                                            "context_length": chat_model.block_size}]}
+        return {"object": "list", "data": [model_entry()]}
+
+    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
+    async def model(request: Request, model_id: str):
+        authorize(request)
+        if model_id != name:
+            raise ApiError(404, f"the model {model_id!r} does not exist; this server has {name!r}", "model",
+                           code="model_not_found")
+        return model_entry()
+
+    # ---------------------------------------------------------------- the tokenizer, at the root
+    # what a client needs to tokenize as the model does: the special tokens' roles (lm-eval's
+    # rolling perplexity starts every document from eos_token), the chat template, the context
+    tokenizer_info_doc = {**tokenizer.hf_tokenizer_config(chat_template=template_of(tokenizer),
+                                                          model_max_length=chat_model.block_size),
+                          "vocab_size": tokenizer.vocab_size}
+
+    @app.api_route("/tokenizer_info", methods=["GET", "HEAD"])
+    async def tokenizer_info(request: Request):
+        authorize(request)
+        return tokenizer_info_doc
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        text = protocol.tokenize_request(await read_body(request), name)
+
+        def encode():
+            try:
+                return tokenizer.encode(text, allowed_special="all")
+            except UserError as e:
+                raise ApiError(400, f"the prompt cannot be encoded: {e}", "prompt") from None
+
+        ids, leave = await admitted(encode)
+        leave()
+        return {"tokens": ids, "count": len(ids), "max_model_len": chat_model.block_size}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        ids = protocol.detokenize_request(await read_body(request), name, tokenizer.vocab_size)
+        text, leave = await admitted(lambda: tokenizer.decode(ids))
+        leave()
+        return {"prompt": text}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req = protocol.chat_request(await read_body(request), name, settings.default_max_tokens, settings.max_tokens_cap)
+        req = protocol.chat_request(await read_body(request), name, settings.default_max_tokens, settings.max_tokens_cap,
+                                    tokenizer.vocab_size)
 
         def chat_reply():
             try:
@@ -304,43 +353,60 @@ def create_app(chat_model, settings=None):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req = protocol.completion_request(await read_body(request), name, settings.max_tokens_cap)
+        req = protocol.completion_request(await read_body(request), name, settings.max_tokens_cap, tokenizer.vocab_size)
 
-        def prompt_ids():
-            try:
-                ids = encode_prompt(tokenizer, req.prompt)
-            except UserError as e:
-                raise ApiError(400, str(e), "prompt") from None
+        def batch():
+            """One Completion per prompt, in order; a prompt the model cannot take is a 400 naming it."""
+            out = []
+            for i, prompt in enumerate(req.prompts):
+                ids = prompt_ids(prompt, "prompt" if len(req.prompts) == 1 else f"prompt[{i}]")
+                # an empty prompt is generated from <|endoftext|> (encode_prompt), which the client never sent
+                echoed = tokenizer.decode(ids) if req.echo and prompt else ""
+                reply = Reply(chat_model, ids, req.sampling, rules=chat_model.text_rules(), logprobs=req.logprobs)
+                out.append(Completion(i, ids, echoed, reply))
+            return out
+
+        def prompt_ids(prompt, param):
+            if isinstance(prompt, str):
+                try:
+                    ids = encode_prompt(tokenizer, prompt)
+                except UserError as e:
+                    raise ApiError(400, str(e), param) from None
+            else:
+                ids = prompt
             if req.truncate_prompt_tokens is not None:
                 ids = ids[-req.truncate_prompt_tokens:]
             if len(ids) > chat_model.block_size:
-                raise ApiError(400, f"the prompt has {len(ids)} tokens, more than the model's context of "
-                                    f"{chat_model.block_size}; shorten it or pass truncate_prompt_tokens", "prompt",
+                raise ApiError(400, f"{param} has {len(ids)} tokens, more than the model's context of "
+                                    f"{chat_model.block_size}; shorten it or pass truncate_prompt_tokens", param,
                                code="context_length_exceeded")
             return ids
 
-        ids, leave = await admitted(prompt_ids)
-        # an empty prompt is generated from <|endoftext|> (encode_prompt), which the client never sent
-        echoed = tokenizer.decode(ids) if req.echo and req.prompt else ""
-        reply = Reply(chat_model, ids, req.sampling, rules=chat_model.text_rules(), logprobs=req.logprobs)
+        answers, leave = await admitted(batch)
         meta = {"id": protocol.new_id("cmpl"), "created": protocol.now(), "model": name}
         if req.stream:
-            return event_stream(completion_chunks(reply, req, meta, ids, echoed), leave)
+            return event_stream(completion_chunks(answers, req, meta), leave)
 
-        async def scored_then_generated():
-            return await scored_prompt(ids, req.logprobs, echoed), await whole_text(reply)
+        async def every_choice():
+            return [await whole_choice(a, req.logprobs) for a in answers]
 
         try:
-            prompt_entries, text = await generated(request, scored_then_generated)
+            choices = await generated(request, every_choice)
         finally:
             leave()
+        return {**meta, "object": "text_completion", "choices": choices,
+                "usage": protocol.usage(sum(a.reply.prompt_tokens for a in answers),
+                                        sum(a.reply.completion_tokens for a in answers))}
+
+    async def whole_choice(answer, top_n):
+        """One prompt's choice: its echo, the prompt scored, then the continuation generated."""
+        prompt_entries = await scored_prompt(answer.ids, top_n, answer.echoed)
+        text = await whole_text(answer.reply)
         logprobs = None
-        if req.logprobs is not None:
-            logprobs = protocol.completion_logprobs(prompt_entries + generated_entries(reply.tokens, len(echoed)))
-        return {**meta, "object": "text_completion",
-                "choices": [{"index": 0, "text": echoed + text, "logprobs": logprobs,
-                             "finish_reason": reply.finish_reason}],
-                "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
+        if top_n is not None:
+            logprobs = protocol.completion_logprobs(prompt_entries + generated_entries(answer.reply, answer.echoed))
+        return {"index": answer.index, "text": answer.echoed + text, "logprobs": logprobs,
+                "finish_reason": answer.reply.finish_reason}
 
     async def scored_prompt(ids, top_n, echoed):
         """With echo and logprobs (top_n alternatives): the prompt's own tokens, each with its
@@ -355,32 +421,60 @@ def create_app(chat_model, settings=None):
             offset += len(text)
         return entries
 
-    async def completion_chunks(reply, req, meta, ids, echoed):
-        def chunk(text, finish_reason=None, logprobs=None):
+    async def completion_chunks(answers, req, meta):
+        """The events of a streamed completion: each prompt's choice in turn (its echo, its
+        pieces, a last chunk with its finish_reason), then the usage of all of them."""
+        def chunk(index, text, finish_reason=None, logprobs=None):
             return {**meta, "object": "text_completion",
-                    "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+
+        def logprobs_of(entries):
+            return protocol.completion_logprobs(entries) if req.logprobs is not None else None
 
         async with admission.running():
-            if echoed:
-                entries = await scored_prompt(ids, req.logprobs, echoed)
-                yield chunk(echoed, logprobs=protocol.completion_logprobs(entries) if entries else None)
-            shown = 0
-            async for piece in pieces(reply):
-                logprobs = None
-                if req.logprobs is not None:
-                    logprobs = protocol.completion_logprobs(generated_entries(reply.tokens[shown:], len(echoed)))
-                    shown = len(reply.tokens)
-                yield chunk(piece, logprobs=logprobs)
-            yield chunk("", reply.finish_reason)
+            for a in answers:
+                if a.echoed:
+                    entries = await scored_prompt(a.ids, req.logprobs, a.echoed)
+                    yield chunk(a.index, a.echoed, logprobs=protocol.completion_logprobs(entries) if entries else None)
+                shown = 0
+                async for piece in pieces(a.reply):
+                    yield chunk(a.index, piece,
+                                logprobs=logprobs_of(generated_entries(a.reply, a.echoed, shown, with_end=False)))
+                    shown = len(a.reply.tokens)
+                yield chunk(a.index, "", a.reply.finish_reason,
+                            logprobs=logprobs_of(generated_entries(a.reply, a.echoed, shown)) if a.reply.end else None)
             if req.include_usage:
                 yield {**meta, "object": "text_completion", "choices": [],
-                       "usage": protocol.usage(reply.prompt_tokens, reply.completion_tokens)}
+                       "usage": protocol.usage(sum(a.reply.prompt_tokens for a in answers),
+                                               sum(a.reply.completion_tokens for a in answers))}
 
-    def generated_entries(tokens, start):
-        return [(t.text, t.logprob, t.top, start + t.offset) for t in tokens]
+    def generated_entries(reply, echoed, first=0, with_end=True):
+        """The log-probability entries of a reply's tokens from the first-th on, after the echoed
+        prompt; with_end: and the stop token that ended it, if one did."""
+        tokens = reply.tokens[first:] + ([reply.end] if with_end and reply.end else [])
+        return [(t.text, t.logprob, t.top, len(echoed) + t.offset) for t in tokens]
 
     started = protocol.now()
     return app
+
+
+@dataclass
+class Completion:
+    """One prompt of a /v1/completions request, on its way to being its choice."""
+    index: int  # its place in the request's batch
+    ids: list  # the prompt's token ids
+    echoed: str  # the prompt's text, when echo asks for it
+    reply: Reply
+
+
+def template_of(tokenizer):
+    """The chat template of the conversations this server renders (chat/format.py), or None when
+    the tokenizer has no role tokens, so that /v1/chat/completions cannot serve this model."""
+    try:
+        special_ids(tokenizer)
+    except UserError:
+        return None
+    return chat_template()
 
 
 def check_json_content_type(request):
