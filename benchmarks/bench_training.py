@@ -1,6 +1,7 @@
 """Training speed, peak memory and MFU of vintagelm against torch, with a per-op breakdown.
 
-    python benchmarks/bench_training.py                    # tiny and baby, the fast backend
+    python benchmarks/bench_training.py                    # tiny, baby, llama-tiny, llama-baby;
+                                                           # the fast backend
     python benchmarks/bench_training.py --backend both     # the reference backend as well
     python benchmarks/bench_training.py --config baby --rounds 5 --json
     python benchmarks/bench_training.py --both-envs        # then again with OPENBLAS_CORETYPE
@@ -18,6 +19,16 @@ BENCH_MODELS), initial weights (GPT seed 0), batches, hyperparameters, float32 a
                             foreach where this torch build has no fused CPU kernel), eager
     torch-nanogpt-compiled  the same under torch.compile; when compiling fails here it is
                             skipped, with one line saying why
+and on the Llama-shaped models (llama-tiny, llama-baby) in place of the three torch rows above:
+    torch-llama             the Llama-shaped model a torch user would write
+                            (benchmarks/torch_llama.py: RMSNorm, RoPE, SwiGLU, grouped-query
+                            attention through SDPA, untied head), AdamW fused (or foreach), eager
+    torch-llama-compiled    the same under torch.compile, skipped like torch-nanogpt-compiled
+The Llama-shaped models have tiny's and baby's sizes (layers, heads, width, block, batch) with
+n_kv_head = n_head / 2 and a SwiGLU hidden width of 8C/3 rounded up to a multiple of 8 (Llama's
+rule), which gives the three SwiGLU matrices the parameters of the GPT's two 4C ones (baby:
+exactly; tiny: 0.8% more). Until vintagelm's GPTConfig has the Llama fields (LlamaShape) its
+rows on them are skipped, saying so, and the torch rows start from torch's init (seed 0).
 The torch rows clip the usual torch way (clip_grad_norm_, then step); vintagelm folds the clip
 factor into AdamW's pass, as `vintage train` does.
 
@@ -41,17 +52,21 @@ The torch rows need torch and, for torch_gpt, the checkout's tests/ (`pip instal
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from harness import (BENCH_MODELS, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb, load_nanogpt_style,
+from harness import (BENCH_MODELS, BenchModel, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb, load_nanogpt_style,
                     load_torch_reference, paired_mfu, set_threads, time_alternating, torch_adamw,
                     torch_missing, torch_reference_missing, torch_training_step)
 from vintagelm.backend import BACKENDS, fast_available
-from vintagelm.model import GPT
+from vintagelm.model import GPT, GPTConfig
+from vintagelm.nn.rmsnorm import RMS_EPS
+from vintagelm.nn.rope import ROPE_THETA
 from vintagelm.optim import AdamW
 from vintagelm.train import training_step
 
@@ -64,6 +79,70 @@ OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 class Skipped(Exception):
     """A participant that cannot run here; the message says why."""
+
+
+# --------------------------------------------------------------------------- Llama-shaped models
+# what makes a GPTConfig Llama-shaped
+LLAMA_SWITCHES = dict(norm_type="rms", pos="rope", activation="swiglu", qk_norm=False, bias=False, tie_weights=False,
+                      dropout=0.0)
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """A Llama-shaped model config under GPTConfig's field names, standing in for GPTConfig
+    while it lacks these fields (only the torch rows can run it)."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    mlp_hidden: int
+    rope_theta: float
+    norm_type: str
+    pos: str
+    activation: str
+    qk_norm: bool
+    bias: bool
+    tie_weights: bool
+    dropout: float
+    norm_eps: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def llama_fields_missing():
+    """Why vintagelm cannot build a Llama-shaped model yet (a sentence), or None once GPTConfig
+    has every field of LlamaShape."""
+    have = {f.name for f in fields(GPTConfig)}
+    missing = [f.name for f in fields(LlamaShape) if f.name not in have]
+    return f"vintagelm's GPTConfig has no {', '.join(missing)} yet: no Llama-shaped GPT" if missing else None
+
+
+def llama_config(rope_theta=ROPE_THETA, norm_eps=RMS_EPS, **shape):
+    """A Llama-shaped model config of `shape` (sizes, n_kv_head, mlp_hidden): a GPTConfig once
+    it has the fields, a LlamaShape until then."""
+    config_class = LlamaShape if llama_fields_missing() else GPTConfig
+    return config_class(rope_theta=rope_theta, norm_eps=norm_eps, **LLAMA_SWITCHES, **shape)
+
+
+def swiglu_hidden(n_embd):
+    """Llama's SwiGLU width: two thirds of 4C, rounded up to a multiple of 8."""
+    return 8 * math.ceil(int(8 * n_embd / 3) / 8)
+
+
+def llama_shaped(bench):
+    """`bench`'s sizes (layers, heads, width, block, batch) in the Llama shape."""
+    c = bench.config
+    return BenchModel(llama_config(vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.n_layer,
+                                   n_head=c.n_head, n_kv_head=c.n_head // 2, n_embd=c.n_embd,
+                                   mlp_hidden=swiglu_hidden(c.n_embd)), bench.batch_size)
+
+
+LLAMA_MODELS = {f"llama-{name}": llama_shaped(BENCH_MODELS[name]) for name in ("tiny", "baby")}
+MODELS = {**BENCH_MODELS, **LLAMA_MODELS}
 
 
 # --------------------------------------------------------------------------- participants
@@ -111,20 +190,38 @@ def torch_gpt(config):
     return TorchTrainer(model, "tests/torch_gpt.py, eager", fast_adamw=False)
 
 
-def torch_nanogpt(config):
-    needs(torch_missing())
-    return TorchTrainer(load_nanogpt_style().from_numpy(config, initial_params(config)),
-                        "torch_nanogpt.py, eager", fast_adamw=True)
+def vintagelm_trainer(config, backend):
+    if isinstance(config, LlamaShape):  # only while GPTConfig lacks the Llama fields
+        raise Skipped(llama_fields_missing())
+    return VintageTrainer(config, backend)
 
 
-def torch_nanogpt_compiled(config, batch):
-    """torch_nanogpt under torch.compile, compiled by one step on `batch` (x, y) here, so
-    that a failure to compile skips it instead of ending the benchmark."""
-    needs(torch_missing())
+def nanogpt_model(config):
+    return load_nanogpt_style().from_numpy(config, initial_params(config))
+
+
+def llama_model(config):
+    """torch_llama.py's model: vintagelm's GPT's initial weights once GPTConfig builds the Llama
+    shape; until then torch's default init, seeded."""
+    import torch
+    from torch_llama import LlamaStyle, from_vintagelm
+
+    if isinstance(config, LlamaShape):
+        torch.manual_seed(0)
+        return LlamaStyle(config)
+    return from_vintagelm(GPT(config, seed=0, backend="reference"))
+
+
+# the torch models a user would write: participant -> (the model on a config, its file)
+USER_MODELS = {"torch-nanogpt": (nanogpt_model, "torch_nanogpt.py"), "torch-llama": (llama_model, "torch_llama.py")}
+
+
+def compiled(model, source, batch):
+    """`model` under torch.compile, compiled by one step on `batch` (x, y) here, so that a
+    failure to compile skips it instead of ending the benchmark."""
     import torch
 
-    model = torch.compile(load_nanogpt_style().from_numpy(config, initial_params(config)))
-    trainer = TorchTrainer(model, "torch_nanogpt.py, torch.compile", fast_adamw=True)
+    trainer = TorchTrainer(torch.compile(model), f"{source}, torch.compile", fast_adamw=True)
     try:
         trainer.step(*batch)
     except Exception as e:  # dynamo and inductor fail in many ways (no compiler, unsupported op)
@@ -135,16 +232,21 @@ def torch_nanogpt_compiled(config, batch):
 def build(name, config, batch):
     """The trainer of participant `name` on `config`; Skipped when it cannot run here."""
     if name.startswith("vintagelm-"):
-        return VintageTrainer(config, name.removeprefix("vintagelm-"))
-    if name == "torch-nanogpt-compiled":
-        return torch_nanogpt_compiled(config, batch)
-    return {"torch_gpt": torch_gpt, "torch-nanogpt": torch_nanogpt}[name](config)
+        return vintagelm_trainer(config, name.removeprefix("vintagelm-"))
+    if name == "torch_gpt":
+        return torch_gpt(config)
+    needs(torch_missing())
+    model_of, source = USER_MODELS[name.removesuffix("-compiled")]
+    if name.endswith("-compiled"):
+        return compiled(model_of(config), source, batch)
+    return TorchTrainer(model_of(config), f"{source}, eager", fast_adamw=True)
 
 
-def participant_names(backends, with_torch, with_compile):
+def participant_names(config_name, backends, with_torch, with_compile):
     names = [f"vintagelm-{b}" for b in backends]
     if with_torch:
-        names += ["torch_gpt", "torch-nanogpt", *(["torch-nanogpt-compiled"] if with_compile else [])]
+        torch_rows = ["torch-llama"] if config_name in LLAMA_MODELS else ["torch_gpt", "torch-nanogpt"]
+        names += [*torch_rows, *([f"{torch_rows[-1]}-compiled"] if with_compile else [])]
     return names
 
 
@@ -156,7 +258,7 @@ def make_batches(config, batch_size, n, seed=0):
 
 def child_main(name, config_name, threads, steps=3):
     """What a memory child runs: `steps` training steps of one participant."""
-    bench = BENCH_MODELS[config_name]
+    bench = MODELS[config_name]
     batches = make_batches(bench.config, bench.batch_size, steps)
     trainer = build(name, bench.config, batches[0])
     set_threads(threads)
@@ -167,7 +269,7 @@ def child_main(name, config_name, threads, steps=3):
 # --------------------------------------------------------------------------- measuring
 def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
     """One config's entry of run_bench's result."""
-    bench = BENCH_MODELS[config_name]
+    bench = MODELS[config_name]
     config, tokens = bench.config, bench.batch_size * bench.config.block_size
     batches = make_batches(config, bench.batch_size, 8)
     trainers, skipped = {}, {}
@@ -182,7 +284,8 @@ def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
     samples = time_alternating({**trainers, "gemm": probe}, batches, rounds, steps)
     gemm_rates = probe.gflops_per_round()
     baseline = names[0]
-    flops_per_step = trainers[baseline].model.flops_per_token() * tokens
+    # every row does the same work: counted by the baseline's model, or the first row's when it is skipped
+    flops_per_step = next(iter(trainers.values())).model.flops_per_token() * tokens if trainers else 0
     rows = {}
     for name, trainer in trainers.items():
         s = float(np.median(samples[name]))
@@ -196,7 +299,8 @@ def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
         "baseline": baseline,
         "matmul_gflops": float(np.median(gemm_rates)),
         "participants": rows,
-        "ratios": {name: ratios(rows, samples, baseline, name) for name in rows if name != baseline},
+        "ratios": {name: ratios(rows, samples, baseline, name) for name in rows if name != baseline}
+        if baseline in rows else {},
         "skipped": skipped,
         "breakdown_ms": {name: breakdown(t, batches) for name, t in trainers.items() if name.startswith("vintagelm-")},
     }
@@ -216,10 +320,10 @@ def ratios(rows, samples, baseline, name):
 def run_bench(config_names, backends=("fast",), threads=2, rounds=7, steps_per_round=None, with_torch=True,
               with_compile=True, with_memory=True):
     """Everything this script prints, as one dict keyed by config name (+ top-level keys)."""
-    names = participant_names(backends, with_torch, with_compile)
     result = {"environment": describe_env(os.environ), "blas_kernel": blas_kernel(), "threads": threads,
               "backends": list(backends)}
-    result.update({name: measure(name, names, threads, rounds, steps_per_round, with_memory) for name in config_names})
+    result.update({name: measure(name, participant_names(name, backends, with_torch, with_compile), threads, rounds,
+                                 steps_per_round, with_memory) for name in config_names})
     if "fast" in backends:  # (read after the fast models are made: making one sets them)
         from vintagelm.fast.heap import reuse_freed_memory
         from vintagelm.fast.lanes import lane_count
@@ -246,7 +350,7 @@ def format_report(result, config_names):
         described.update({p: row["what"] for p, row in result[name]["participants"].items()})
         lines += [f"{name}: skipped {p}: {why}" for p, why in result[name]["skipped"].items()]
     lines += ["participants:", *(f"  {p:<24} {what}" for p, what in described.items())]
-    lines += ["", f"{'config':<6} {'participant':<24} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11} {'MFU':>5}"
+    lines += ["", f"{'config':<10} {'participant':<24} {'ms/step':>8} {'tokens/s':>9} {'peak RSS MB':>11} {'MFU':>5}"
                   f" {'speed x':>8} {'(medians)':>9} {'memory x':>8}"]
     for name in config_names:
         entry = result[name]
@@ -255,8 +359,8 @@ def format_report(result, config_names):
             cells = [f"{row['ms_per_step']:>8.1f}", f"{row['tokens_per_s']:>9.0f}", cell(row, "peak_rss_mb", 11, ".0f"),
                      f"{100 * row['mfu']:>4.0f}%", cell(r, "speed", 8, ".2f"), cell(r, "speed_of_medians", 9, ".2f"),
                      cell(r, "memory", 8, ".2f")]
-            lines.append(f"{name:<6} {p:<24} {' '.join(cells)}")
-        lines.append(f"{'':<6} MFU: over NumPy's float32 GEMM rate in the same rounds, "
+            lines.append(f"{name:<10} {p:<24} {' '.join(cells)}")
+        lines.append(f"{'':<10} MFU: over NumPy's float32 GEMM rate in the same rounds, "
                      f"{entry['matmul_gflops']:.0f} GFLOP/s")
     if any(result[name]["ratios"] for name in config_names):
         lines.append(f"ratios: {result[config_names[0]]['baseline']}'s speed over the row's (paired, median over "
@@ -278,7 +382,7 @@ def cell(values, key, width, fmt):
 # --------------------------------------------------------------------------- command line
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", action="append", choices=list(BENCH_MODELS), help="model (repeatable; default: all)")
+    p.add_argument("--config", action="append", choices=list(MODELS), help="model (repeatable; default: all)")
     p.add_argument("--backend", choices=[*BACKENDS, "both"], default="fast",
                    help="vintagelm backend to time (default fast); both: fast, and reference as one more row")
     p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads for every participant (default 2)")
@@ -302,7 +406,7 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    names = args.config or list(BENCH_MODELS)
+    names = args.config or list(MODELS)
     result = run_bench(names, args.backends, args.threads, args.rounds, args.steps_per_round,
                        with_torch=not args.no_torch, with_compile=not args.no_compile, with_memory=not args.no_memory)
     print(json.dumps(result, indent=2) if args.json else format_report(result, names), flush=True)

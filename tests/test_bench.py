@@ -1,6 +1,7 @@
 """The benchmarks' shared machinery (benchmarks/harness.py) and bench_training.py's contract:
 the alternating timer, the GEMM probe, paired MFU, the per-op breakdown, the JSON output, the
-memory children and the nanoGPT-style torch model. Timings themselves are not asserted
+memory children, the nanoGPT-style torch model and the Llama-style one (against
+transformers' LlamaForCausalLM). Timings themselves are not asserted
 (performance claims live in the benchmarks' output); what is asserted is what must hold
 whatever the machine's speed. Everything runs the tiny model for a round or two."""
 import json
@@ -148,4 +149,113 @@ def test_nanogpt_style_model_starts_from_our_weights():
     _, loss = ours.forward(x, y)
     nano = harness.load_nanogpt_style().from_numpy(config, ours.params)
     _, torch_loss = nano(torch.from_numpy(x), torch.from_numpy(y))
+    assert torch_loss.item() == pytest.approx(loss, rel=1e-5)
+
+
+def hf_llama_and_ours(dtype, seed=0):
+    """A small random HF LlamaForCausalLM of an odd shape (6 query heads sharing 2 key/value
+    heads, head size 8, SwiGLU width 72 = 1.5 C, rope theta 500, norm epsilon 1e-3, untied
+    head, every gain drawn at random so that a norm read from the wrong place shows) and
+    torch_llama's model holding its weights, both in `dtype`."""
+    torch = harness.require_torch()
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from torch_llama import LlamaStyle
+
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=37, hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=16, rope_theta=500.0, rms_norm_eps=1e-3,
+        tie_word_embeddings=False, initializer_range=0.2, attn_implementation="sdpa"))
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    config = bench_training.llama_config(vocab_size=37, block_size=16, n_layer=2, n_head=6, n_kv_head=2, n_embd=48,
+                                         mlp_hidden=72, rope_theta=500.0, norm_eps=1e-3)
+    return hf.to(dtype), LlamaStyle.from_hf_tensors(config, dict(hf.named_parameters()), dtype)
+
+
+@pytest.mark.parametrize("gqa_in_sdpa", [True, False], ids=["enable_gqa", "repeat_interleave"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32"])
+def test_llama_style_model_gives_transformers_logits_and_gradients(dtype_name, gqa_in_sdpa, monkeypatch):
+    """torch_llama.py against Hugging Face's LlamaForCausalLM holding the same weights: logits,
+    loss and the gradient of every parameter (the same names and shapes on both sides), with
+    the key/value heads shared through SDPA's enable_gqa and through the older torch's path.
+
+    float64 within 1e-10: HF's LlamaRMSNorm normalises in float32 whatever the dtype, so there
+    it is given its own formula without that round trip (the one change to HF made here); its
+    rotary tables are float32 by design, and torch_llama computes them the same way. float32
+    within 1e-5 against HF untouched."""
+    torch = harness.require_torch()
+    import torch_llama
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch_llama, "GQA_IN_SDPA", gqa_in_sdpa)
+    dtype = getattr(torch, dtype_name)
+    if dtype == torch.float64:
+        from transformers.models.llama import modeling_llama
+
+        def rmsnorm_in_input_dtype(self, x):
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+        monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rmsnorm_in_input_dtype)
+    hf, ours = hf_llama_and_ours(dtype)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 37, (3, 16)))
+    y = torch.from_numpy(rng.integers(0, 37, (3, 16)))
+    y[0, :5] = -1  # vintagelm's "no target here"
+    logits, loss = ours(x, y)
+    hf_logits = hf(input_ids=x).logits
+    hf_loss = torch.nn.functional.cross_entropy(hf_logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+    loss.backward()
+    hf_loss.backward()
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+
+    def check(a, b):  # relative to the largest magnitude: elementwise ratios near zero mean nothing
+        a, b = a.detach().numpy(), b.detach().numpy()
+        assert a.shape == b.shape and np.abs(a - b).max() <= tol * np.abs(b).max()
+
+    check(logits, hf_logits)
+    check(loss, hf_loss)
+    hf_params = dict(hf.named_parameters())
+    assert set(hf_params) == {name for name, _ in ours.named_parameters()}
+    for name, p in ours.named_parameters():
+        check(p.grad, hf_params[name].grad)
+
+
+def test_llama_rows_run_and_vintagelm_waits_for_its_fields(capsys, monkeypatch):
+    """llama-tiny: tiny's sizes, half the key/value heads, Llama's SwiGLU width (the GPT MLP's
+    parameters within 1%); the torch row runs; vintagelm's row is skipped, saying why, exactly
+    while GPTConfig lacks the Llama fields."""
+    assert [bench_training.swiglu_hidden(c) for c in (128, 384)] == [344, 1024]
+    for c in (128, 384):
+        assert 3 * c * bench_training.swiglu_hidden(c) == pytest.approx(2 * c * 4 * c, rel=0.01)
+    monkeypatch.setattr(bench_training, "GEMM_SHAPES", [(256, 256, 256)])
+    argv = ["--json", "--config", "llama-tiny", "--rounds", "1", "--steps-per-round", "1", "--threads", "1",
+            "--no-compile", "--no-memory"]
+    assert bench_training.main(argv) == 0
+    entry = json.loads(capsys.readouterr().out)["llama-tiny"]
+    assert {k: entry["model"][k] for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "batch_size")} \
+        == dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=344, batch_size=12)
+    reason = bench_training.llama_fields_missing()
+    assert list(entry["participants"]) == (["torch-llama"] if reason else ["vintagelm-fast", "torch-llama"])
+    assert entry["skipped"] == ({"vintagelm-fast": reason} if reason else {})
+    assert entry["participants"]["torch-llama"]["tokens_per_s"] > 0
+
+
+def test_llama_style_model_starts_from_vintagelm_weights():
+    """from_vintagelm: the same function as vintagelm's Llama-shaped GPT (float32: vintagelm
+    takes RoPE's angles in float64, torch_llama as HF in float32)."""
+    reason = bench_training.llama_fields_missing()
+    if reason:
+        pytest.skip(reason)
+    torch = harness.require_torch()
+    from torch_llama import from_vintagelm
+
+    bench = bench_training.MODELS["llama-tiny"]
+    x, y = bench_training.make_batches(bench.config, bench.batch_size, 1)[0]
+    ours = bench_training.GPT(bench.config, seed=0, backend="reference")
+    logits, loss = ours.forward(x, y)
+    torch_logits, torch_loss = from_vintagelm(ours)(torch.from_numpy(x), torch.from_numpy(y))
+    assert np.abs(torch_logits.detach().numpy() - logits).max() <= 1e-5 * np.abs(logits).max()
     assert torch_loss.item() == pytest.approx(loss, rel=1e-5)
