@@ -18,15 +18,24 @@ is never imported by `vintagelm` itself.
 Parameter names and layouts follow GPT-2 / Hugging Face without the `transformer.` prefix, and
 weights are stored (in, out) and applied as x @ W + b, exactly like HF's Conv1D:
     wte.weight (V, C), wpe.weight (block_size, C)       [pos == "learned" only]
-    h.{i}.ln_1.weight/.bias (C)                          [norm != "none"; bias only if bias]
-    h.{i}.attn.c_attn.weight (C, 3C) .bias (3C)          q, k, v in that order along the last axis
+    h.{i}.ln_1.weight/.bias (C)                          [norm != "none"; bias only if bias and a LayerNorm]
+    h.{i}.attn.c_attn.weight (C, (H + 2 Hkv) D) .bias    q, k, v in that order along the last axis
+    h.{i}.attn.q_norm.weight, .k_norm.weight (D)         [qk_norm only]
     h.{i}.attn.c_proj.weight (C, C) .bias (C)
     h.{i}.ln_2.weight/.bias (C)
-    h.{i}.mlp.c_fc.weight (C, 4C) .bias (4C), h.{i}.mlp.c_proj.weight (4C, C) .bias (C)
+    h.{i}.mlp.c_fc.weight (C, F) .bias (F), h.{i}.mlp.c_proj.weight (F, C) .bias (C)
+    h.{i}.mlp.c_gate.weight (C, F) .bias (F)            [activation == "swiglu" only; c_fc is then "up"]
     ln_f.weight/.bias (C)                                [norm == "pre" only]
     lm_head.weight (V, C)                                [tie_weights False only; no bias]
 
-Shape legend: B batch, T time, C n_embd, H heads, D = C // H head size, V vocab size.
+The modern switches are written here from their papers and HF's Llama, not from vintagelm:
+RMSNorm (norm_type "rms"), RoPE in HF's rotate_half form (pos "rope"; "none" adds no
+positions), SwiGLU (activation "swiglu", hidden width mlp_hidden or 2/3 of 4C rounded up to a
+multiple of 8), grouped kv heads (n_kv_head, each repeated over its n_head / n_kv_head query
+heads) and QK-norm (an RMSNorm over D of each head's queries and keys, before RoPE).
+
+Shape legend: B batch, T time, C n_embd, H heads, Hkv kv heads, D = C // H head size, F the
+MLP width, V vocab size.
 """
 import dataclasses
 import math
@@ -40,7 +49,8 @@ LN_EPS = 1e-5  # GPT-2's layer-norm epsilon; the variance is the biased one
 IGNORE_INDEX = -1  # targets equal to this contribute neither loss nor gradient
 
 # the config fields the reference reads, with the defaults of vintagelm.model.GPTConfig
-_DEFAULTS = dict(dropout=0.0, bias=True, norm="pre", pos="learned", tie_weights=True, activation="gelu")
+_DEFAULTS = dict(dropout=0.0, bias=True, norm="pre", pos="learned", tie_weights=True, activation="gelu",
+                 norm_type="layer", norm_eps=LN_EPS, rope_theta=10000.0, mlp_hidden=0, n_kv_head=0, qk_norm=False)
 
 
 def _read_config(config):
@@ -55,12 +65,20 @@ def _read_config(config):
             raise ValueError(f"config is missing {key!r}")
     if cfg["norm"] not in ("pre", "post", "none"):
         raise ValueError(f"norm must be 'pre', 'post' or 'none', got {cfg['norm']!r}")
-    if cfg["pos"] not in ("learned", "sinusoidal"):
-        raise ValueError(f"pos must be 'learned' or 'sinusoidal', got {cfg['pos']!r}")
-    if cfg["activation"] not in ("gelu", "relu"):
-        raise ValueError(f"activation must be 'gelu' or 'relu', got {cfg['activation']!r}")
+    if cfg["pos"] not in ("learned", "sinusoidal", "rope", "none"):
+        raise ValueError(f"pos must be 'learned', 'sinusoidal', 'rope' or 'none', got {cfg['pos']!r}")
+    if cfg["activation"] not in ("gelu", "relu", "swiglu"):
+        raise ValueError(f"activation must be 'gelu', 'relu' or 'swiglu', got {cfg['activation']!r}")
+    if cfg["norm_type"] not in ("layer", "rms"):
+        raise ValueError(f"norm_type must be 'layer' or 'rms', got {cfg['norm_type']!r}")
     if cfg["n_embd"] % cfg["n_head"]:
         raise ValueError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}")
+    cfg["n_kv_head"] = cfg["n_kv_head"] or cfg["n_head"]
+    if cfg["n_head"] % cfg["n_kv_head"]:
+        raise ValueError(f"n_kv_head={cfg['n_kv_head']} does not divide n_head={cfg['n_head']}")
+    if not cfg["mlp_hidden"]:  # SwiGLU's three matrices: 2/3 of 4C keeps about the parameters of two
+        C = cfg["n_embd"]
+        cfg["mlp_hidden"] = 8 * math.ceil(2 * 4 * C / 3 / 8) if cfg["activation"] == "swiglu" else 4 * C
     return cfg
 
 
@@ -91,31 +109,75 @@ class Linear(nn.Module):
 class LayerNorm(nn.Module):
     """Layer norm over the last axis with an optional bias (bias=False drops it entirely)."""
 
-    def __init__(self, n, bias=True):
+    def __init__(self, n, bias=True, eps=LN_EPS):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(n))
         self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        self.eps = eps
 
     def forward(self, x):  # (..., C) -> (..., C)
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019): no mean, no bias."""
+
+    def __init__(self, n, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.eps = eps
+
+    def forward(self, x):  # (..., n) -> (..., n)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(cfg, n):
+    if cfg["norm_type"] == "rms":
+        return RMSNorm(n, cfg["norm_eps"])
+    return LayerNorm(n, cfg["bias"], cfg["norm_eps"])
+
+
+def rotate_half(x):
+    """(..., D) -> (-x2, x1) for the halves x1, x2 of the last axis (HF Llama's rotate_half)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_cos_sin(T, D, theta, dtype):
+    """(T, D) cos and sin of position t times theta^(-2i/D), each angle written twice (i and i + D/2)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)  # (T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         C = cfg["n_embd"]
-        self.n_head = cfg["n_head"]
-        self.c_attn = Linear(C, 3 * C, cfg["bias"])
+        self.n_head, self.n_kv_head, self.head_dim = cfg["n_head"], cfg["n_kv_head"], C // cfg["n_head"]
+        self.rope_theta = cfg["rope_theta"] if cfg["pos"] == "rope" else None
+        self.c_attn = Linear(C, (self.n_head + 2 * self.n_kv_head) * self.head_dim, cfg["bias"])
+        if cfg["qk_norm"]:
+            self.q_norm = RMSNorm(self.head_dim, cfg["norm_eps"])
+            self.k_norm = RMSNorm(self.head_dim, cfg["norm_eps"])
         self.c_proj = Linear(C, C, cfg["bias"])
         self.attn_dropout = nn.Dropout(cfg["dropout"])
         self.resid_dropout = nn.Dropout(cfg["dropout"])
 
     def forward(self, x):  # (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        H = self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=-1)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // H)  # (B, H, T, T)
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k, v = (t.view(B, T, Hkv, D).transpose(1, 2) for t in (k, v))  # (B, Hkv, T, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_theta is not None:
+            cos, sin = rope_cos_sin(T, D, self.rope_theta, x.dtype)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)  # (B, H, T, D)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, T)
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
         att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
         y = self.attn_dropout(att) @ v  # (B, H, T, D)
@@ -126,15 +188,22 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        C = cfg["n_embd"]
-        self.c_fc = Linear(C, 4 * C, cfg["bias"])
-        self.c_proj = Linear(4 * C, C, cfg["bias"])
+        C, F_hidden = cfg["n_embd"], cfg["mlp_hidden"]
         self.activation = cfg["activation"]
+        if self.activation == "swiglu":
+            self.c_gate = Linear(C, F_hidden, cfg["bias"])
+        self.c_fc = Linear(C, F_hidden, cfg["bias"])
+        self.c_proj = Linear(F_hidden, C, cfg["bias"])
         self.dropout = nn.Dropout(cfg["dropout"])
 
     def forward(self, x):  # (B, T, C) -> (B, T, C)
-        h = self.c_fc(x)  # (B, T, 4C)
-        h = F.gelu(h, approximate="tanh") if self.activation == "gelu" else F.relu(h)
+        h = self.c_fc(x)  # (B, T, F)
+        if self.activation == "swiglu":
+            h = F.silu(self.c_gate(x)) * h
+        elif self.activation == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        else:
+            h = F.relu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -143,8 +212,8 @@ class Block(nn.Module):
         super().__init__()
         self.norm = cfg["norm"]
         if self.norm != "none":
-            self.ln_1 = LayerNorm(cfg["n_embd"], cfg["bias"])
-            self.ln_2 = LayerNorm(cfg["n_embd"], cfg["bias"])
+            self.ln_1 = make_norm(cfg, cfg["n_embd"])
+            self.ln_2 = make_norm(cfg, cfg["n_embd"])
         self.attn = CausalSelfAttention(cfg)
         self.mlp = MLP(cfg)
 
@@ -172,13 +241,13 @@ class TorchGPT(nn.Module):
         self.wte = nn.Embedding(V, C)
         if cfg["pos"] == "learned":
             self.wpe = nn.Embedding(cfg["block_size"], C)
-        else:
+        elif cfg["pos"] == "sinusoidal":
             # fixed, so a buffer; not persistent, so state_dict() keys stay equal to the params
             self.register_buffer("pos_table", sinusoidal_positions(cfg["block_size"], C), persistent=False)
         self.drop = nn.Dropout(cfg["dropout"])
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg["n_layer"]))
         if cfg["norm"] == "pre":
-            self.ln_f = LayerNorm(C, cfg["bias"])
+            self.ln_f = make_norm(cfg, C)
         if not cfg["tie_weights"]:
             self.lm_head = nn.Linear(C, V, bias=False)  # weight (V, C): logits = x @ Wᵀ
         self.reset_parameters()
@@ -230,10 +299,12 @@ class TorchGPT(nn.Module):
         }
 
     def positions(self, T):
-        """(T, C) position encodings added to the token embeddings."""
+        """(T, C) position encodings added to the token embeddings (zeros with RoPE or none)."""
         if self.cfg["pos"] == "learned":
             return self.wpe.weight[:T]
-        return self.pos_table[:T].to(self.wte.weight.dtype)
+        if self.cfg["pos"] == "sinusoidal":
+            return self.pos_table[:T].to(self.wte.weight.dtype)
+        return torch.zeros(T, self.cfg["n_embd"], dtype=self.wte.weight.dtype)
 
     def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, V), loss (mean cross-entropy over targets != -1) or None."""

@@ -6,9 +6,12 @@ Every architecture has its own count (architectures.TRAINING_BYTES); the GPT's a
 here, the museum's neural models' next to their parameters (museum/mlp.py, museum/common.py).
 
 A GPT step holds four copies of the parameters (weights, gradients, AdamW's m and v) and,
-per layer, what backward needs: about 17 (B, T, C) arrays (the inputs of the four linear
-layers and two norms, q/k/v, the 4C-wide MLP activations) and the (B, H, T, T) attention
-probabilities (the naive and blocked forms keep them; tiled keeps none).
+per layer, what backward needs: about 9 (B, T, C) arrays (the inputs of c_attn, c_proj and
+c_fc, two norms, q/k/v as attention sees them: with grouped KV heads copied out to all H),
+the MLP's (B, T, F) arrays (GELU/ReLU: its input and output, 2; SwiGLU: the gate before and
+after SiLU, the up projection and their product, 4), with QK-norm the normalised queries and
+keys ((H + Hkv) D), and the (B, H, T, T) attention probabilities (the naive and blocked forms
+keep them; tiled keeps none). GPT-2's 4C-wide MLP makes that 17 (B, T, C) arrays.
 """
 import os
 
@@ -16,7 +19,8 @@ from vintagelm.architectures import training_bytes
 from vintagelm.common import UserError
 from vintagelm.model import GPT
 
-ACTIVATIONS_PER_LAYER = 17  # (B, T, C) arrays kept per layer for backward (see above)
+ACTIVATIONS_PER_LAYER = 9  # (B, T, C) arrays kept per layer for backward, besides the MLP's (see above)
+MLP_ACTIVATIONS = {"gelu": 2, "relu": 2, "swiglu": 4}  # (B, T, F) arrays kept per layer by the MLP
 USABLE = 0.8  # of physical memory: the OS and the rest of the process need some
 
 
@@ -26,7 +30,9 @@ def gpt_training_bytes(config, batch_size, itemsize, train_tokens=0):
     B, T, C, L, H, V = (batch_size, config.block_size, config.n_embd, config.n_layer, config.n_head,
                         config.vocab_size)
     attention = 0 if config.attention == "tiled" else B * H * T * T
-    per_layer = ACTIVATIONS_PER_LAYER * B * T * C + attention
+    qk_norm = (H + config.kv_heads) * config.head_dim if config.qk_norm else 0
+    per_token = ACTIVATIONS_PER_LAYER * C + MLP_ACTIVATIONS[config.activation] * config.mlp_width + qk_norm
+    per_layer = B * T * per_token + attention
     return itemsize * (4 * GPT.param_count(config) + L * per_layer + 2 * B * T * V)  # + logits and their gradient
 
 

@@ -27,6 +27,27 @@ def qkv_heads(qkv, n_head):
     return qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
 
 
+def grouped_heads(qkv, n_head, n_kv_head):
+    """qkv (B, T, (H + 2 Hkv) D), c_attn's output: q, k, v laid side by side along the channels
+    -> q (B, H, T, D), k and v (B, Hkv, T, D), strided views (no copy). With Hkv = H these are
+    qkv_heads' views."""
+    B, T, width = qkv.shape
+    heads = qkv.reshape(B, T, n_head + 2 * n_kv_head, width // (n_head + 2 * n_kv_head)).transpose(0, 2, 1, 3)
+    return heads[:, :n_head], heads[:, n_head : n_head + n_kv_head], heads[:, n_head + n_kv_head :]
+
+
+def pack_heads(q, k, v):
+    """q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, T, (H + 2 Hkv) D): the inverse of
+    grouped_heads, in one new array."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    out = np.empty((B, T, H + 2 * Hkv, D), dtype=q.dtype)
+    out[:, :, :H] = q.transpose(0, 2, 1, 3)
+    out[:, :, H : H + Hkv] = k.transpose(0, 2, 1, 3)
+    out[:, :, H + Hkv :] = v.transpose(0, 2, 1, 3)
+    return out.reshape(B, T, (H + 2 * Hkv) * D)
+
+
 def split_qkv(qkv, n_head, scale=1.0):
     """qkv (B, T, 3C) -> q, k, v, each a contiguous (B, H, T, D) array; q is multiplied by
     `scale` in the same pass as its copy. Contiguous heads keep every batched matmul on BLAS."""
@@ -147,14 +168,29 @@ def attention_backward(dy, cache):
 def attention_decode(qkv, n_head, k_cache, v_cache, pos):
     """Attention for Tn new tokens at positions pos .. pos+Tn-1, reusing cached keys/values.
 
-    qkv (B, Tn, 3C); k_cache, v_cache (B, H, T_max, D) hold the keys and values of positions
-    < pos; this writes the new ones in place and attends over positions < pos + Tn.
-    -> y (B, Tn, C). Inference only: nothing is kept for a backward pass.
+    qkv (B, Tn, (H + 2 Hkv) D); k_cache, v_cache (B, Hkv, T_max, D) hold the keys and values of
+    positions < pos (Hkv = H but for grouped-query attention); this writes the new ones in
+    place and attends over positions < pos + Tn. -> y (B, Tn, H D). Inference only: nothing
+    is kept for a backward pass.
     """
-    Tn = qkv.shape[1]
-    q, k, v = qkv_heads(qkv, n_head)  # (B, H, Tn, D) views
+    return attention_decode_heads(*grouped_heads(qkv, n_head, k_cache.shape[1]), k_cache, v_cache, pos)
+
+
+def attention_decode_heads(q, k, v, k_cache, v_cache, pos):
+    """attention_decode on heads already split: q (B, H, Tn, D), k and v (B, Hkv, Tn, D), the
+    caches (B, Hkv, T_max, D), Hkv dividing H -> y (B, Tn, H D).
+
+    With grouped heads the cache holds Hkv heads only and is never copied out to H: the
+    H / Hkv query heads of a group (consecutive heads, as nn/sdpa.py's repeat_kv) share its
+    keys, so their queries are stacked as the rows of one product with those keys. The causal
+    mask then applies to each head's (Tn, pos + Tn) block of rows."""
+    B, H, Tn, D = q.shape
+    Hkv = k.shape[1]
     k_cache[:, :, pos : pos + Tn] = k
     v_cache[:, :, pos : pos + Tn] = v
-    keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, H, pos+Tn, D)
-    att = causal_softmax(q @ keys.transpose(0, 1, 3, 2), offset=pos, scale=1.0 / np.sqrt(q.shape[-1]))  # (B, H, Tn, pos+Tn)
-    return merge_heads(att @ values)
+    keys, values = k_cache[:, :, : pos + Tn], v_cache[:, :, : pos + Tn]  # (B, Hkv, pos+Tn, D)
+    q_groups = q.reshape(B, Hkv, (H // Hkv) * Tn, D)  # a view when Hkv = H
+    scores = q_groups @ keys.transpose(0, 1, 3, 2)  # (B, Hkv, H/Hkv * Tn, pos+Tn)
+    att = causal_softmax(scores.reshape(B, Hkv, H // Hkv, Tn, pos + Tn), offset=pos, scale=1.0 / np.sqrt(D))
+    y = att.reshape(scores.shape) @ values  # (B, Hkv, H/Hkv * Tn, D)
+    return merge_heads(y.reshape(B, H, Tn, D))

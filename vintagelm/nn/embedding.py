@@ -10,12 +10,16 @@ class EmbeddingCache(NamedTuple):
 
 
 def embedding_forward(idx, wte, wpe, start=0):
-    """idx (B, T) ids, wte (V, C), wpe (block_size, C) -> x (B, T, C) = wte[idx] + wpe[start:start+T].
+    """idx (B, T) ids, wte (V, C), wpe (block_size, C) or None -> x (B, T, C) = wte[idx] + wpe[start:start+T].
 
-    wpe is the learned position table or the fixed sinusoidal one; `start` is the position
+    wpe is the learned position table or the fixed sinusoidal one, or None where positions
+    enter elsewhere (RoPE rotates queries and keys) or not at all; `start` is the position
     of the first token (0 in training, the KV cache's length when decoding)."""
     T = idx.shape[1]
-    return wte[idx] + wpe[start : start + T], EmbeddingCache(idx, start)
+    x = wte[idx]  # (B, T, C), a copy
+    if wpe is not None:
+        x += wpe[start : start + T]
+    return x, EmbeddingCache(idx, start)
 
 
 def embedding_backward(dx, cache, dwte, dwpe=None):

@@ -8,12 +8,18 @@ backends changes which function runs and never what the model's code says.
 The gradient rule, for every backward that has parameters: it ADDS its gradient into the
 slot it is given (`dw += ...`), and the model zeroes the slots first, inside
 `with ops.gradients(grads, zero=True):`. Fan-out (a tied embedding used by the input and the
-output head) then needs no special case.
+output head) then needs no special case. (The fast backend zeroes lazily, at a slot's first
+write: an op that adds into a slot calls _zero_if_unwritten on it first, a no-op here.)
+
+The modern block's ops (RMSNorm, RoPE, SwiGLU, grouped KV heads, QK-norm) are entries too; the
+model calls the norms as (x, w, b, eps) and the MLPs with each layer's weight and bias side by
+side, whichever variant its config chose.
 """
 from contextlib import contextmanager
 from functools import partial
 
-from vintagelm.nn import attention, attention_tiled, dropout, embedding, linear, loss, mlp, norm
+from vintagelm.nn import (attention, attention_tiled, dropout, embedding, linear, loss, mlp, norm, rmsnorm, rope,
+                          sdpa, swiglu)
 
 ATTENTION_BLOCK = 64  # query rows per block of "blocked" attention: big enough to keep BLAS efficient
 
@@ -34,6 +40,12 @@ class ReferenceOps:
     cross_entropy_forward = staticmethod(loss.cross_entropy_forward)
     cross_entropy_backward = staticmethod(loss.cross_entropy_backward)
     attention_decode = staticmethod(attention.attention_decode)
+    attention_decode_heads = staticmethod(attention.attention_decode_heads)
+    rope_forward = staticmethod(rope.rope_forward)
+    rope_backward = staticmethod(rope.rope_backward)
+    repeat_kv_forward = staticmethod(sdpa.repeat_kv_forward)
+    repeat_kv_backward = staticmethod(sdpa.repeat_kv_backward)
+    qk_norm_forward = staticmethod(sdpa.qk_norm_forward)
 
     def __init__(self):
         # GPTConfig.attention -> (forward(qkv, n_head, dropout_p, rng), backward(dy, cache))
@@ -42,6 +54,40 @@ class ReferenceOps:
             "blocked": (partial(attention.attention_forward, chunk=ATTENTION_BLOCK), attention.attention_backward),
             "tiled": (attention_tiled.tiled_attention_forward, attention_tiled.tiled_attention_backward),
         }
+
+    @staticmethod
+    def rmsnorm_forward(x, w, b=None, eps=rmsnorm.RMS_EPS):
+        """nn/rmsnorm.py's, called as layer norm is; an RMS norm has no bias (b is None)."""
+        return rmsnorm.rmsnorm_forward(x, w, eps)
+
+    def rmsnorm_backward(self, dy, cache, dw, db=None):
+        self._zero_if_unwritten(dw)
+        return rmsnorm.rmsnorm_backward(dy, cache, dw)
+
+    def qk_norm_backward(self, dq, dk, cache, dw_q=None, dw_k=None):
+        self._zero_if_unwritten(dw_q)
+        self._zero_if_unwritten(dw_k)
+        return sdpa.qk_norm_backward(dq, dk, cache, dw_q, dw_k)
+
+    @staticmethod
+    def swiglu_forward(x, w_gate, b_gate, w_up, b_up, w_down, b_down):
+        """nn/swiglu.py's, with each layer's weight and bias side by side (as mlp_forward)."""
+        return swiglu.swiglu_forward(x, w_gate, w_up, w_down, b_gate, b_up, b_down)
+
+    def swiglu_backward(self, dy, cache, dw_gate, db_gate, dw_up, db_up, dw_down, db_down):
+        for slot in (dw_gate, db_gate, dw_up, db_up, dw_down, db_down):
+            self._zero_if_unwritten(slot)
+        return swiglu.swiglu_backward(dy, cache, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)
+
+    def norm(self, kind):
+        """GPTConfig.norm_type -> (forward(x, w, b, eps), backward(dy, cache, dw, db))."""
+        if kind == "rms":
+            return self.rmsnorm_forward, self.rmsnorm_backward
+        return self.layernorm_forward, self.layernorm_backward
+
+    def _zero_if_unwritten(self, slot):
+        """Nothing to do: gradients() zeroed every slot before the backward pass. The fast
+        backend's table zeroes a slot at its first write instead, and overrides this."""
 
     @staticmethod
     def residual_add(x, f):
