@@ -281,3 +281,14 @@ def test_log_softmax_is_stable_far_from_zero():
     np.testing.assert_allclose(log_softmax(np.array([1000.0, 0.0, -1000.0])), [0.0, -1000.0, -2000.0], atol=1e-12)
     z = rand(np.random.default_rng(6), 5, 7)
     np.testing.assert_allclose(log_softmax(z + 1e4), log_softmax(z), atol=1e-9)
+
+
+def test_gelu_keeps_float32():
+    """A float32 input stays float32 through GELU's forward and backward (a NumPy float64
+    scalar constant used to promote the whole (B, T, 4C) array, and the model's logits, to
+    float64 on the reference backend)."""
+    from vintagelm.nn.activation import gelu_backward, gelu_forward
+
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+    y, cache = gelu_forward(x)
+    assert y.dtype == np.float32 and gelu_backward(np.ones_like(x), cache).dtype == np.float32

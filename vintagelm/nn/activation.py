@@ -3,7 +3,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-GELU_K = np.sqrt(2.0 / np.pi)  # sqrt(2/pi), the tanh approximation's scale
+GELU_K = float(np.sqrt(2.0 / np.pi))  # sqrt(2/pi); a Python float, so float32 stays float32
 GELU_C = 0.044715  # the cubic coefficient of the tanh approximation
 
 
