@@ -2,11 +2,13 @@
 wrote: transformers loads the hf folder with AutoModelForCausalLM/AutoTokenizer, llama.cpp
 (through llama-cpp-python) runs the GGUF file, and the gguf package's own reader reads its keys.
 
-Runs: one per tokenizer kind (char; byte-level BPE with the GPT-2 split; BPE with the GPT-4
-split, fine-tuned for chat), each a small GPT with random weights large enough that every block
-moves the logits and a greedy continuation does not hang on a near tie. The truths are our own forward
-pass, encoder and chat prompt. llama.cpp tests are skipped only where llama_cpp is not
-importable (CI installs it).
+Runs: GPT-2-shaped, one per tokenizer kind (char; byte-level BPE with the GPT-2 split; BPE with
+the GPT-4 split, fine-tuned for chat), and Llama-shaped (RMSNorm, RoPE, SwiGLU): char with grouped
+KV heads and biases, BPE with one KV head and a tied head, and BPE with QK-norm (Qwen3 in
+transformers and llama.cpp), fine-tuned for chat. Each is a small GPT with random weights large
+enough that every block moves the logits and a greedy continuation does not hang on a near tie.
+The truths are our own forward pass, encoder and chat prompt. llama.cpp tests are skipped only
+where llama_cpp is not importable (CI installs it).
 Run: pytest -q tests/test_export.py
 """
 import argparse
@@ -38,11 +40,20 @@ PIECES = [  # what varied_texts strings are made of, beside words of the corpus
     "漢字", "한국어", "🌹", "👨‍👩‍👧", "e\u0301", "\u0915\u094d\u0937", "<|endoftext|>", "<|user|>", "<|end|>", "<|end",
     "|>", "<|", "<|unk|>", "",
 ]
-RUNS = {  # name -> (tokenizer maker, fine-tuned for chat)
-    "char": (lambda: CharTokenizer.train(CORPUS + EXTRA + "<|>"), False),
-    "bpe-gpt2": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt2"), False),
-    "bpe-gpt4": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt4"), True),
+LLAMA = {"norm_type": "rms", "pos": "rope", "activation": "swiglu", "bias": False, "tie_weights": False,
+         "n_head": 4, "n_kv_head": 2}  # the spec's Llama-shaped model, 4 heads of 8 sharing 2 KV heads
+RUNS = {  # name -> (tokenizer maker, fine-tuned for chat, GPTConfig switches, architecture exported)
+    "char": (lambda: CharTokenizer.train(CORPUS + EXTRA + "<|>"), False, {}, "gpt2"),
+    "bpe-gpt2": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt2"), False, {}, "gpt2"),
+    "bpe-gpt4": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt4"), True, {}, "gpt2"),
+    "llama-char": (lambda: CharTokenizer.train(CORPUS + EXTRA + "<|>"), False, {**LLAMA, "bias": True}, "llama"),
+    "llama-bpe-tied": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt2"), False,
+                       {**LLAMA, "n_kv_head": 1, "tie_weights": True}, "llama"),
+    "qwen3-bpe": (lambda: BPETokenizer.train(CORPUS + EXTRA, vocab_size=420, pattern="gpt4"), True,
+                  {**LLAMA, "qk_norm": True}, "qwen3"),
 }
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+GAINS = ("ln_1.weight", "ln_2.weight", "ln_f.weight", "q_norm.weight", "k_norm.weight")
 
 
 def vintage_export(*argv):
@@ -53,15 +64,14 @@ def vintage_export(*argv):
 
 
 def make_run(folder, tok, chat, seed=0, **config):
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, **config),
-                seed=seed, backend="reference")
+    shape = {"block_size": BLOCK, "n_layer": 2, "n_head": 2, "n_embd": 32, **config}
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **shape), seed=seed, backend="reference")
     rng = np.random.default_rng(seed)
     for name, p in model.params.items():  # weights that matter: every block changes the logits
         if p.ndim == 2:
             p[...] = rng.normal(0.0, 0.3, p.shape)
-        else:  # layer-norm gains around 1, biases around 0
-            gain = name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
-            p[...] = (1.0 if gain else 0.0) + rng.normal(0.0, 0.1, p.shape)
+        else:  # norm gains around 1, biases around 0
+            p[...] = (1.0 if name.endswith(GAINS) else 0.0) + rng.normal(0.0, 0.1, p.shape)
     train_state = {"train_config": {"data": "chat:builtin" if chat else "builtin:shakespeare"}}
     save_checkpoint(folder, 7, model, AdamW(model.params, lr=0.0), train_state, tokenizer=tok)
     return model
@@ -71,9 +81,9 @@ class Run:
     """A saved run, its model and tokenizer, and its exports, made once each on demand."""
 
     def __init__(self, name, folder):
-        make_tokenizer, self.chat = RUNS[name]
+        make_tokenizer, self.chat, config, self.arch = RUNS[name]
         self.name, self.folder, self.tok = name, folder, make_tokenizer()
-        self.model = make_run(folder / "run", self.tok, self.chat, seed=len(name))
+        self.model = make_run(folder / "run", self.tok, self.chat, seed=len(name), **config)
         self.exports = {}
 
     def export(self, fmt, dtype="f32"):
@@ -129,7 +139,7 @@ def run(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory):
-    name = next(name for name, (_, chat) in RUNS.items() if chat)
+    name = next(name for name, (_, chat, _, _) in RUNS.items() if chat)
     return Run(name, tmp_path_factory.mktemp("chat"))
 
 
@@ -140,8 +150,11 @@ def prompt_ids(run):
 # ---- transformers ----
 
 
-def hf_logits(folder, ids):
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+def hf_model(folder):
+    return transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def hf_logits(model, ids):
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()  # (T, V)
 
@@ -150,7 +163,9 @@ def test_hf_folder_gives_our_logits(run):
     folder = run.export("hf")
     ids = run.tok.encode(run.texts(1, seed=5)[0] + CORPUS[:200], allowed_special="all")[:BLOCK]
     ours = run.logits(ids)
-    rel = np.abs(hf_logits(folder, ids) - ours).max() / np.abs(ours).max()
+    model = hf_model(folder)
+    assert type(model).__name__ == HF_CLASSES[run.arch]
+    rel = np.abs(hf_logits(model, ids) - ours).max() / np.abs(ours).max()
     print(f"{run.name}: hf f32 max relative logit diff {rel:.2e} (logits up to {np.abs(ours).max():.1f})")
     assert rel < 1e-5  # float32 rounding, two orders of summation
 
@@ -162,7 +177,7 @@ def test_hf_folder_f16_weights_give_our_logits_within_f16(run):
     assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {np.dtype(np.float16)}
     ids = prompt_ids(run)
     ours = run.logits(ids)
-    rel = np.abs(hf_logits(folder, ids) - ours).max() / np.abs(ours).max()
+    rel = np.abs(hf_logits(hf_model(folder), ids) - ours).max() / np.abs(ours).max()
     print(f"{run.name}: hf f16 max relative logit diff {rel:.2e}")
     assert rel < 2e-2
 
@@ -215,36 +230,77 @@ def read_gguf(path):
     return {k: f.contents() for k, f in reader.fields.items()}, {t.name: t for t in reader.tensors}
 
 
-def test_gguf_keys_and_tensors_read_back(run):
-    fields, tensors = read_gguf(run.export("gguf"))
-    cfg, tok = run.model.config, run.tok
-    assert fields["general.architecture"] == "gpt2"
-    assert (fields["gpt2.context_length"], fields["gpt2.embedding_length"], fields["gpt2.block_count"],
-            fields["gpt2.feed_forward_length"], fields["gpt2.attention.head_count"]) == (BLOCK, 32, 2, 128, 2)
-    assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
+def test_gguf_hyperparameters_read_back(run):
+    fields, _ = read_gguf(run.export("gguf"))
+    cfg, arch = run.model.config, run.arch
+    assert fields["general.architecture"] == arch
+    expected = {"context_length": BLOCK, "embedding_length": 32, "block_count": 2, "attention.head_count": cfg.n_head}
+    if arch == "gpt2":
+        expected.update({"feed_forward_length": 128, "attention.layer_norm_epsilon": 1e-5})
+    else:  # SwiGLU's default width 8 * ceil(32 / 3); RoPE over each head of 32 / 4 channels
+        expected.update({"feed_forward_length": 88, "attention.head_count_kv": cfg.n_kv_head,
+                         "attention.layer_norm_rms_epsilon": 1e-5, "rope.freq_base": 10000.0,
+                         "rope.dimension_count": 8, "vocab_size": cfg.vocab_size})
+    assert {key: fields[f"{arch}.{key}"] for key in expected} == pytest.approx(expected)
+
+
+def test_gguf_tokenizer_keys_read_back(run):
+    from vintagelm.tokenizers.pretokenize import GPT4_PATTERN
+
+    fields, _ = read_gguf(run.export("gguf"))
+    tok = run.tok
     assert fields["tokenizer.ggml.model"] == "gpt2"
-    assert fields["tokenizer.ggml.pre"] == {"char": "gpt-2", "bpe-gpt2": "gpt-2", "bpe-gpt4": "dbrx"}[run.name]
-    assert len(fields["tokenizer.ggml.tokens"]) == cfg.vocab_size
+    assert fields["tokenizer.ggml.pre"] == ("dbrx" if getattr(tok, "pattern", None) == GPT4_PATTERN else "gpt-2")
+    assert len(fields["tokenizer.ggml.tokens"]) == run.model.config.vocab_size
     specials = list(tok.special_tokens)
     assert fields["tokenizer.ggml.tokens"][tok.n_ordinary:] == specials
     assert fields["tokenizer.ggml.token_type"][tok.n_ordinary:] == [gguf.TokenType.CONTROL] * len(specials)
     assert set(fields["tokenizer.ggml.token_type"][:tok.n_ordinary]) == {gguf.TokenType.NORMAL}
-    if run.name.startswith("bpe"):
+    if tok.type_name == "bpe":
         assert len(fields["tokenizer.ggml.merges"]) == len(tok.merges)
     eot, end = tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|end|>"]
     assert fields["tokenizer.ggml.bos_token_id"] == eot
     assert fields["tokenizer.ggml.eos_token_id"] == (end if run.chat else eot)
     assert fields["tokenizer.ggml.add_bos_token"] is False
     assert ("tokenizer.chat_template" in fields) == run.chat
-    # every tensor is one llama.cpp's gpt2 architecture knows, with GGUF's reversed dims
-    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GPT2]}
+
+
+def interleaved_pairs(w, n_head):
+    """w (n_head * D, C), each head's rows paired (i, i + D/2) as HF's rotate_half pairs them ->
+    the rows reordered so pair i is rows (2i, 2i + 1), the pairing of llama.cpp's `llama` RoPE:
+    interleaved row j of a head is half-split row j // 2 + (j % 2) * D / 2."""
+    D = w.shape[0] // n_head
+    return w[[h * D + j // 2 + (j % 2) * (D // 2) for h in range(n_head) for j in range(D)]]
+
+
+def test_gguf_tensors_are_our_weights_under_llama_cpp_names(run):
+    _, tensors = read_gguf(run.export("gguf"))
+    cfg, params = run.model.config, run.model.params
+    data = {name: np.asarray(t.data) for name, t in tensors.items()}  # (out, in): GGUF's dims reversed
+    # every tensor is one llama.cpp's architecture knows
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[run.arch.upper()]]}
     assert {name.replace("blk.0.", "blk.{bid}.").replace("blk.1.", "blk.{bid}.").rsplit(".", 1)[0]
             for name in tensors} <= known
-    assert len(tensors) == len(run.model.params)
     assert list(tensors["token_embd.weight"].shape) == [32, cfg.vocab_size]
-    assert list(tensors["blk.1.attn_qkv.weight"].shape) == [32, 96]
-    np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_qkv.weight"].data),
-                                  run.model.params["h.1.attn.c_attn.weight"].T)
+    np.testing.assert_array_equal(data["token_embd.weight"], params["wte.weight"])
+    assert ("output.weight" in data) == (not cfg.tie_weights)  # llama.cpp ties a head it does not find
+    c_attn = params["h.1.attn.c_attn.weight"]
+    if run.arch == "gpt2":
+        assert len(tensors) == len(params)
+        assert list(tensors["blk.1.attn_qkv.weight"].shape) == [32, 96]
+        np.testing.assert_array_equal(data["blk.1.attn_qkv.weight"], c_attn.T)
+        return
+    # c_attn [q | k | v] is three tensors (and its bias, when there is one, three more)
+    assert len(tensors) == len(params) + 2 * cfg.n_layer * (2 if cfg.bias else 1)
+    H, Hkv, D = cfg.n_head, cfg.n_kv_head, 8
+    q, k, v = c_attn[:, :H * D].T, c_attn[:, H * D:(H + Hkv) * D].T, c_attn[:, (H + Hkv) * D:].T
+    if run.arch == "llama":  # NORMAL-mode RoPE: q and k rows in interleaved pairs
+        q, k = interleaved_pairs(q, H), interleaved_pairs(k, Hkv)
+    else:
+        assert list(tensors["blk.1.attn_q_norm.weight"].shape) == [D]
+    for name, expected in (("attn_q", q), ("attn_k", k), ("attn_v", v)):
+        np.testing.assert_array_equal(data[f"blk.1.{name}.weight"], expected)
+    np.testing.assert_array_equal(data["blk.0.ffn_gate.weight"], params["h.0.mlp.c_gate.weight"].T)
 
 
 def test_gguf_f16_stores_matrices_in_half_and_vectors_in_single_precision(run):
@@ -314,7 +370,9 @@ def test_llama_cpp_logits_match_ours(run, dtype, cache, tolerance):
     """llama.cpp keeps its KV cache in f16 unless told otherwise, which alone costs up to 1e-3
     of the logits' scale; with an f32 cache, what remains (~3e-4) is its GELU, looked up in a
     table of f16 values (our logits with GELU's input and output rounded to f16 match llama.cpp's
-    to 2e-6). An f32 file is held to 1e-3 with an f32 cache, 2e-3 with the default."""
+    to 2e-6). An f32 file is held to 1e-3 with an f32 cache, 2e-3 with the default. Llama-shaped
+    runs have no GELU: llama.cpp's RoPE (NORMAL mode for llama, with q and k rows permuted; NEOX
+    for qwen3) and SwiGLU agree with ours to float32 rounding."""
     llama_cpp = llama_cpp_module()
     kv = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}[cache]
     llm = llama(run.export("gguf", dtype), logits_all=True, type_k=kv, type_v=kv)
@@ -326,9 +384,13 @@ def test_llama_cpp_logits_match_ours(run, dtype, cache, tolerance):
 
 
 def test_llama_cpp_greedy_continuation_is_ours(run):
+    """In f32: an f32 file and an f32 KV cache. (llama.cpp's default f16 cache moves logits by up
+    to 1e-3 of their scale, enough to flip a step whose two best tokens are that close: the
+    llama-char run has one, 8.7e-4 apart, at step 32.)"""
     from vintagelm.generate import generate
 
-    llm = llama(run.export("gguf"), logits_all=True)
+    f32 = llama_cpp_module().GGML_TYPE_F32
+    llm = llama(run.export("gguf"), logits_all=True, type_k=f32, type_v=f32)
     ids = prompt_ids(run)
     ours = list(generate(run.model, ids, 50, np.random.default_rng(0), temperature=0.0))
     llm.reset()
@@ -399,16 +461,32 @@ def test_a_museum_run_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("config, fmt, message", [
-    ({"norm": "post"}, "hf", "GPT-2-shaped"),
-    ({"pos": "sinusoidal"}, "gguf", "GPT-2-shaped"),
-    ({"activation": "relu"}, "gguf", "relu"),
+@pytest.mark.parametrize("config, message", [
+    ({"norm": "post"}, "norm='post' \\(a GPT-2-shaped model has 'pre'\\)"),
+    ({"pos": "sinusoidal"}, "pos='sinusoidal' \\(a GPT-2-shaped model has 'learned'\\)"),
+    ({"norm_type": "rms"}, "norm_type='rms' \\(a GPT-2-shaped model has 'layer'\\)"),
+    ({"n_kv_head": 1}, "n_kv_head=1 \\(a GPT-2-shaped model has 2\\)"),
+    ({**LLAMA, "norm_type": "layer"}, "norm_type='layer' \\(a Llama-shaped model has 'rms'\\)"),
+    ({**LLAMA, "pos": "none"}, "pos='none' \\(a Llama-shaped model has 'rope'\\)"),
+    ({**LLAMA, "activation": "gelu"}, "activation='gelu' \\(a Llama-shaped model has 'swiglu'\\)"),
+    ({**LLAMA, "norm": "post"}, "norm='post' \\(a Llama-shaped model has 'pre'\\)"),
+    ({**LLAMA, "qk_norm": True, "bias": True}, "qk_norm=True and bias=True"),
 ])
-def test_models_the_clients_compute_differently_are_refused(tmp_path, config, fmt, message):
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_models_the_clients_compute_differently_are_refused(tmp_path, config, message, fmt):
     make_run(tmp_path / "run", CharTokenizer.train(CORPUS), chat=False, **config)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as refusal:
         vintage_export(tmp_path / "run", "--format", fmt, "--out", tmp_path / "out")
+    assert "\n" not in str(refusal.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_relu_gpt2_is_refused_for_gguf_only(tmp_path):
+    make_run(tmp_path / "run", CharTokenizer.train(CORPUS), chat=False, activation="relu")
+    with pytest.raises(UserError, match="relu, and llama.cpp's gpt2 graph applies gelu"):
+        vintage_export(tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+    assert vintage_export(tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf") == 0  # GPT-2's relu
 
 
 def test_a_bpe_split_llama_cpp_does_not_know_is_refused_for_gguf(tmp_path):

@@ -2,10 +2,11 @@
 written with the `gguf` package (llama.cpp's own writer, on PyPI) from our arrays directly.
 
 The file holds the architecture's hyperparameters (layouts.py), the tokenizer (gguf_vocab.py),
-the chat template of a fine-tuned run, and every parameter under its GGUF name. In f16 the
-matrices are stored in half precision and the 1-D tensors (norms, biases) stay f32, as
-llama.cpp's own converter does. The file is written beside its name and renamed into place;
-a file already there is replaced only when an earlier export wrote it.
+the chat template of a fine-tuned run, and every parameter under its GGUF name (a Llama-shaped
+model's packed c_attn as three tensors, q, k and v). In f16 the matrices are stored in half
+precision and the 1-D tensors (norms, biases) stay f32, as llama.cpp's own converter does. The
+file is written beside its name and renamed into place; a file already there is replaced only
+when an earlier export wrote it.
 """
 import os
 from pathlib import Path
@@ -38,10 +39,8 @@ def write_gguf(source, out, dtype="float32"):
         try:
             add_metadata(writer, source, layout, dtype)
             add_tokenizer(writer, source, vocab)
-            for name, w in source.model.params.items():
-                gguf_name, transform = layout.gguf_name(name)
-                array = transform(w, config)
-                writer.add_tensor(gguf_name, np.ascontiguousarray(array, dtype if array.ndim > 1 else np.float32))
+            for name, array in layout.tensors(source.model):
+                writer.add_tensor(name, np.ascontiguousarray(array, dtype if array.ndim > 1 else np.float32))
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
