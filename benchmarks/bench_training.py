@@ -27,8 +27,7 @@ and on the Llama-shaped models (llama-tiny, llama-baby) in place of the three to
 The Llama-shaped models have tiny's and baby's sizes (layers, heads, width, block, batch) with
 n_kv_head = n_head / 2 and a SwiGLU hidden width of 8C/3 rounded up to a multiple of 8 (Llama's
 rule), which gives the three SwiGLU matrices the parameters of the GPT's two 4C ones (baby:
-exactly; tiny: 0.8% more). Until vintagelm's GPTConfig has the Llama fields (LlamaShape) its
-rows on them are skipped, saying so, and the torch rows start from torch's init (seed 0).
+exactly; tiny: 0.8% more).
 The torch rows clip the usual torch way (clip_grad_norm_, then step); vintagelm folds the clip
 factor into AdamW's pass, as `vintage train` does.
 
@@ -56,7 +55,6 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -87,45 +85,9 @@ LLAMA_SWITCHES = dict(norm_type="rms", pos="rope", activation="swiglu", qk_norm=
                       dropout=0.0)
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """A Llama-shaped model config under GPTConfig's field names, standing in for GPTConfig
-    while it lacks these fields (only the torch rows can run it)."""
-
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_kv_head: int
-    n_embd: int
-    mlp_hidden: int
-    rope_theta: float
-    norm_type: str
-    pos: str
-    activation: str
-    qk_norm: bool
-    bias: bool
-    tie_weights: bool
-    dropout: float
-    norm_eps: float
-
-    def to_dict(self):
-        return asdict(self)
-
-
-def llama_fields_missing():
-    """Why vintagelm cannot build a Llama-shaped model yet (a sentence), or None once GPTConfig
-    has every field of LlamaShape."""
-    have = {f.name for f in fields(GPTConfig)}
-    missing = [f.name for f in fields(LlamaShape) if f.name not in have]
-    return f"vintagelm's GPTConfig has no {', '.join(missing)} yet: no Llama-shaped GPT" if missing else None
-
-
 def llama_config(rope_theta=ROPE_THETA, norm_eps=RMS_EPS, **shape):
-    """A Llama-shaped model config of `shape` (sizes, n_kv_head, mlp_hidden): a GPTConfig once
-    it has the fields, a LlamaShape until then."""
-    config_class = LlamaShape if llama_fields_missing() else GPTConfig
-    return config_class(rope_theta=rope_theta, norm_eps=norm_eps, **LLAMA_SWITCHES, **shape)
+    """A Llama-shaped GPTConfig of `shape` (sizes, n_kv_head, mlp_hidden)."""
+    return GPTConfig(rope_theta=rope_theta, norm_eps=norm_eps, **LLAMA_SWITCHES, **shape)
 
 
 def swiglu_hidden(n_embd):
@@ -190,25 +152,14 @@ def torch_gpt(config):
     return TorchTrainer(model, "tests/torch_gpt.py, eager", fast_adamw=False)
 
 
-def vintagelm_trainer(config, backend):
-    if isinstance(config, LlamaShape):  # only while GPTConfig lacks the Llama fields
-        raise Skipped(llama_fields_missing())
-    return VintageTrainer(config, backend)
-
-
 def nanogpt_model(config):
     return load_nanogpt_style().from_numpy(config, initial_params(config))
 
 
 def llama_model(config):
-    """torch_llama.py's model: vintagelm's GPT's initial weights once GPTConfig builds the Llama
-    shape; until then torch's default init, seeded."""
-    import torch
-    from torch_llama import LlamaStyle, from_vintagelm
+    """torch_llama.py's model, holding vintagelm's GPT's initial weights."""
+    from torch_llama import from_vintagelm
 
-    if isinstance(config, LlamaShape):
-        torch.manual_seed(0)
-        return LlamaStyle(config)
     return from_vintagelm(GPT(config, seed=0, backend="reference"))
 
 
@@ -232,7 +183,7 @@ def compiled(model, source, batch):
 def build(name, config, batch):
     """The trainer of participant `name` on `config`; Skipped when it cannot run here."""
     if name.startswith("vintagelm-"):
-        return vintagelm_trainer(config, name.removeprefix("vintagelm-"))
+        return VintageTrainer(config, name.removeprefix("vintagelm-"))
     if name == "torch_gpt":
         return torch_gpt(config)
     needs(torch_missing())

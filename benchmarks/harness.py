@@ -241,16 +241,20 @@ def vm_hwm_kib():
 
 # --------------------------------------------------------------------------- per-op breakdown
 # category -> (owner, attributes). Owners, as `breakdown_owners` finds them: "ops" the model's
-# op table (nn/ops.py, fast/ops.py), "model" the model (its attention pair), "optimizer",
+# op table (nn/ops.py, fast/ops.py), "model" the model (the norm and MLP variants its config
+# chose, bound once in GPT._choose_variants), "heads" its attention heads (attention_heads.py:
+# the attention op; its RoPE, grouped-KV and QK-norm steps are op-table entries), "optimizer",
 # "train" the module of training_step (the grad_norm it calls). Time in nested timed calls
-# goes to the inner category: the fast backend's MLP calls the table's linear layers, so there
-# its matmuls count as matmuls; the reference MLP calls nn/linear.py directly, so there they
-# stay in the MLP's line.
+# goes to the inner category: the fast backend's MLPs call the table's linear layers, so there
+# their matmuls count as matmuls; the reference MLPs call nn/linear.py directly, so there they
+# stay in the MLP's line. A category the model never calls (RoPE in GPT-2) is left out.
 BREAKDOWN_TARGETS = {
     "matmuls (linear layers)": ("ops", ("linear_forward", "linear_backward")),
-    "MLP activation (reference: + its matmuls)": ("ops", ("mlp_forward", "mlp_backward")),
-    "attention": ("model", ("attention_forward", "attention_backward")),
-    "layer norm": ("ops", ("layernorm_forward", "layernorm_backward")),
+    "MLP activation (reference: + its matmuls)": ("model", ("mlp_forward", "mlp_backward")),
+    "attention": ("heads", ("attention_forward", "attention_backward")),
+    "RoPE, grouped KV, QK-norm": ("ops", ("rope_forward", "rope_backward", "repeat_kv_forward",
+                                          "repeat_kv_backward", "qk_norm_forward", "qk_norm_backward")),
+    "norms (layer or RMS)": ("model", ("norm_forward", "norm_backward")),
     "cross-entropy": ("ops", ("cross_entropy_forward", "cross_entropy_backward")),
     "embeddings": ("ops", ("embedding_forward", "embedding_backward")),
     "residual adds": ("ops", ("residual_add",)),
@@ -263,7 +267,7 @@ OTHER = "other (reshapes, gradient slots, Python)"
 def breakdown_owners(model, optimizer):
     from vintagelm import train
 
-    return {"ops": model.ops, "model": model, "optimizer": optimizer, "train": train}
+    return {"ops": model.ops, "model": model, "heads": model.heads, "optimizer": optimizer, "train": train}
 
 
 @contextmanager
@@ -317,7 +321,7 @@ def instrumented(owners, totals):
 def breakdown(trainer, batches, repeats=3):
     """{category: ms per step} of a vintagelm trainer (.model, .optimizer, .step(x, y)),
     median over `repeats` instrumented steps after one plain one, plus OTHER = the total minus
-    the categories, and "total"."""
+    the categories, and "total". Categories the model never called are left out."""
     trainer.step(*batches[0])
     owners = breakdown_owners(trainer.model, trainer.optimizer)
     runs = []
@@ -330,5 +334,5 @@ def breakdown(trainer, batches, repeats=3):
         totals[OTHER] = total - sum(totals.values())
         totals["total"] = total
         runs.append(totals)
-    keys = [*BREAKDOWN_TARGETS, OTHER, "total"]
+    keys = [*(k for k in BREAKDOWN_TARGETS if any(k in run for run in runs)), OTHER, "total"]
     return {k: 1000 * float(np.median([run.get(k, 0.0) for run in runs])) for k in keys}

@@ -4,11 +4,13 @@ memory children, the nanoGPT-style torch model and the Llama-style one (against
 transformers' LlamaForCausalLM). Timings themselves are not asserted
 (performance claims live in the benchmarks' output); what is asserted is what must hold
 whatever the machine's speed. Everything runs the tiny model for a round or two."""
+import io
 import json
 import os
 import platform
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +46,19 @@ def test_time_alternating_takes_turns_in_flipping_order():
     assert 0.030 <= np.median(samples["b"])
 
 
-def test_bench_training_json_contract(capsys, monkeypatch):
+def run_json(argv, gemm_shapes):
+    """bench_training.main(["--json", *argv]) with quick GEMM probe shapes -> its JSON result."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out):
+        mp.setattr(bench_training, "GEMM_SHAPES", gemm_shapes)
+        assert bench_training.main(["--json", *argv]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_bench_training_json_contract():
     assert harness.torch_reference_missing() is None  # torch is in the [test] extra: the references must run here
-    monkeypatch.setattr(bench_training, "GEMM_SHAPES", [(512, 384, 512), (256, 256, 256)])  # quick ones here
-    argv = ["--json", "--config", "tiny", "--rounds", "1", "--steps-per-round", "2", "--threads", "1",
-            "--backend", "both", "--no-compile", "--no-memory"]
-    assert bench_training.main(argv) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = run_json(["--config", "tiny", "--rounds", "1", "--steps-per-round", "2", "--threads", "1",
+                       "--backend", "both", "--no-compile", "--no-memory"], gemm_shapes=[(512, 384, 512), (256, 256, 256)])
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
     assert result["backends"] == ["fast", "reference"]
     assert result["fast_backend"]["lanes"] == 1  # one BLAS thread, one lane
@@ -108,10 +116,16 @@ def test_paired_mfu_divides_round_by_round():
     assert harness.paired_mfu(1e9, [0.5, 1.0, 1.0], [4.0, 2.0, 4.0]) == pytest.approx(0.5)
 
 
+# what each model's step calls: GPT-2 has no RoPE, grouped KV heads or QK-norm
+HEADS_STEPS = "RoPE, grouped KV, QK-norm"
+
+
 @pytest.mark.parametrize("backend", ["fast", "reference"])
-def test_breakdown_categories_add_up_and_patches_are_undone(backend):
-    config, batches = tiny_batches(3)
-    trainer = bench_training.VintageTrainer(config, backend)
+@pytest.mark.parametrize("config_name", ["tiny", "llama-tiny"])
+def test_breakdown_categories_add_up_and_patches_are_undone(backend, config_name):
+    bench = bench_training.MODELS[config_name]
+    batches = bench_training.make_batches(bench.config, bench.batch_size, 3)
+    trainer = bench_training.VintageTrainer(bench.config, backend)
     owners = harness.breakdown_owners(trainer.model, trainer.optimizer)
 
     def own_attributes():  # what each patched owner itself holds (None: it comes from the class)
@@ -126,7 +140,8 @@ def test_breakdown_categories_add_up_and_patches_are_undone(backend):
     # nested timed calls are not counted twice (that would drive "other" below zero), and the
     # named categories cover most of the step (an unpatched op would land in "other")
     assert -0.01 * total <= other < 0.25 * total
-    assert all(v > 0 for v in bd.values()) and list(bd) == list(harness.BREAKDOWN_TARGETS)
+    expected = [k for k in harness.BREAKDOWN_TARGETS if config_name.startswith("llama") or k != HEADS_STEPS]
+    assert all(v > 0 for v in bd.values()) and list(bd) == expected
 
 
 def test_bench_training_rejects_bad_numbers(capsys):
@@ -223,32 +238,26 @@ def test_llama_style_model_gives_transformers_logits_and_gradients(dtype_name, g
         check(p.grad, hf_params[name].grad)
 
 
-def test_llama_rows_run_and_vintagelm_waits_for_its_fields(capsys, monkeypatch):
+def test_llama_rows_run_beside_vintagelm():
     """llama-tiny: tiny's sizes, half the key/value heads, Llama's SwiGLU width (the GPT MLP's
-    parameters within 1%); the torch row runs; vintagelm's row is skipped, saying why, exactly
-    while GPTConfig lacks the Llama fields."""
+    parameters within 1%); vintagelm's row and the torch row both run it."""
     assert [bench_training.swiglu_hidden(c) for c in (128, 384)] == [344, 1024]
     for c in (128, 384):
         assert 3 * c * bench_training.swiglu_hidden(c) == pytest.approx(2 * c * 4 * c, rel=0.01)
-    monkeypatch.setattr(bench_training, "GEMM_SHAPES", [(256, 256, 256)])
-    argv = ["--json", "--config", "llama-tiny", "--rounds", "1", "--steps-per-round", "1", "--threads", "1",
-            "--no-compile", "--no-memory"]
-    assert bench_training.main(argv) == 0
-    entry = json.loads(capsys.readouterr().out)["llama-tiny"]
+    result = run_json(["--config", "llama-tiny", "--rounds", "1", "--steps-per-round", "1", "--threads", "1",
+                       "--no-compile", "--no-memory"], gemm_shapes=[(256, 256, 256)])
+    entry = result["llama-tiny"]
     assert {k: entry["model"][k] for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "batch_size")} \
         == dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=344, batch_size=12)
-    reason = bench_training.llama_fields_missing()
-    assert list(entry["participants"]) == (["torch-llama"] if reason else ["vintagelm-fast", "torch-llama"])
-    assert entry["skipped"] == ({"vintagelm-fast": reason} if reason else {})
-    assert entry["participants"]["torch-llama"]["tokens_per_s"] > 0
+    assert {k: entry["model"][k] for k in bench_training.LLAMA_SWITCHES} == bench_training.LLAMA_SWITCHES
+    assert list(entry["participants"]) == ["vintagelm-fast", "torch-llama"] and entry["skipped"] == {}
+    assert all(row["tokens_per_s"] > 0 for row in entry["participants"].values())
+    assert HEADS_STEPS in entry["breakdown_ms"]["vintagelm-fast"]
 
 
 def test_llama_style_model_starts_from_vintagelm_weights():
     """from_vintagelm: the same function as vintagelm's Llama-shaped GPT (float32: vintagelm
     takes RoPE's angles in float64, torch_llama as HF in float32)."""
-    reason = bench_training.llama_fields_missing()
-    if reason:
-        pytest.skip(reason)
     torch = harness.require_torch()
     from torch_llama import from_vintagelm
 

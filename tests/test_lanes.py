@@ -4,6 +4,7 @@ BLAS thread bookkeeping around the lanes."""
 import gc
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,28 @@ def test_run_lanes_runs_at_once_on_one_blas_thread_each_and_restores_the_count(b
     assert t0 == threading.get_ident() and t1 != t0
     assert n0 == n1 == 1
     assert lanes._openblas().threads() == 2
+
+
+def test_lanes_count_and_set_numpys_blas_when_another_openblas_is_loaded(monkeypatch):
+    """SciPy's wheels load an OpenBLAS of their own beside NumPy's, with its own thread count.
+    The lanes must follow NumPy's (the one its matmul calls): once, the first OpenBLAS found
+    was taken, which was SciPy's in some processes, and the benchmark reported 2 lanes after
+    setting NumPy's BLAS to 1 thread."""
+    pytest.importorskip("scipy.linalg")  # loads SciPy's OpenBLAS
+    blas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
+    ours = [c.filepath for c in blas.lib_controllers if Path(c.filepath).parent.name == "numpy.libs"]
+    others = [c.filepath for c in blas.lib_controllers if c.filepath not in ours]
+    if len(ours) != 1 or not others:
+        pytest.skip("needs NumPy's wheel OpenBLAS (numpy.libs/) and another one loaded beside it")
+    monkeypatch.delenv("VINTAGELM_LANES", raising=False)
+    lanes._openblas.cache_clear()  # looked up afresh, now that both are loaded
+    for numpy_threads, other_threads in ((1, 2), (2, 1)):
+        with blas.select(filepath=ours[0]).limit(limits=numpy_threads), \
+                blas.select(filepath=others[0]).limit(limits=other_threads):
+            assert lanes.lane_count() == numpy_threads
+            assert lanes.run_lanes([lambda: lanes._openblas().threads()] * 2) == [1, 1]
+            assert [c.num_threads for c in threadpoolctl.ThreadpoolController().select(filepath=ours[0]).lib_controllers] \
+                == [numpy_threads]
 
 
 def test_a_blas_worker_keeps_its_python_thread_state_between_lane_calls(blas_threads):

@@ -19,26 +19,34 @@ Set VINTAGELM_LANES=1 to turn lanes off (an escape hatch; backend="reference" ne
 """
 import ctypes
 import functools
+import importlib
 import os
 import threading
 
 _LANE_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void f(void *arg)
 
 
-class _OpenBLAS:
-    """The controls lanes need from NumPy's OpenBLAS (pthreads build), found via threadpoolctl
-    and called directly: a lane call sets the thread count twice, and threadpoolctl's own
-    setter costs ~18 us a call (and ignores every thread but the first that used it)."""
+PTHREADS = 1  # what openblas_get_parallel returns for OpenBLAS built with its own pthreads pool
 
-    def __init__(self, controller):
-        lib = ctypes.CDLL(controller.filepath)
+
+class _OpenBLAS:
+    """The controls lanes need from NumPy's OpenBLAS (pthreads build), called directly: a lane
+    call sets the thread count twice, and threadpoolctl's setter costs ~18 us a call.
+
+    `lib` resolves symbols as NumPy's matmul does (see _numpy_blas): another OpenBLAS in the
+    process (SciPy's wheels bring their own) has the same symbols, and controlling that one
+    instead would leave NumPy's thread count where it was."""
+
+    def __init__(self, lib):
         # NumPy's wheels rename OpenBLAS's symbols (scipy_openblas_get_num_threads64_)
-        names = [f"{prefix}openblas_{{}}_num_threads{suffix}" for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
-        affixed = next(name for name in names if hasattr(lib, name.format("get")))
-        self.threads = getattr(lib, affixed.format("get"))
+        names = [f"{prefix}openblas_{{}}{suffix}" for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+        affixed = next(name for name in names if hasattr(lib, name.format("get_num_threads")))
+        self.threads = getattr(lib, affixed.format("get_num_threads"))
         self.threads.argtypes, self.threads.restype = [], ctypes.c_int
-        self.set_threads = getattr(lib, affixed.format("set"))
+        self.set_threads = getattr(lib, affixed.format("set_num_threads"))
         self.set_threads.argtypes, self.set_threads.restype = [ctypes.c_int], None
+        self.parallel = getattr(lib, affixed.format("get_parallel"))  # 0 sequential, 1 pthreads, 2 OpenMP
+        self.parallel.argtypes, self.parallel.restype = [], ctypes.c_int
         # int gotoblas_pthread(int n, void *function, void *args, int stride): calls
         # function(args + i * stride) for i < n, i = 0 on the calling thread, and returns
         # when all n calls have returned
@@ -50,18 +58,27 @@ class _OpenBLAS:
         self.pthread.restype = ctypes.c_int
 
 
+def _numpy_blas():
+    """A handle on NumPy's compiled core, through which a symbol resolves to the library that
+    NumPy's matmul calls: dlsym on a handle searches that object's own dependencies, whatever
+    else the process has loaded (os.RTLD_NOLOAD: the module is loaded already; nothing loads)."""
+    for name in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # NumPy 2, NumPy 1
+        try:
+            core = importlib.import_module(name)
+        except ImportError:
+            continue
+        return ctypes.CDLL(core.__file__, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    raise OSError("NumPy's compiled core was not found")
+
+
 @functools.cache
 def _openblas():
     """NumPy's OpenBLAS, when it can run our lanes on its threads; else None. Looked up once."""
     try:
-        import threadpoolctl
-
-        for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
-            if c.internal_api == "openblas" and c.threading_layer == "pthreads":
-                return _OpenBLAS(c)
-    except (ImportError, OSError, AttributeError, StopIteration):  # no threadpoolctl / library / symbol
-        pass
-    return None
+        blas = _OpenBLAS(_numpy_blas())
+    except (OSError, AttributeError, StopIteration):  # another BLAS, or no such symbol
+        return None
+    return blas if blas.parallel() == PTHREADS else None
 
 
 def lane_count():
