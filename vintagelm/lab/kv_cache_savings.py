@@ -13,10 +13,11 @@ position 0 .. block_size-1, so the window never restarts in the measured range; 
 time is the median over a few passes. Their logits are compared too: the cache is a saving of
 work, not an approximation.
 
-The price is memory: per layer, a key and a value of C numbers for every position, so
-    bytes = 2 (keys and values) * L * T * C * itemsize        (batch 1)
-measured here as the nbytes of kv_cache.KVCache's arrays (and what NumPy allocated for them)
-at growing context lengths T.
+The price is memory: per layer, a key and a value for every position, each Hkv heads of D
+numbers (Hkv = H, so Hkv D = C, but for grouped-query attention, --kv-heads), so
+    bytes = 2 (keys and values) * L * T * Hkv * D * itemsize        (batch 1)
+measured here as the nbytes of kv_cache.KVCache (and what NumPy allocated for it) at growing
+context lengths T.
 """
 TITLE = "Why generation keeps a KV cache: time per token against position, and what the cache weighs"
 HELP = "time per generated token vs position with and without the KV cache; the cache's bytes vs context"
@@ -29,6 +30,8 @@ VOCAB = 65  # the builtin Shakespeare's characters: a char model's head
 def add_arguments(p):
     p.add_argument("--block-size", type=int, metavar="T", help="context of the timed model (positions 0..T-1)")
     p.add_argument("--repeats", type=int, metavar="N", help="passes over the positions; each token's time is their median")
+    p.add_argument("--kv-heads", type=int, metavar="N",
+                   help="key/value heads, dividing the 4 query heads (default 4; fewer: grouped-query attention)")
 
 
 def run(args, page):
@@ -39,13 +42,16 @@ def run(args, page):
     from vintagelm.model import GPT, GPTConfig
 
     size = dict(QUICK if args.quick else DEFAULT)
-    for key, least in (("block_size", 2), ("repeats", 1)):
+    for key, least in (("block_size", 2), ("repeats", 1), ("kv_heads", 1)):
         if getattr(args, key) is not None:
             if getattr(args, key) < least:
                 raise UserError(f"--{key.replace('_', '-')} must be at least {least}")
             size[key] = getattr(args, key)
-    config = GPTConfig(vocab_size=VOCAB, block_size=size["block_size"], n_layer=size["n_layer"],
-                       n_head=size["n_head"], n_embd=size["n_embd"])
+    try:
+        config = GPTConfig(vocab_size=VOCAB, block_size=size["block_size"], n_layer=size["n_layer"],
+                           n_head=size["n_head"], n_embd=size["n_embd"], n_kv_head=size.get("kv_heads", 0))
+    except ValueError as e:  # kv heads that do not divide the query heads
+        raise UserError(f"--kv-heads {args.kv_heads}: {e}") from None
     model = GPT(config, seed=args.seed).eval()
     T, repeats = config.block_size, size["repeats"]
 
@@ -59,8 +65,7 @@ def run(args, page):
     cache_ms, plain_ms = [1000 * s for s in cached], [1000 * s for s in uncached]
     slope_cache, slope_plain = (float(np.polyfit(positions, ms, 1)[0]) * 100 for ms in (cache_ms, plain_ms))
     memory = cache_bytes(config, size["lengths"], model.dtype)
-    own = model.new_kv_cache()
-    own_bytes = int(own.k.nbytes + own.v.nbytes)
+    own_bytes = int(model.new_kv_cache().nbytes)
     memory_exponent = power_fit(memory["lengths"], memory["nbytes"])[0]
 
     page.results.update(
@@ -126,25 +131,26 @@ def time_positions(model, tokens, use_kv_cache, repeats, progress):
 
 
 def formula_bytes(config, length, dtype):
-    """2 (k and v) * L * T * C * itemsize: the cache of one sequence of `length` positions."""
+    """2 (k and v) * L * T * Hkv * D * itemsize: the cache of one sequence of `length` positions."""
     import numpy as np
 
-    return 2 * config.n_layer * length * config.n_embd * np.dtype(dtype).itemsize
+    return 2 * config.n_layer * length * config.kv_heads * config.head_dim * np.dtype(dtype).itemsize
 
 
 def cache_bytes(config, lengths, dtype):
-    """For each context length: the nbytes of a KVCache's k and v arrays, what NumPy allocated
-    while making one (tracemalloc), and the formula -> dict of lists."""
+    """For each context length: the nbytes of a KVCache shaped as the model's own (new_kv_cache:
+    its kv heads) but that long, what NumPy allocated while making one (tracemalloc), and the
+    formula -> dict of lists."""
     from vintagelm.kv_cache import KVCache
     from vintagelm.lab.measure import peak_bytes
 
     def make(T):
-        return KVCache(config.n_layer, 1, config.n_head, T, config.n_embd // config.n_head, dtype)
+        return KVCache(config.n_layer, 1, config.kv_heads, T, config.head_dim, dtype)
 
     nbytes, allocated = [], []
     for T in lengths:
         cache = make(T)
-        nbytes.append(int(cache.k.nbytes + cache.v.nbytes))
+        nbytes.append(int(cache.nbytes))
         del cache
         allocated.append(int(peak_bytes(lambda: make(T))))
     return dict(lengths=list(lengths), nbytes=nbytes, allocated_bytes=allocated,
@@ -166,13 +172,13 @@ def draw_timing(page, positions, cache_ms, plain_ms, config):
 
 def draw_memory(page, memory, exponent, config):
     fig, ax = page.figure("cache_bytes", f"KV cache size against context length ({config.n_layer} layers x "
-                          f"{config.n_embd} channels, batch 1), log-log")
+                          f"{config.kv_heads} kv heads of {config.head_dim}, batch 1), log-log")
     mib = [b / 2**20 for b in memory["nbytes"]]
     ax.loglog(memory["lengths"], mib, "o", ms=7, label=f"k.nbytes + v.nbytes (T^{exponent:.2f})")
     ax.loglog(memory["lengths"], [b / 2**20 for b in memory["allocated_bytes"]], "x", ms=9,
               label="allocated by NumPy (tracemalloc)")
     ax.loglog(memory["lengths"], [b / 2**20 for b in memory["formula_bytes"]], "-", lw=1,
-              label="2 L T C itemsize")
+              label="2 L T Hkv D itemsize")
     ax.set(xlabel="context length T", ylabel="MiB")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
@@ -183,7 +189,7 @@ def tables(page, positions, cache_ms, plain_ms, memory):
     shown = sorted({0, T // 8, T // 4, T // 2, 3 * T // 4, T - 1})
     page.table("milliseconds per token at some positions", ["position", "no cache", "KV cache", "speed-up"],
                [[t, f"{plain_ms[t]:.3f}", f"{cache_ms[t]:.3f}", f"{plain_ms[t] / cache_ms[t]:.1f}x"] for t in shown])
-    page.table("KV cache bytes against context length", ["T", "k + v nbytes", "allocated", "2 L T C itemsize"],
+    page.table("KV cache bytes against context length", ["T", "k + v nbytes", "allocated", "2 L T Hkv D itemsize"],
                list(zip(memory["lengths"], memory["nbytes"], memory["allocated_bytes"], memory["formula_bytes"])))
 
 
@@ -206,7 +212,11 @@ def say(page, r, config):
                 "more than rounding explains, so the cached path computes something else: a bug to chase."))
     exact = all(a == b for a, b in zip(m["nbytes"], m["formula_bytes"]))
     page.say(f"The cache grew as T^{m['exponent']:.2f} and its arrays "
-             f"{'matched' if exact else 'did not match'} 2 L T C itemsize at every length: "
+             f"{'matched' if exact else 'did not match'} 2 L T Hkv D itemsize at every length: "
              f"{m['formula_bytes'][0] // m['lengths'][0]:,} bytes per position for this model, "
              f"{m['nbytes'][-1] / 2**20:.1f} MiB at T = {m['lengths'][-1]}; the model's own new_kv_cache() "
              f"holds {m['model_cache_bytes'] / 2**20:.2f} MiB for its {config.block_size} positions.")
+    if config.kv_heads < config.n_head:
+        page.say(f"Its {config.n_head} query heads share {config.kv_heads} key/value heads (grouped-query "
+                 f"attention), so the cache is {config.n_head // config.kv_heads}x smaller than with a key and a "
+                 "value per query head.")

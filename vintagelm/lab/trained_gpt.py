@@ -1,7 +1,13 @@
 """Looking inside a trained GPT: load it from a run, name its tokens, recompute every head's
 attention weights and draw them. The attention-maps and embeddings experiments read runs with
-these, and `vintage report` draws a run's attention maps with the same two functions.
+these, and `vintage report` draws a run's attention maps with the same two functions. Only
+the experiments' run() imports this module, so it may import NumPy and the model at the top.
 """
+import numpy as np
+
+from vintagelm.attention_heads import AttentionHeads
+from vintagelm.nn.attention import causal_softmax, merge_heads, qkv_heads
+
 LABELLED = 48  # attention maps of prompts up to this many tokens get their tokens as tick labels
 
 
@@ -40,29 +46,45 @@ def attention_weights(model, ids):
 
     The residual stream x (1, T, C) is advanced by the model's own block_forward; at layer i
     the sublayer input h is ln_1(x) (pre-norm) or x (post-norm, none), and
-        qkv = h W_attn + b_attn (1, T, 3C) -> q, k, v (H, T, D)
+        qkv = h W_attn + b_attn (1, T, (H + 2 Hkv) D)
+    goes through the model's own heads (WeightHeads: QK-norm, RoPE, each kv head shared by its
+    group of query heads) to q, k, v (H, T, D), and
         P   = softmax(q kᵀ / sqrt(D) + causal mask)  (H, T, T), row t sums to 1 over j <= t."""
-    import numpy as np
-
-    from vintagelm.nn.attention import causal_softmax, merge_heads, qkv_heads
-
-    cfg, ops = model.config, model.ops
+    cfg = model.config
     idx = np.asarray([ids], dtype=np.int64)  # (1, T)
-    x, _ = ops.embedding_forward(idx, model.params["wte.weight"], model.pos_table, 0)  # (1, T, C)
-    maps, gap = [], 0.0
+    x, _ = model.ops.embedding_forward(idx, model.params["wte.weight"], model.pos_table, 0)  # (1, T, C)
+    heads, gap = WeightHeads(model), 0.0
     for i in range(cfg.n_layer):
+        p = f"h.{i}."
         h = x
         if cfg.norm == "pre":
-            h, _ = ops.layernorm_forward(x, *model.layer(f"h.{i}.ln_1"))
-        w, b = model.layer(f"h.{i}.attn.c_attn")  # (C, 3C), (3C,) or None
-        qkv = h.astype(np.float64) @ w + (0.0 if b is None else b)  # (1, T, 3C)
-        q, k, v = qkv_heads(qkv, cfg.n_head)  # (1, H, T, D) each
-        P = causal_softmax(q @ k.transpose(0, 1, 3, 2), scale=1.0 / np.sqrt(q.shape[-1]))  # (1, H, T, T)
-        maps.append(P[0])
+            h, _ = model.norm_forward(x, *model.layer(p + "ln_1"))
+        w, b = model.layer(p + "attn.c_attn")  # (C, (H + 2 Hkv) D), its bias or None
+        qkv = h.astype(np.float64) @ w + (0.0 if b is None else b)  # (1, T, (H + 2 Hkv) D)
+        ours, _ = heads.forward(qkv, model.qk_gains(p, model.params), None)  # (1, T, C); appends P to heads.maps
         x, cache = model.block_forward(x, i, None)  # rng None: no dropout, as in evaluation
-        ours = merge_heads(P @ v)  # (1, T, C): the attention output these weights give
         gap = max(gap, float(np.max(np.abs(ours - cache["attn_proj"].x))))  # the input the model fed c_proj
-    return maps, gap
+    return heads.maps, gap
+
+
+class WeightHeads(AttentionHeads):
+    """A model's attention heads, in float64, whose attention op is written out and keeps its
+    weights. Everything before the op is the model's own code (attention_heads.py), so every
+    switch (QK-norm, RoPE, grouped kv heads) reaches the weights as it reaches the model's
+    attention: the op is given q, k, v packed as (B, T, 3C), each kv head already copied to
+    its group of query heads."""
+
+    def __init__(self, model):
+        super().__init__(model.config, model.ops, np.float64)  # RoPE tables in float64
+        self.maps = []  # (H, T, T) per call: one per layer
+        self.attention_forward = self.explicit_attention
+
+    def explicit_attention(self, qkv, n_head, dropout, rng):
+        """qkv (1, T, 3C) -> (the heads' output (1, T, C), no cache); the weights go to maps."""
+        q, k, v = qkv_heads(qkv, n_head)  # (1, H, T, D) each
+        P = causal_softmax(q @ k.transpose(0, 1, 3, 2), scale=1.0 / np.sqrt(q.shape[-1]))  # (1, H, T, T)
+        self.maps.append(P[0])
+        return merge_heads(P @ v), None
 
 
 def draw_attention_maps(page, maps, labels):
