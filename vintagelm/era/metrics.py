@@ -18,7 +18,9 @@ given its seed and comparable across runs, architectures and tokenizers:
                         from the context's own window), scored by the mean per-token
                         log-likelihood of each candidate: accuracy and centred accuracy
                         (acc - 1/4) / (1 - 1/4). And "who speaks next" in the plays: the next
-                        speaker's name among four speakers of the same play.
+                        speaker's name among four speakers of the same play, after the scene
+                        so far (SPEAKER_CONTEXT_CHARS), scored by how much the scene raises
+                        each name's probability (see speaker_accuracy).
 5. the filter itself    precision and recall of the period filter on labelled paragraphs
                         (texts.py), the modern ones being the positives (what it should drop).
 
@@ -43,14 +45,19 @@ from vintagelm.flat_model import evaluating
 from vintagelm.nn.loss import log_softmax
 
 FORMAT = "vintagelm-era"  # era.json
-VERSION = 1
+VERSION = 2  # 2: who speaks next after the scene so far, scored by pointwise mutual information
 DEFAULT_BEFORE = 1900  # the cut-off when the run's dataset was prepared without one
 PROMPTS = ("", "The ", "I ", "And ", "It was ", "She ", "When ", "We ")  # neutral sample openings
 SAMPLE_TOKENS = 200
 MAX_SAMPLES = 1000  # 200,000 sampled tokens: more says no more about a share, and takes hours
 MAX_SURPRISE_BYTES = 1_000_000  # each text's bits per byte from its first 1 MB (unless max_batches)
 SAMPLE_TEMPERATURE = 0.8  # as `vintage sample`
-CONTEXT_LINES = 4  # lines of context before a cloze or speaker item
+CONTEXT_LINES = 4  # lines of context before a cloze item; a speaker item has at least these above it
+# The text before a speaker item's name: whole lines, at most this many characters. In the
+# builtin val plays the speaker before last (the next speaker 60% of the time: speakers take
+# turns) is in it for 99% of items; in CONTEXT_LINES lines, for 0.5%. A model sees as much
+# of it as its block holds.
+SPEAKER_CONTEXT_CHARS = 1500
 MIN_LINE_CHARS = 16  # a cloze line: at least this long, three words, some lower case
 EXAMPLES = 5  # examples kept per list in the report
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -340,11 +347,11 @@ def speaker_lines(lines):
             and not _HEADING.match(lines[i]) and len(lines[i]) <= 40]
 
 
-def speaker_items(documents, n, seed=0, context_lines=CONTEXT_LINES):
-    """Up to n items: the lines before a speaker's name (ending in the blank line), the name
-    and three other speakers of the same play, drawn in proportion to how often they speak (so
-    a guess by a name's frequency alone gains little). Plays with fewer than four speakers and
-    texts that are no plays give no items."""
+def speaker_items(documents, n, seed=0, context_chars=SPEAKER_CONTEXT_CHARS):
+    """Up to n items: the scene before a speaker's name (whole lines, at most context_chars
+    characters, ending in the blank line), the name and three other speakers of the same play,
+    drawn in proportion to how often they speak (so a guess by a name's frequency alone gains
+    little). Plays with fewer than four speakers and texts that are no plays give no items."""
     rng = np.random.default_rng([seed, 13])
     doc_lines = [d.split("\n") for d in documents]
     found = []  # (doc, line index, name)
@@ -353,7 +360,7 @@ def speaker_items(documents, n, seed=0, context_lines=CONTEXT_LINES):
         at = speaker_lines(lines)
         counts.append(Counter(lines[i] for i in at))
         if len(counts[d]) >= 4:
-            found += [(d, i, lines[i]) for i in at if i >= context_lines]
+            found += [(d, i, lines[i]) for i in at if i >= CONTEXT_LINES]
     items = []
     for k in rng.permutation(len(found))[:n]:
         d, i, name = found[k]
@@ -363,10 +370,58 @@ def speaker_items(documents, n, seed=0, context_lines=CONTEXT_LINES):
         names = [others[j] for j in chosen]
         answer = int(rng.integers(4))
         names.insert(answer, name)
-        context = "\n".join(doc_lines[d][i - context_lines:i]) + "\n"  # ends in the blank line
-        items.append(ChoiceItem(context, [m + "\n" for m in names], answer, d, i, (i - context_lines, i + 1),
-                                []))
+        lo = first_line_within(doc_lines[d], i, context_chars)
+        context = "\n".join(doc_lines[d][lo:i]) + "\n"  # ends in the blank line
+        items.append(ChoiceItem(context, [m + "\n" for m in names], answer, d, i, (lo, i + 1), []))
     return items
+
+
+def first_line_within(lines, i, max_chars):
+    """The first of the whole lines before line i that together (each with its newline) take at
+    most max_chars characters; line i - 1 always, however long."""
+    lo, size = i - 1, len(lines[i - 1]) + 1
+    while lo > 0 and size + len(lines[lo - 1]) + 1 <= max_chars:
+        lo -= 1
+        size += len(lines[lo]) + 1
+    return lo
+
+
+def speaker_before_last(item):
+    """The name (with its newline) of the speaker before the last one in a speaker item's
+    context, or None when the context shows fewer than two speeches."""
+    lines = item.context.split("\n")
+    at = speaker_lines(lines)
+    return lines[at[-2]] + "\n" if len(at) >= 2 else None
+
+
+def speaker_accuracy(model, tokenizer, items, batch_size=32):
+    """Who speaks next. Each candidate name is scored by how much the scene raises its
+    probability: log p(name | context) - log p(name | a bare blank line), the pointwise mutual
+    information of the name and the scene. What a name costs on its own (its length, its
+    letters, whether the training plays ever gave it a speech) is in both terms and cancels,
+    so a model that learnt nothing of the scene scores chance, and one that follows who
+    speaks to whom scores above it. (Scored by its mean log-likelihood per token alone, as
+    before version 2, a name scored mostly that cost: trained models chose the name the
+    training plays give most speeches, and a model that spells names well chooses the
+    longest, its tail costing almost nothing; on the held-out plays both are worth less
+    than chance.) -> accuracy against chance 1/4, its interval, centred accuracy, and what
+    naming the speaker before last would score (split credit when that name is not a
+    candidate). Items with characters the tokenizer cannot encode are skipped and counted."""
+    usable = [it for it in items if not split_unknown(tokenizer, it.context + "".join(it.candidates))[1]]
+    names = sorted({name for it in usable for name in it.candidates})
+    blank = tokenizer.encode_ordinary("\n\n")
+    unconditioned = token_logprobs(model, [(blank, tokenizer.encode_ordinary(name)) for name in names], batch_size)
+    prior = {name: lp.sum() for name, lp in zip(names, unconditioned)}
+    seqs = [(tokenizer.encode_ordinary(it.context), tokenizer.encode_ordinary(c))
+            for it in usable for c in it.candidates]
+    totals = [lp.sum() for lp in token_logprobs(model, seqs, batch_size)]
+    credits, turns = [], []
+    for k, it in enumerate(usable):
+        credits.append(choice_credit([totals[4 * k + j] - prior[c] for j, c in enumerate(it.candidates)], it.answer))
+        before_last = speaker_before_last(it)
+        turns.append(choice_credit([c == before_last for c in it.candidates], it.answer))
+    return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable), "scoring": "pmi",
+            "before_last_baseline": float(np.mean(turns)) if turns else None}
 
 
 def choice_accuracy(model, tokenizer, items, batch_size=32):
@@ -463,7 +518,7 @@ def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0
     log("era: cloze and who speaks next, from the val split")
     documents = val_documents(dataset)
     cloze = choice_accuracy(model, tok, cloze_items(documents, n_cloze, seed))
-    speakers = choice_accuracy(model, tok, speaker_items(documents, n_speakers, seed))
+    speakers = speaker_accuracy(model, tok, speaker_items(documents, n_speakers, seed))
     log("era: the period filter on labelled paragraphs")
     labelled = texts.labelled_paragraphs() + texts.builtin_period_paragraphs(n_builtin, seed)
     return {"format": FORMAT, "version": VERSION, "checkpoint": str(ckpt.path), "step": ckpt.step,
@@ -507,6 +562,14 @@ def _choice_line(name, r):
             + (f", {r['skipped']} skipped (unknown characters)" if r.get("skipped") else ""))
 
 
+def _speaker_line(r):
+    if r.get("scoring") != "pmi":  # an era.json from before version 2
+        return _choice_line("who speaks next (mean log-likelihood per token, an unsound score)", r)
+    line = _choice_line("who speaks next (how much the scene raises each name)", r)
+    return line + (f"; naming the speaker before last would score {_pct(r['before_last_baseline'])}"
+                   if r["n"] else "")
+
+
 def format_card(report):
     """The era report as a readable card (a few dozen lines)."""
     s, smp, p, f = report["surprise"], report["samples"], report["pairs"], report["filter"]
@@ -532,8 +595,8 @@ def format_card(report):
                  f"sentence would score {_pct(p['shorter_baseline'])}")
     lines += [f"    most modern-leaning: {e['modern']!r} over {e['period']!r} by {-e['margin_nats']:.2f} nats"
               for e in p["most_modern"][:3]]
-    lines += ["held-out choices (mean log-likelihood per token, one of four):",
-              _choice_line("cloze, next line", report["cloze"]), _choice_line("who speaks next", report["speakers"])]
+    lines += ["held-out choices (one of four):", _choice_line("cloze, next line (mean log-likelihood per token)",
+                                                              report["cloze"]), _speaker_line(report["speakers"])]
     lines.append(f"the filter --before {f['before']} on {f['modern']} modern and {f['period']} period paragraphs: "
                  f"precision {_pct(f['precision'])}, recall {_pct(f['recall'])}, period kept {_pct(f['period_kept'])}")
     lines += [f"    missed ({m['year']}): {m['text'][:90]}" for m in f["misses"][:3]]
