@@ -187,3 +187,18 @@ def test_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "missing")
     with pytest.raises(UserError, match="neither a run directory nor a checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_from_before_the_modern_switches_loads_as_the_model_it_was(tmp_path):
+    """A GPT-2 checkpoint written before GPTConfig gained norm_type, norm_eps, rope_theta,
+    mlp_hidden, n_kv_head and qk_norm lacks them; their defaults are what it computed, so it
+    loads with the same logits. Any other missing field is still refused."""
+    model, opt = trained_pair()
+    ckpt = save(tmp_path / "run", 2, model, opt)
+    edit_state(ckpt, lambda s: [s["model_config"].pop(k) for k in GPTConfig.ADDED_WITH_DEFAULTS])
+    loaded = load_checkpoint(ckpt).model
+    x = np.arange(8).reshape(1, 8) % 20
+    np.testing.assert_array_equal(loaded.eval().forward(x)[0], model.eval().forward(x)[0])
+    edit_state(ckpt, lambda s: s["model_config"].pop("n_head"))
+    with pytest.raises(UserError, match="missing n_head"):
+        load_checkpoint(ckpt)

@@ -166,7 +166,9 @@ def load_checkpoint(path, dtype=None, with_optimizer=True, backend="auto", finit
     state = read_state(state_file)
     try:
         cls = model_class(state.get("architecture", "gpt"))  # (checkpoints before the field: GPT)
-        missing = sorted(f.name for f in fields(cls.config_class) if f.name not in state["model_config"])
+        later = getattr(cls.config_class, "ADDED_WITH_DEFAULTS", ())  # older checkpoints lack these
+        missing = sorted(f.name for f in fields(cls.config_class)
+                         if f.name not in state["model_config"] and f.name not in later)
         if missing:  # a default would load another model whose weights may still fit the shapes
             raise ValueError(f"missing {', '.join(missing)}")
         config = cls.config_class.from_dict(state["model_config"])

@@ -73,6 +73,11 @@ class GPTConfig(ConfigIO):
     #   64 rows (nn/ops.py) that skip the masked key blocks (same result, less work); "tiled":
     #   online softmax over tiles, memory linear in T (nn/attention_tiled.py)
 
+    # fields added after checkpoints were first written: their defaults ARE what every older
+    # checkpoint computed (LayerNorm at eps 1e-5, full heads, the 4C MLP), so a saved config that
+    # lacks them loads as the model it was; any other missing field is refused (checkpoint.py)
+    ADDED_WITH_DEFAULTS = ("norm_type", "norm_eps", "rope_theta", "mlp_hidden", "n_kv_head", "qk_norm")
+
     CHOICES = {
         "norm": ("pre", "post", "none"),
         "norm_type": ("layer", "rms"),
