@@ -67,7 +67,8 @@ def val_blocks(val, block_size, batch_size):
 
 
 def schedule(step, args, iters=None):
-    return lr_at(step, max_lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup, decay_steps=iters or args.iters)
+    return lr_at(step, learning_rate=args.lr, min_lr=args.min_lr, warmup_iters=args.warmup,
+                 lr_decay_iters=iters or args.iters)
 
 
 def train_vintagelm(config, init_params, data, args):
