@@ -27,5 +27,6 @@ EXPERIMENTS = {
     "tokenizers": "tokenizer_choice",
     "scaling": "scaling",
     "museum": "before_transformers",
+    "modern": "modern",
     "era": "era",
 }

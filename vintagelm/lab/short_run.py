@@ -4,9 +4,9 @@
 learning rate and its schedule, batch size, steps or seconds of training, warm-up, clipping)
 and what it records (the loss at every step, per-layer gradient norms, validation bits per
 byte). Each step is train.py's `training_step`, with the optimizer `vintage train` makes
-(optim.make_optimizer: AdamW with its default settings), and a model that carries its state
-across windows reads its streams in order as it does in `vintage train`, so what the lab
-measures is what `vintage train` does. Every experiment that
+(optim.make_optimizer: AdamW with its default settings, or the optimizer fields given), and
+a model that carries its state across windows reads its streams in order as it does in
+`vintage train`, so what the lab measures is what `vintage train` does. Every experiment that
 trains a model trains it here; save_run writes a short run as a run folder for `vintage doctor`.
 
 What the runs train on: `corpus()` (the builtin Shakespeare, character level, as `vintage
@@ -112,16 +112,17 @@ def cosine_schedule(lr, steps, warmup, min_lr_ratio):
 
 def short_run(config, data, steps, lr, batch_size=16, seed=0, warmup=0, grad_clip=1.0, min_lr_ratio=0.1,
               layer_norm_every=0, validation=None, seconds=None, lr_of=None, dtype=np.float32,
-              backend="auto", progress=None):
+              backend="auto", progress=None, optimizer_fields=None):
     """Train a fresh model of `config` on data.train for `steps` steps, or until `seconds` of
     training wall time (validation is not counted) -> RunRecord.
 
     The learning rate is `vintage train`'s warm-up and cosine decay over `steps` from peak `lr`,
     unless lr_of(step, training seconds so far) gives it. Divergence (a non-finite loss, or a
     loss above 1.5x the first and above ln V + 1) ends the run early. `progress` (a tqdm bar)
-    advances a step at a time, or by training seconds when `seconds` is the budget."""
+    advances a step at a time, or by training seconds when `seconds` is the budget.
+    optimizer_fields: TrainConfig's optimizer fields ({"optimizer": "muon", "muon_lr": 0.02}) over its defaults."""
     model = model_for(config)(config, seed=seed, dtype=dtype, backend=backend)
-    optimizer = make_optimizer(TrainConfig(learning_rate=lr, backend=backend), model)
+    optimizer = make_optimizer(TrainConfig(learning_rate=lr, backend=backend, **(optimizer_fields or {})), model)
     lr_of = lr_of or cosine_schedule(lr, steps, warmup, min_lr_ratio)
     validation = validation or Validation()
     rng = np.random.default_rng([seed, 2])
