@@ -4,6 +4,7 @@
                                                            # the fast backend
     python benchmarks/bench_training.py --backend both     # the reference backend as well
     python benchmarks/bench_training.py --config baby --rounds 5 --json
+    python benchmarks/bench_training.py --threads 1 --cpu-time  # on a machine others share
     python benchmarks/bench_training.py --both-envs        # then again with OPENBLAS_CORETYPE
                                                            # and OPENBLAS_L2_SIZE unset
 
@@ -35,7 +36,9 @@ Speed: the participants take turns in alternating rounds within this process (th
 every round, and each turn begins with an untimed step: harness.time_alternating); medians are
 reported because this machine's speed drifts between and within processes. A row's speed
 ratio is the median over rounds of its time over the baseline's within the round (paired: both
-ran in the same few seconds); the ratio of the two medians is shown beside it. Memory: each
+ran in the same few seconds); the ratio of the two medians is shown beside it. On a machine
+that other work shares, `--threads 1 --cpu-time` times every turn (and the GEMM probe) by the
+process's CPU seconds instead: what a step costs, not how long it waited for the core. Memory: each
 participant trains in a child process of its own and reports its peak RSS (a process-wide
 high-water mark cannot be split between participants sharing a process). MFU: model FLOPs per
 second over the float32 matmul FLOP/s NumPy reaches here, sampled in the same rounds
@@ -55,11 +58,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
-from harness import (BENCH_MODELS, BenchModel, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb, load_nanogpt_style,
-                    load_torch_reference, paired_mfu, set_threads, time_alternating, torch_adamw,
+from harness import (BENCH_MODELS, CPU_CLOCK, BenchModel, GemmProbe, blas_kernel, breakdown, child_peak_rss_mb,
+                    load_nanogpt_style, load_torch_reference, paired_mfu, set_threads, time_alternating, torch_adamw,
                     torch_missing, torch_reference_missing, torch_training_step)
 from vintagelm.backend import BACKENDS, fast_available
 from vintagelm.model import GPT, GPTConfig
@@ -218,7 +222,7 @@ def child_main(name, config_name, threads, steps=3):
 
 
 # --------------------------------------------------------------------------- measuring
-def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
+def measure(config_name, names, threads, rounds, steps_per_round, with_memory, clock=time.perf_counter):
     """One config's entry of run_bench's result."""
     bench = MODELS[config_name]
     config, tokens = bench.config, bench.batch_size * bench.config.block_size
@@ -231,8 +235,8 @@ def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
             skipped[name] = str(e)
     set_threads(threads)  # now that the torch models are built, torch is counted too
     steps = steps_per_round or (10 if tokens * config.n_embd < 2e6 else 2)
-    probe = GemmProbe(GEMM_SHAPES, steps)
-    samples = time_alternating({**trainers, "gemm": probe}, batches, rounds, steps)
+    probe = GemmProbe(GEMM_SHAPES, steps, clock)
+    samples = time_alternating({**trainers, "gemm": probe}, batches, rounds, steps, clock)
     gemm_rates = probe.gflops_per_round()
     baseline = names[0]
     # every row does the same work: counted by the baseline's model, or the first row's when it is skipped
@@ -253,7 +257,8 @@ def measure(config_name, names, threads, rounds, steps_per_round, with_memory):
         "ratios": {name: ratios(rows, samples, baseline, name) for name in rows if name != baseline}
         if baseline in rows else {},
         "skipped": skipped,
-        "breakdown_ms": {name: breakdown(t, batches) for name, t in trainers.items() if name.startswith("vintagelm-")},
+        "breakdown_ms": {name: breakdown(t, batches, clock=clock) for name, t in trainers.items()
+                         if name.startswith("vintagelm-")},
     }
 
 
@@ -269,12 +274,13 @@ def ratios(rows, samples, baseline, name):
 
 
 def run_bench(config_names, backends=("fast",), threads=2, rounds=7, steps_per_round=None, with_torch=True,
-              with_compile=True, with_memory=True):
+              with_compile=True, with_memory=True, cpu_time=False):
     """Everything this script prints, as one dict keyed by config name (+ top-level keys)."""
     result = {"environment": describe_env(os.environ), "blas_kernel": blas_kernel(), "threads": threads,
-              "backends": list(backends)}
+              "backends": list(backends), "clock": "process CPU time" if cpu_time else "wall clock"}
+    clock = CPU_CLOCK if cpu_time else time.perf_counter
     result.update({name: measure(name, participant_names(name, backends, with_torch, with_compile), threads, rounds,
-                                 steps_per_round, with_memory) for name in config_names})
+                                 steps_per_round, with_memory, clock) for name in config_names})
     if "fast" in backends:  # (read after the fast models are made: making one sets them)
         from vintagelm.fast.heap import reuse_freed_memory
         from vintagelm.fast.lanes import lane_count
@@ -290,7 +296,8 @@ def describe_env(env):
 
 
 def format_report(result, config_names):
-    lines = [f"# environment: {result['environment']}", f"BLAS: {result['blas_kernel']}, {result['threads']} threads"]
+    lines = [f"# environment: {result['environment']}",
+             f"BLAS: {result['blas_kernel']}, {result['threads']} threads; timed by the {result['clock']}"]
     if "fast_backend" in result:
         fast = result["fast_backend"]
         lines[-1] += (f"; fast backend: lanes (fast/lanes.py) {fast['lanes']}, freed memory kept for reuse "
@@ -342,12 +349,17 @@ def parse_args(argv):
     p.add_argument("--no-torch", action="store_true", help="time vintagelm alone")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd row")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time by the process's CPU seconds instead of the wall clock: what a step costs on a "
+                        "machine that other work shares (needs --threads 1: idle BLAS threads spin)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--both-envs", action="store_true",
                    help="run again in a child process with " + " and ".join(OPENBLAS_VARS) + " unset")
     args = p.parse_args(argv)
     if args.threads < 1 or args.rounds < 1 or (args.steps_per_round is not None and args.steps_per_round < 1):
         p.error("--threads, --rounds and --steps-per-round must be at least 1")
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time needs --threads 1 (with more, idle BLAS and OpenMP threads spin, and spinning is CPU time)")
     args.backends = ["fast", "reference"] if args.backend == "both" else [args.backend]
     if "fast" in args.backends and not fast_available():
         p.error("the fast backend needs numba (pip install -e '.[fast]'); or use --backend reference")
@@ -359,7 +371,8 @@ def main(argv=None):
     args = parse_args(argv)
     names = args.config or list(MODELS)
     result = run_bench(names, args.backends, args.threads, args.rounds, args.steps_per_round,
-                       with_torch=not args.no_torch, with_compile=not args.no_compile, with_memory=not args.no_memory)
+                       with_torch=not args.no_torch, with_compile=not args.no_compile, with_memory=not args.no_memory,
+                       cpu_time=args.cpu_time)
     print(json.dumps(result, indent=2) if args.json else format_report(result, names), flush=True)
     if not args.both_envs:
         return 0

@@ -146,9 +146,15 @@ def blas_kernel():
 
 
 # --------------------------------------------------------------------------- timing
-def time_alternating(trainers, batches, rounds, steps_per_round):
+# On one thread, the CPU seconds a step takes are what it costs whatever else the machine
+# runs meanwhile (a wall clock counts the time other processes held the core too). With more
+# threads they are not: OpenBLAS's and OpenMP's idle workers spin, and spinning is CPU time.
+CPU_CLOCK = time.process_time
+
+def time_alternating(trainers, batches, rounds, steps_per_round, clock=time.perf_counter):
     """{name: [seconds per step, one per round]}, the participants taking turns round by
-    round, in alternating order (so none always runs right after the same other one).
+    round, in alternating order (so none always runs right after the same other one), timed
+    by `clock` (CPU_CLOCK: the process's CPU seconds).
 
     Each turn starts with one untimed step: the other participant's idle threads keep
     spinning for a while after its last step (OpenBLAS's worker for ~0.1 s, OpenMP's), and
@@ -160,10 +166,10 @@ def time_alternating(trainers, batches, rounds, steps_per_round):
     for _ in range(rounds):
         for name in order:
             trainers[name].step(*batches[i % len(batches)])  # untimed: see the docstring
-            t0 = time.perf_counter()
+            t0 = clock()
             for k in range(steps_per_round):
                 trainers[name].step(*batches[(i + k) % len(batches)])
-            samples[name].append((time.perf_counter() - t0) / steps_per_round)
+            samples[name].append((clock() - t0) / steps_per_round)
         order.reverse()
         i += steps_per_round
     return samples
@@ -177,7 +183,7 @@ class GemmProbe:
     (cold caches), so its times are dropped here too: `steps_per_turn` is that function's
     steps_per_round."""
 
-    def __init__(self, shapes, steps_per_turn):
+    def __init__(self, shapes, steps_per_turn, clock=time.perf_counter):
         rng = np.random.default_rng(0)
         self.shapes = shapes
         self.operands = [
@@ -186,6 +192,7 @@ class GemmProbe:
             for M, K, N in shapes
         ]
         self.steps_per_turn = steps_per_turn
+        self.clock = clock
         self.rounds = []  # per turn: per shape, the seconds of each timed multiply
         self.calls = 0
 
@@ -194,9 +201,9 @@ class GemmProbe:
         self.calls += 1
         seconds = []
         for a, b, out in self.operands:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             np.matmul(a, b, out=out)
-            seconds.append(time.perf_counter() - t0)
+            seconds.append(self.clock() - t0)
         if first_of_turn:
             self.rounds.append([[] for _ in self.shapes])
         else:
@@ -287,7 +294,7 @@ def patched(owner, attr, value):
 
 
 @contextmanager
-def instrumented(owners, totals):
+def instrumented(owners, totals, clock=time.perf_counter):
     """Wrap the attributes of BREAKDOWN_TARGETS with timers adding into totals[category],
     undoing every patch on exit. Only this thread's calls are timed: what the fast backend's
     other lanes run happens inside this thread's timed call, and counts there."""
@@ -299,11 +306,11 @@ def instrumented(owners, totals):
             if threading.get_ident() != timing_thread:
                 return fn(*args, **kwargs)
             stack.append(0.0)
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - t0
+                elapsed = clock() - t0
                 nested = stack.pop()
                 totals[category] = totals.get(category, 0.0) + elapsed - nested
                 if stack:
@@ -318,19 +325,19 @@ def instrumented(owners, totals):
         yield totals
 
 
-def breakdown(trainer, batches, repeats=3):
+def breakdown(trainer, batches, repeats=3, clock=time.perf_counter):
     """{category: ms per step} of a vintagelm trainer (.model, .optimizer, .step(x, y)),
     median over `repeats` instrumented steps after one plain one, plus OTHER = the total minus
-    the categories, and "total". Categories the model never called are left out."""
+    the categories, and "total", timed by `clock`. Categories the model never called are left out."""
     trainer.step(*batches[0])
     owners = breakdown_owners(trainer.model, trainer.optimizer)
     runs = []
     for r in range(repeats):
         totals = {}
-        with instrumented(owners, totals):
-            t0 = time.perf_counter()
+        with instrumented(owners, totals, clock):
+            t0 = clock()
             trainer.step(*batches[(r + 1) % len(batches)])
-            total = time.perf_counter() - t0
+            total = clock() - t0
         totals[OTHER] = total - sum(totals.values())
         totals["total"] = total
         runs.append(totals)

@@ -1,8 +1,10 @@
-"""The two backends (vintagelm/backend.py): the fast one trains the same model to the same
-losses as the reference, and the reference path uses nothing of the fast machinery."""
+"""The two backends (vintagelm/backend.py): the fast one trains the same model, GPT-2-shaped
+and Llama-shaped, to the same losses as the reference, and the reference path uses nothing of
+the fast machinery."""
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,9 +15,15 @@ from vintagelm.train_config import tiny_model
 from vintagelm.optim import AdamW, clip_factor, grad_norm
 
 
-def train_losses(backend, dtype, steps=50, seed=0):
-    """Per-step training losses of the `tiny` preset's model on a fixed stream of batches."""
-    config = tiny_model()
+# the `tiny` preset's sizes in today's shape (Llama's: RMSNorm, RoPE, SwiGLU, half the kv heads,
+# no biases, an untied head), and with biases and QK-norm as well (SwiGLU's bias path)
+LLAMA = dict(norm_type="rms", pos="rope", activation="swiglu", n_kv_head=2, bias=False, tie_weights=False)
+SHAPES = {"gpt2": {}, "llama": LLAMA, "llama-bias-qk-norm": dict(LLAMA, bias=True, qk_norm=True)}
+
+
+def train_losses(backend, dtype, shape, steps=50, seed=0):
+    """Per-step training losses of the `tiny` preset's model (in `shape`) on a fixed stream of batches."""
+    config = replace(tiny_model(), **SHAPES[shape])
     model = GPT(config, seed=seed, dtype=dtype, backend=backend)
     optimizer = AdamW(model.params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, backend=backend)
     rng = np.random.default_rng(seed)
@@ -32,9 +40,17 @@ def train_losses(backend, dtype, steps=50, seed=0):
     return np.array(losses)
 
 
-@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-4), (np.float64, 1e-10)], ids=["f32", "f64"])
-def test_fast_trains_to_the_same_losses_as_the_reference(dtype, rtol):
-    reference, fast = train_losses("reference", dtype), train_losses("fast", dtype)
+F32, F64 = (np.float32, 1e-4), (np.float64, 1e-10)  # dtype, relative tolerance on every step's loss
+
+
+# Not llama-bias-qk-norm in float32: there the two backends' float32 roundings drift apart
+# chaotically as it memorises (3e-3 after 50 steps with the modern kernels off too); float64
+# holds the mathematics equal.
+@pytest.mark.parametrize("shape,dtype,rtol", [("gpt2", *F32), ("gpt2", *F64), ("llama", *F32), ("llama", *F64),
+                                              ("llama-bias-qk-norm", *F64)],
+                         ids=["gpt2-f32", "gpt2-f64", "llama-f32", "llama-f64", "llama-bias-qk-norm-f64"])
+def test_fast_trains_to_the_same_losses_as_the_reference(shape, dtype, rtol):
+    reference, fast = train_losses("reference", dtype, shape), train_losses("fast", dtype, shape)
     assert reference[-1] < reference[0] - 0.1  # it learned something, so the steps mattered
     assert np.max(np.abs(fast - reference) / reference) <= rtol
 

@@ -46,6 +46,14 @@ def test_time_alternating_takes_turns_in_flipping_order():
     assert 0.030 <= np.median(samples["b"])
 
 
+def test_the_cpu_clock_does_not_count_waiting():
+    # a sleeping step waits 30 ms and costs almost no CPU: the wall clock counts the wait,
+    # the CPU clock (--cpu-time) does not (as it does not count the time others held the core)
+    trainers = {"sleeper": SleepyTrainer("sleeper", 0.030, [])}
+    assert np.median(harness.time_alternating(trainers, [(None, None)], 2, 2)["sleeper"]) >= 0.030
+    assert np.median(harness.time_alternating(trainers, [(None, None)], 2, 2, clock=harness.CPU_CLOCK)["sleeper"]) < 0.015
+
+
 def run_json(argv, gemm_shapes):
     """bench_training.main(["--json", *argv]) with quick GEMM probe shapes -> its JSON result."""
     out = io.StringIO()
@@ -60,6 +68,7 @@ def test_bench_training_json_contract():
     result = run_json(["--config", "tiny", "--rounds", "1", "--steps-per-round", "2", "--threads", "1",
                        "--backend", "both", "--no-compile", "--no-memory"], gemm_shapes=[(512, 384, 512), (256, 256, 256)])
     assert isinstance(result["blas_kernel"], str) and result["blas_kernel"]
+    assert result["clock"] == "wall clock"
     assert result["backends"] == ["fast", "reference"]
     assert result["fast_backend"]["lanes"] == 1  # one BLAS thread, one lane
     on = platform.libc_ver()[0] == "glibc" and os.environ.get("VINTAGELM_REUSE_MEMORY", "1") != "0"
@@ -144,10 +153,11 @@ def test_breakdown_categories_add_up_and_patches_are_undone(backend, config_name
     assert all(v > 0 for v in bd.values()) and list(bd) == expected
 
 
-def test_bench_training_rejects_bad_numbers(capsys):
+@pytest.mark.parametrize("argv,says", [(["--rounds", "0"], "at least 1"), (["--cpu-time"], "needs --threads 1")])
+def test_bench_training_rejects_bad_arguments(capsys, argv, says):
     with pytest.raises(SystemExit) as exit_info:
-        bench_training.main(["--rounds", "0"])
-    assert exit_info.value.code == 2 and "at least 1" in capsys.readouterr().err
+        bench_training.main(argv)
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_torch_rows_are_skipped_with_a_reason_without_the_checkout(monkeypatch, tmp_path):
@@ -245,7 +255,8 @@ def test_llama_rows_run_beside_vintagelm():
     for c in (128, 384):
         assert 3 * c * bench_training.swiglu_hidden(c) == pytest.approx(2 * c * 4 * c, rel=0.01)
     result = run_json(["--config", "llama-tiny", "--rounds", "1", "--steps-per-round", "1", "--threads", "1",
-                       "--no-compile", "--no-memory"], gemm_shapes=[(256, 256, 256)])
+                       "--no-compile", "--no-memory", "--cpu-time"], gemm_shapes=[(256, 256, 256)])
+    assert result["clock"] == "process CPU time"
     entry = result["llama-tiny"]
     assert {k: entry["model"][k] for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "batch_size")} \
         == dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=344, batch_size=12)

@@ -1,10 +1,12 @@
 """The fast backend's compiled (numba) kernels equal the readable NumPy ops of nn/ within
-float32 rounding."""
+float32 rounding (and, for today's block's kernels, float64 rounding too)."""
 import numpy as np
 import pytest
 
-from vintagelm.fast import kernels  # needs numba: part of the [test] extra
-from vintagelm.nn import activation, attention, norm
+from vintagelm.fast import kernels, modern  # needs numba: part of the [test] extra
+from vintagelm.fast.ops import FastOps
+from vintagelm.nn import activation, attention, norm, rmsnorm, rope, sdpa, swiglu
+from vintagelm.nn.attention import grouped_heads
 from vintagelm.optim import AdamW
 
 
@@ -135,3 +137,128 @@ def test_fused_adamw_equals_numpy():
             opt.step(grads, lr=1e-2 * (step + 1) / 10)
     for n in params:
         close(twins["fast"][n], twins["reference"][n], 1e-5)
+
+
+# ---------------------------------------------------------------- today's block (fast/modern.py)
+# These kernels compile for float32 and float64: each is held to the reference within float32
+# rounding (1e-6 of the tensor's largest magnitude) and float64 rounding (1e-12).
+DTYPES = pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float64, 1e-12)], ids=["f32", "f64"])
+
+
+def randn(rng, dtype, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def grouped_views(rng, dtype, B=2, T=7, H=6, Hkv=2, D=16):
+    """q (B, H, T, D), k, v (B, Hkv, T, D): strided views of one c_attn output, as the
+    attention heads hand them to the ops (attention_heads.py)."""
+    return grouped_heads(randn(rng, dtype, B, T, (H + 2 * Hkv) * D), H, Hkv)
+
+
+@DTYPES
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 7, 64), (2, 9, 384)])
+def test_rmsnorm(dtype, tol, shape):
+    rng = np.random.default_rng(10)
+    x, dy = randn(rng, dtype, *shape, scale=3) + 1, randn(rng, dtype, *shape)
+    w = randn(rng, dtype, shape[-1]) + 1
+    y, cache = modern.rmsnorm_forward(x, w, 1e-5)
+    y_ref, cache_ref = rmsnorm.rmsnorm_forward(x, w, 1e-5)
+    assert y.dtype == dtype
+    close(y, y_ref, tol)
+    dx, dw = modern.rmsnorm_backward(dy, cache)
+    dw_ref = np.zeros_like(w)
+    close(dx, rmsnorm.rmsnorm_backward(dy, cache_ref, dw_ref), tol)
+    close(dw, dw_ref, tol)
+
+
+def test_rmsnorm_rows_are_independent_of_the_batch():
+    # the KV cache normalises one new position at a time; it must match the row in a batch exactly
+    rng = np.random.default_rng(11)
+    x, w = randn(rng, np.float32, 4, 33, 96), randn(rng, np.float32, 96)
+    y = modern.rmsnorm_forward(x, w)[0]
+    for i in (0, 17, 32):
+        assert np.array_equal(modern.rmsnorm_forward(x[1:2, i : i + 1], w)[0][0, 0], y[1, i])
+
+
+@DTYPES
+def test_rope_on_the_heads_views(dtype, tol):
+    rng = np.random.default_rng(12)
+    q, k, _ = grouped_views(rng, dtype)
+    cos, sin = rope.rope_tables(7, 16, theta=500.0, offset=3, dtype=dtype)
+    for x in (q, k):
+        y, cache = modern.rope_forward(x, cos, sin)
+        y_ref, cache_ref = rope.rope_forward(x, cos, sin)
+        close(y, y_ref, tol)
+        dy = randn(rng, dtype, *x.shape)
+        close(modern.rope_backward(dy, cache), rope.rope_backward(dy, cache_ref), tol)
+
+
+@DTYPES
+@pytest.mark.parametrize("n_rep", [1, 3, 6])
+def test_repeat_kv_backward_sums_each_group(dtype, tol, n_rep):
+    rng = np.random.default_rng(13)
+    dq, _, _ = grouped_views(rng, dtype)  # a strided (B, 6, T, D) view, as attention's dqkv gives
+    cache = sdpa.RepeatKVCache(n_rep)
+    close(modern.repeat_kv_backward(dq, cache), sdpa.repeat_kv_backward(dq, cache), tol)
+
+
+@DTYPES
+def test_swiglu_gate_and_its_backward(dtype, tol):
+    """h = silu(a) * u and, in a and u's place, their gradients, against nn/swiglu.py's silu
+    pair; a spans [-24, 24], SiLU's tails included."""
+    rng = np.random.default_rng(14)
+    F = 40
+    au, dh = randn(rng, dtype, 3, 5, 2 * F, scale=8), randn(rng, dtype, 3, 5, F)
+    a, u = au[..., :F].copy(), au[..., F:].copy()
+    s, act = swiglu.silu_forward(a)
+    close(modern.swiglu_gate(au), s * u, tol)
+    dau = modern.swiglu_gate_backward(dh, au)
+    assert dau is au  # written in place of a and u
+    close(dau[..., :F], swiglu.silu_backward(dh * u, act), tol)
+    close(dau[..., F:], dh * s, tol)
+
+
+def test_float32_silu_and_its_derivative_over_the_whole_range():
+    """The float32 kernels' sigmoid comes from their own exp (modern.exp32): against float64
+    over [-100, 100], silu(x) and silu'(x) within 1e-6 of their scale, and in the negative tail
+    (x < -4, where both are tiny) within 1e-6 of each value float32 holds with full precision."""
+    x = np.linspace(-100, 100, 400001).astype(np.float32)
+    au = np.concatenate([x, np.ones_like(x)])[None]  # u = 1: h = silu(x)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    for got, exact in ((modern.swiglu_gate(au)[0], x * s),
+                       (modern.swiglu_gate_backward(np.ones((1, x.size), np.float32), au.copy())[0, : x.size],
+                        s * (1 + x * (1 - s)))):
+        assert np.abs(got - exact).max() <= 1e-6 * np.abs(exact).max()
+        tail = (x < -4) & (np.abs(exact) > 1e-30)
+        assert np.all(np.abs(got - exact)[tail] <= 1e-6 * np.abs(exact)[tail])
+
+
+@DTYPES
+@pytest.mark.parametrize("bias", [False, True])
+def test_fast_swiglu_op_equals_the_reference(dtype, tol, bias):
+    """FastOps' SwiGLU (gate and up as one product, the gating kernel, the weight gradients
+    through the gradient slots) against nn/swiglu.py; every gradient is ADDED into its slot.
+    float32 within 1e-5: the products sum in another order."""
+    rng = np.random.default_rng(15)
+    C, F = 24, 40
+    x, dy = randn(rng, dtype, 2, 7, C), randn(rng, dtype, 2, 7, C)
+    weights = [randn(rng, dtype, *shape, scale=0.3) for shape in ((C, F), (C, F), (F, C))]
+    biases = [randn(rng, dtype, n) if bias else None for n in (F, F, C)]
+    ops = FastOps(dtype)
+    y, cache = ops.swiglu_forward(x, *(p for pair in zip(weights, biases) for p in pair))
+    y_ref, cache_ref = swiglu.swiglu_forward(x, *weights, *biases)
+    tol = max(tol, 1e-5)
+    close(y, y_ref, tol)
+    slots, slots_ref = ([np.ones_like(p) for p in (*weights, *biases) if p is not None] for _ in range(2))
+    dx = ops.swiglu_backward(dy, cache, *interleave(slots, bias))
+    dx_ref = swiglu.swiglu_backward(dy, cache_ref, *slots_ref[:3], *(slots_ref[3:] if bias else [None] * 3))
+    close(dx, dx_ref, tol)
+    for got, ref in zip(slots, slots_ref):
+        close(got - 1, ref - 1, tol)
+
+
+def interleave(slots, bias):
+    """[dw_gate, dw_up, dw_down, (db_gate, db_up, db_down)] -> FastOps' order: each weight's
+    slot beside its bias's (None without biases)."""
+    dws, dbs = slots[:3], slots[3:] if bias else [None] * 3
+    return [s for pair in zip(dws, dbs) for s in pair]

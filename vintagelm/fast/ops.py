@@ -6,6 +6,10 @@ What is replaced, and why:
   * layer norm, GELU, the attention softmax (float32): compiled kernels (kernels.py), one or
     two passes per row instead of a NumPy pass per sub-expression, split over the lanes; the
     MLP's first bias is added by the GELU kernel, in the same pass;
+  * today's block (modern.py; float32 and float64): RMSNorm, RoPE and the sum of the grouped
+    kv heads' gradients as one-pass kernels; SwiGLU's gate and up projections as one product
+    (their weights side by side) and its gating as one kernel pass each way, its weight
+    gradients through the gradient slots below;
   * attention: its batch split over the BLAS threads (attention.py, lanes.py);
   * gradient slots: the reference zeroes every slot and then adds into it. Here the zeroing
     is lazy: a slot not yet written in this backward IS zero, so the first gradient that
@@ -22,12 +26,13 @@ from functools import partial
 
 import numpy as np
 
-from vintagelm.fast import attention, heap
+from vintagelm.fast import attention, heap, modern
 from vintagelm.nn import attention as reference_attention
 from vintagelm.nn import norm
 from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.mlp import MLPCache
 from vintagelm.nn.ops import ATTENTION_BLOCK, ReferenceOps
+from vintagelm.nn.rmsnorm import RMS_EPS
 
 
 class FastOps(ReferenceOps):
@@ -84,23 +89,39 @@ class FastOps(ReferenceOps):
         if slot is not None and self._first_write(slot):
             slot.fill(0.0)
 
-    # ---------------------------------------------------------------- ops
-    def linear_backward(self, dy, cache, dw, db=None):
-        x, w = cache
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (N, IN), (N, OUT)
+    def _add_into(self, slot, value):
+        """slot += value, or slot = value at the slot's first write."""
+        if self._first_write(slot):
+            slot[...] = value
+        else:
+            slot += value
+
+    def _weight_grad(self, x2, dy2, dw):
+        """dw (IN, OUT) += x2ᵀ dy2 for x2 (N, IN), dy2 (N, OUT) (either may be a strided view
+        that BLAS reads as it is); at the slot's first write BLAS writes the product into it."""
         if not self._first_write(dw):
             dw += x2.T @ dy2
         elif dw.flags.c_contiguous:
             np.matmul(x2.T, dy2, out=dw)
         else:  # the output head's (C, V) view of wte (V, C): write the transposed product into wte
             np.matmul(dy2.T, x2, out=dw.T)
+
+    def _bias_grad(self, dy2, db):
+        """db (OUT,) += the column sums of dy2 (N, OUT), as a matrix-vector product: BLAS
+        streams dy once, on every thread."""
+        ones = np.ones(dy2.shape[0], dtype=dy2.dtype)
+        if self._first_write(db):
+            np.matmul(ones, dy2, out=db)
+        else:
+            db += ones @ dy2
+
+    # ---------------------------------------------------------------- ops
+    def linear_backward(self, dy, cache, dw, db=None):
+        x, w = cache
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (N, IN), (N, OUT)
+        self._weight_grad(x2, dy2, dw)
         if db is not None:
-            # the column sums as a matrix-vector product: BLAS streams dy once, on every thread
-            ones = np.ones(dy2.shape[0], dtype=dy2.dtype)
-            if self._first_write(db):
-                np.matmul(ones, dy2, out=db)
-            else:
-                db += ones @ dy2
+            self._bias_grad(dy2, db)
         return (dy2 @ w.T).reshape(x.shape)
 
     @staticmethod
@@ -145,6 +166,63 @@ class FastOps(ReferenceOps):
         if dwpe is not None:
             self._zero_if_unwritten(dwpe)
             dwpe[start : start + idx.shape[1]] += dx.sum(axis=0)
+
+
+    # ---------------------------------------------------------------- today's block (modern.py)
+    def rmsnorm_forward(self, x, w, b=None, eps=RMS_EPS):
+        if w is None:  # no gain (a bare QK-norm): the reference
+            return super().rmsnorm_forward(x, w, b, eps)
+        return modern.rmsnorm_forward(x, w, eps)
+
+    def rmsnorm_backward(self, dy, cache, dw, db=None):
+        if cache.w is None:
+            return super().rmsnorm_backward(dy, cache, dw, db)
+        dx, dw_rows = modern.rmsnorm_backward(dy, cache)
+        self._add_into(dw, dw_rows)
+        return dx
+
+    def rope_forward(self, x, cos, sin):
+        if cos.ndim != 2:  # a start per batch row (decoding rows of different lengths): the reference
+            return super().rope_forward(x, cos, sin)
+        return modern.rope_forward(x, cos, sin)
+
+    def rope_backward(self, dy, cache):
+        if cache.cos.ndim != 2:
+            return super().rope_backward(dy, cache)
+        return modern.rope_backward(dy, cache)
+
+    repeat_kv_backward = staticmethod(modern.repeat_kv_backward)
+
+    def swiglu_forward(self, x, w_gate, b_gate, w_up, b_up, w_down, b_down):
+        """nn.swiglu.swiglu_forward with the gate and up projections as one product, their
+        weights side by side (measured: ~3% faster than two products, the copy included), and
+        the gating in one kernel pass."""
+        au, _ = self.linear_forward(x, _side_by_side(w_gate, w_up), _side_by_side(b_gate, b_up))  # (..., 2F)
+        y, down = self.linear_forward(modern.swiglu_gate(au), w_down, b_down)  # (..., C)
+        return y, modern.SwiGLUCache(x, au, w_gate, w_up, down)
+
+    def swiglu_backward(self, dy, cache, dw_gate, db_gate, dw_up, db_up, dw_down, db_down):
+        """nn.swiglu.swiglu_backward: da and du are written in the place of a and u, and dx
+        is one product with the side-by-side weights."""
+        dh = self.linear_backward(dy, cache.down, dw_down, db_down)  # (..., F)
+        F = dh.shape[-1]
+        x2 = cache.x.reshape(-1, cache.x.shape[-1])  # (N, C)
+        dau = modern.swiglu_gate_backward(dh, cache.au).reshape(-1, 2 * F)  # (N, 2F) [da | du]
+        for half, dw, db in ((slice(None, F), dw_gate, db_gate), (slice(F, None), dw_up, db_up)):
+            self._weight_grad(x2, dau[:, half], dw)
+            if db is not None:
+                self._bias_grad(dau[:, half], db)
+        return (dau @ _side_by_side(cache.w_gate, cache.w_up).T).reshape(cache.x.shape)
+
+
+def _side_by_side(a, b):
+    """[a | b] along the last axis: the gate's and the up projection's weights (C, F) each ->
+    (C, 2F), or their biases (F,) -> (2F,); None when neither has one (a missing one of the
+    two counts as zeros)."""
+    if a is None and b is None:
+        return None
+    a, b = (np.zeros_like(b) if a is None else a), (np.zeros_like(a) if b is None else b)
+    return np.concatenate([a, b], axis=-1)
 
 
 def _address(a):
