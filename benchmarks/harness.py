@@ -253,11 +253,13 @@ def vm_hwm_kib():
 # the attention op; its RoPE, grouped-KV and QK-norm steps are op-table entries), "optimizer",
 # "train" the module of training_step (the grad_norm it calls). Time in nested timed calls
 # goes to the inner category: the fast backend's MLPs call the table's linear layers, so there
-# their matmuls count as matmuls; the reference MLPs call nn/linear.py directly, so there they
-# stay in the MLP's line. A category the model never calls (RoPE in GPT-2) is left out.
+# their matmuls count as matmuls, but for the fast SwiGLU's backward (its gate and up
+# projections' products, written into the gradient slots directly); the reference MLPs call
+# nn/linear.py directly, so there they stay in the MLP's line. A category the model never
+# calls (RoPE in GPT-2) is left out.
 BREAKDOWN_TARGETS = {
     "matmuls (linear layers)": ("ops", ("linear_forward", "linear_backward")),
-    "MLP activation (reference: + its matmuls)": ("model", ("mlp_forward", "mlp_backward")),
+    "MLP (ref. & SwiGLU backward: + matmuls)": ("model", ("mlp_forward", "mlp_backward")),
     "attention": ("heads", ("attention_forward", "attention_backward")),
     "RoPE, grouped KV, QK-norm": ("ops", ("rope_forward", "rope_backward", "repeat_kv_forward",
                                           "repeat_kv_backward", "qk_norm_forward", "qk_norm_backward")),
