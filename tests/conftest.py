@@ -10,6 +10,8 @@ The errors are kept for the end of the run:
 import numpy as np
 import pytest
 
+from verse import verse
+
 _RECORDS = []  # (test node id, [Row, ...]) for every test that used the fixture
 
 
@@ -133,3 +135,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def backend(request):
     """Run a test on both backends (vintagelm/backend.py): they must give the same results."""
     return request.param
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, request):
+    """A scratch folder holding verse.txt (the module's VERSE_LINES lines, default 300), made the
+    working directory, with its own dataset cache: for tests that run `vintage` commands."""
+    (tmp_path / "verse.txt").write_text(verse(getattr(request.module, "VERSE_LINES", 300)))
+    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

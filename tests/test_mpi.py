@@ -18,7 +18,6 @@ import time
 import numpy as np
 import pytest
 
-from verse import verse
 from vintagelm.checkpoint import find_latest, load_checkpoint
 
 MODEL = ["--set", "n_layer=2", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=32",
@@ -39,12 +38,7 @@ def mpirun(n):
     return [launcher, *root, "--oversubscribe", "-n", str(n)]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    (tmp_path / "verse.txt").write_text(verse(400))
-    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+VERSE_LINES = 400  # verse.txt for the shared workdir fixture (conftest.py)
 
 
 def train(ranks, out, *extra, timeout=120):

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from verse import verse
 from vintagelm.checkpoint import load_checkpoint
 from vintagelm.cli import main
 
@@ -19,14 +18,6 @@ SMALL = {"mlp": ["--set", "n_embd=16", "--set", "hidden=32"],
 COMMON = ["--set", "block_size=16", "--set", "sample_tokens=0", "--set", "eval_interval=5", "--set", "eval_iters=2",
           "--set", "lr_decay_iters=20", "--set", "warmup_iters=2", "--set", "checkpoint_interval=10",
           "--batch-size", "4", "--no-progress"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    (tmp_path / "verse.txt").write_text(verse(300))
-    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def train(arch, out, *extra):

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from verse import verse
 from vintagelm import memory
 from vintagelm.cli import main
 from vintagelm.common import UserError
@@ -29,14 +28,6 @@ TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set"
 LSTM = ["--set", "n_embd=16", "--set", "block_size=16", "--batch-size", "4", "--set", "eval_iters=2",
         "--set", "sample_tokens=0", "--no-progress"]
 THESIS = "my thesis draft\nline2\n"
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    (tmp_path / "verse.txt").write_text(verse(300))
-    monkeypatch.setenv("VINTAGELM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def vintage(capsys, *args):
