@@ -42,6 +42,7 @@ from tqdm import tqdm
 from vintagelm.architectures import CountedModel, RecurrentModel, model_for
 from vintagelm.checkpoint import find_latest, linked_checkpoints, load_checkpoint, save_checkpoint
 from vintagelm.common import UserError, open_nofollow, write_json_atomic
+from vintagelm.data.loader import get_batch, stream_batch
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.interrupt import stop_on_interrupt
@@ -95,6 +96,18 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     # clipping: the optimizer reads the gradients times this factor (no pass of its own)
     optimizer.step(model.grads, lr=lr, grad_scale=clip_factor(norm, grad_clip or math.inf))
     return StepResult(loss, norm, True)
+
+
+def training_batch(model, tokens, batch_size, block_size, step, rng):
+    """The (x, y) of training step `step`, (B, T) each: random windows of `tokens` (get_batch), or
+    for a model that carries its state across windows the B streams in order (stream_batch; a
+    fresh state when they start over). The lab's short runs read their batches here too."""
+    if isinstance(model, RecurrentModel) and model.config.carry_state:
+        x, y, restart = stream_batch(tokens, batch_size, block_size, step)
+        if restart:
+            model.reset_state()
+        return x, y
+    return get_batch(tokens, batch_size, block_size, rng)
 
 
 # ---------------------------------------------------------------- the loop
@@ -192,15 +205,10 @@ class Trainer:
         return scheduled * self.lr_scale
 
     def draw_batch(self):
-        """The step's global batch -> (x, y), (B, T) each: random windows of the train split, or
-        for a model that carries its state, each row's next window (data.loader.stream_batch)."""
+        """The step's global batch -> (x, y), (B, T) each (training_batch)."""
         cfg = self.cfg
-        if not self.carries_state:
-            return self.data.batch("train", cfg.batch_size, cfg.model.block_size, self.data_rng)
-        x, y, restart = self.data.stream(cfg.batch_size, cfg.model.block_size, self.step)
-        if restart:
-            self.model.reset_state()
-        return x, y
+        return training_batch(self.model, self.data.train, cfg.batch_size, cfg.model.block_size, self.step,
+                              self.data_rng)
 
     def train_step(self):
         """One optimizer step (or a skipped one) -> its metrics row."""

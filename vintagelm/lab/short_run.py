@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vintagelm.architectures import RecurrentModel, model_for
-from vintagelm.data.loader import get_batch, stream_batch
+from vintagelm.architectures import model_for
+from vintagelm.data.loader import get_batch
 from vintagelm.evaluate import evaluate_batches, token_byte_lengths
 from vintagelm.optim import layer_grad_norms, lr_at, make_optimizer
-from vintagelm.train import training_step
+from vintagelm.train import training_batch, training_step
 from vintagelm.train_config import TrainConfig
 
 VAL_FRACTION = 0.1  # the plays prepare's split puts in val (split_score < 0.1 at its default seed)
@@ -170,18 +170,6 @@ def short_run(config, data, steps, lr, batch_size=16, seed=0, warmup=0, grad_cli
     record.seconds = spent
     record.model = model
     return record
-
-
-def training_batch(model, tokens, batch_size, block_size, step, rng):
-    """The (x, y) of one training step, as `vintage train` reads them: random windows, or for a
-    model that carries its state across windows the B streams in order (a fresh state when they
-    start over)."""
-    if isinstance(model, RecurrentModel) and model.config.carry_state:
-        x, y, restart = stream_batch(tokens, batch_size, block_size, step)
-        if restart:
-            model.reset_state()
-        return x, y
-    return get_batch(tokens, batch_size, block_size, rng)
 
 
 def validate(model, data, batch_size, n_batches, seed, byte_lengths):
