@@ -134,6 +134,13 @@ def find_latest(run_dir):
     return found[-1] if found else None
 
 
+def run_dir_of(path):
+    """The run directory a checkpoint belongs to (RUN/checkpoints/step_N -> RUN); any other
+    folder (a run, a bare checkpoint directory) is its own."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
 def resolve_checkpoint(path):
     """A checkpoint directory, or a run directory (-> its latest checkpoint) -> checkpoint dir."""
     path = Path(path)

@@ -42,7 +42,6 @@ from tqdm import tqdm
 from vintagelm.architectures import CountedModel, RecurrentModel, model_for
 from vintagelm.checkpoint import find_latest, linked_checkpoints, load_checkpoint, save_checkpoint
 from vintagelm.common import UserError, open_nofollow, write_json_atomic
-from vintagelm.data.loader import get_batch, stream_batch
 from vintagelm.data.resolve import resolve_dataset
 from vintagelm.evaluate import estimate_val, token_byte_lengths
 from vintagelm.interrupt import stop_on_interrupt
@@ -98,16 +97,16 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     return StepResult(loss, norm, True)
 
 
-def training_batch(model, tokens, batch_size, block_size, step, rng):
-    """The (x, y) of training step `step`, (B, T) each: random windows of `tokens` (get_batch), or
-    for a model that carries its state across windows the B streams in order (stream_batch; a
-    fresh state when they start over). The lab's short runs read their batches here too."""
+def training_batch(model, data, batch_size, block_size, step, rng):
+    """The (x, y) of training step `step`, (B, T) each, from a dataset's train split: random
+    windows (data.batch), or for a model that carries its state across windows the B streams in
+    order (data.stream; a fresh state when they start over). The lab's short runs draw here too."""
     if isinstance(model, RecurrentModel) and model.config.carry_state:
-        x, y, restart = stream_batch(tokens, batch_size, block_size, step)
+        x, y, restart = data.stream(batch_size, block_size, step)
         if restart:
             model.reset_state()
         return x, y
-    return get_batch(tokens, batch_size, block_size, rng)
+    return data.batch("train", batch_size, block_size, rng)
 
 
 # ---------------------------------------------------------------- the loop
@@ -207,7 +206,7 @@ class Trainer:
     def draw_batch(self):
         """The step's global batch -> (x, y), (B, T) each (training_batch)."""
         cfg = self.cfg
-        return training_batch(self.model, self.data.train, cfg.batch_size, cfg.model.block_size, self.step,
+        return training_batch(self.model, self.data, cfg.batch_size, cfg.model.block_size, self.step,
                               self.data_rng)
 
     def train_step(self):

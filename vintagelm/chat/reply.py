@@ -41,7 +41,7 @@ class ChatModel:
         """A run directory (its latest checkpoint) or a checkpoint directory -> ChatModel."""
         from pathlib import Path
 
-        from vintagelm.checkpoint import load_checkpoint
+        from vintagelm.checkpoint import load_checkpoint, run_dir_of
 
         ckpt = load_checkpoint(path, with_optimizer=False, finite=True, backend=backend)
         if ckpt.tokenizer is None:
@@ -49,9 +49,7 @@ class ChatModel:
         if ckpt.tokenizer.vocab_size > ckpt.model.config.vocab_size:
             raise UserError(f"checkpoint {ckpt.path}: the tokenizer has {ckpt.tokenizer.vocab_size} ids but the "
                             f"model only {ckpt.model.config.vocab_size}")
-        run = Path(path).resolve()
-        default = run.parent.parent.name if run.parent.name == "checkpoints" else run.name
-        return cls(ckpt.model, ckpt.tokenizer, name or default, ckpt.path)
+        return cls(ckpt.model, ckpt.tokenizer, name or run_dir_of(Path(path).resolve()).name, ckpt.path)
 
     def encode_text(self, text):
         """Ordinary text -> (ids, characters dropped). Special-token strings stay text; a character

@@ -162,13 +162,14 @@ def era(args, ckpt, quiet):
     import json
 
     from vintagelm.common import write_json_atomic
-    from vintagelm.era.metrics import era_report, format_card, run_dataset, run_dir
+    from vintagelm.checkpoint import run_dir_of
+    from vintagelm.era.metrics import era_report, format_card, run_dataset
 
     dataset = run_dataset(ckpt, args.data, progress=not args.json, log=quiet)
     report = era_report(ckpt, dataset, text_file=args.text, samples=args.samples, before=args.before,
                         seed=args.seed, batch_size=args.batch_size, max_batches=args.max_batches,
                         progress=not args.json, log=quiet)
-    out = run_dir(ckpt.path) / "era.json"
+    out = run_dir_of(ckpt.path) / "era.json"
     write_json_atomic(out, report)
     if args.json:
         print(json.dumps(report))

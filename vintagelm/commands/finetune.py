@@ -47,7 +47,7 @@ def run(args):
     from vintagelm.checkpoint import read_state, resolve_checkpoint
     from vintagelm.common import UserError
     from vintagelm.train_config import TrainConfig, resolve_config
-    from vintagelm.era.metrics import run_dir
+    from vintagelm.checkpoint import run_dir_of
     from vintagelm.generate import SamplingSettings
     from vintagelm.tokenizers import load_tokenizer
     from vintagelm.rundir import saved_config
@@ -56,7 +56,7 @@ def run(args):
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty; give the run directory, or leave --out out for runs/<base>-chat")
     base_dir = Path(args.base)
-    out = args.out or f"runs/{run_dir(base_dir.resolve()).name}-chat"  # a checkpoint's run names it
+    out = args.out or f"runs/{run_dir_of(base_dir.resolve()).name}-chat"  # a checkpoint's run names it
     world = dist.world()  # one process, or the ranks of mpirun
     flags = dict(max_iters=args.max_iters, batch_size=args.batch_size, learning_rate=args.learning_rate,
                  seed=args.seed, out=out)

@@ -16,8 +16,21 @@ _DTYPES = ("uint16", "uint32")
 _HINT = "re-run `vintage prepare`"
 
 
+class TokenSplits:
+    """The batches of a dataset whose splits `train` and `val` are 1-D arrays of token ids (a
+    prepared dataset, or text a lab experiment tokenizes itself); the training loop draws here."""
+
+    def batch(self, split, batch_size, block_size, rng):
+        """batch_size random windows of one split (get_batch) -> (x, y) int64 (B, T)."""
+        return get_batch(getattr(self, split), batch_size, block_size, rng)
+
+    def stream(self, batch_size, block_size, step):
+        """Step `step` of consecutive windows of the train split (stream_batch)."""
+        return stream_batch(self.train, batch_size, block_size, step)
+
+
 @dataclass
-class PreparedDataset:
+class PreparedDataset(TokenSplits):
     path: Path
     meta: dict
     tokenizer: object  # a vintagelm.tokenizers tokenizer
@@ -28,14 +41,6 @@ class PreparedDataset:
     def location(self):
         """Where the dataset is, as a run records it (absolute, so another folder finds it)."""
         return str(Path(self.path).resolve())
-
-    def batch(self, split, batch_size, block_size, rng):
-        """batch_size random windows of one split (get_batch) -> (x, y) int64 (B, T)."""
-        return get_batch(getattr(self, split), batch_size, block_size, rng)
-
-    def stream(self, batch_size, block_size, step):
-        """Step `step` of consecutive windows of the train split (stream_batch)."""
-        return stream_batch(self.train, batch_size, block_size, step)
 
     def check(self, block_size):
         """A UserError now, not at the first evaluation minutes in, if a split is too short."""

@@ -542,13 +542,6 @@ def read_text_file(path):
         raise UserError(f"cannot read --text {path}: {e}") from None
 
 
-def run_dir(checkpoint_path):
-    """The run directory of a checkpoint (RUN/checkpoints/step_N -> RUN); a bare checkpoint
-    directory is its own."""
-    path = Path(checkpoint_path)
-    return path.parent.parent if path.parent.name == "checkpoints" else path
-
-
 # ---------------------------------------------------------------- the card as text
 def _pct(x):
     return "—" if x is None else f"{100 * x:.1f}%"

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vintagelm.architectures import model_for
-from vintagelm.data.loader import get_batch
+from vintagelm.data.loader import TokenSplits, get_batch
 from vintagelm.evaluate import evaluate_batches, token_byte_lengths
 from vintagelm.optim import layer_grad_norms, lr_at, make_optimizer
 from vintagelm.train import training_batch, training_step
@@ -51,7 +51,7 @@ def held_out_split():
 
 
 @dataclass
-class SplitData:
+class SplitData(TokenSplits):
     """What short_run and validate read from a dataset, for text an experiment prepares itself."""
     train: object  # (N_train,) token ids
     val: object  # (N_val,) token ids
@@ -143,7 +143,7 @@ def short_run(config, data, steps, lr, batch_size=16, seed=0, warmup=0, grad_cli
         for step in range(steps):
             t0 = perf_counter()
             now = lr_of(step, spent)
-            x, y = training_batch(model, data.train, batch_size, T, step, rng)
+            x, y = training_batch(model, data, batch_size, T, step, rng)
             loss, norm, stepped = training_step(model, optimizer, [(x, y)], now, grad_clip)
             record.losses.append(loss if math.isfinite(loss) else None)
             record.grad_norms.append(norm if math.isfinite(norm) else None)
