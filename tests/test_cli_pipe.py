@@ -11,11 +11,9 @@ import sys
 
 import pytest
 
-from verse import WORDS
+from verse import verse
 from vintagelm.cli import SIGPIPE_STATUS, main
 from vintagelm.data.prepare import prepare_dataset
-
-TEXT = "\n".join(" ".join(WORDS[i:i + 8]) for i in range(0, len(WORDS) - 8, 3)) + "\n"
 
 
 def vintage(*argv):
@@ -37,7 +35,7 @@ def into_a_closed_pipe(argv):
 def run_dir(tmp_path_factory):
     """A trained run (2 steps) for `vintage doctor`."""
     root = tmp_path_factory.mktemp("pipe")
-    (root / "verse.txt").write_text(TEXT * 20)
+    (root / "verse.txt").write_text(verse(100))
     prepare_dataset([str(root / "verse.txt")], "char", root / "ds", progress=False)
     assert main(["train", "--data", str(root / "ds"), "--out", str(root / "run"), "--max-iters", "2",
                  "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=16",
@@ -59,7 +57,9 @@ def test_help_into_a_closed_pipe_ends_quietly():
 
 
 def test_a_reader_that_stops_after_a_few_bytes_ends_a_long_output_quietly(tmp_path):
-    (tmp_path / "text.txt").write_text(TEXT * 100)  # ~300k ids printed: far more than a pipe holds
+    text = verse(8000)  # ~300k characters, so ~300k ids printed: several times the 64 KiB a pipe holds
+    assert len(text) > 4 * 64 * 1024
+    (tmp_path / "text.txt").write_text(text)
     assert main(["tokenizer", "train", "--type", "char", "--input", str(tmp_path / "text.txt"),
                  "--out", str(tmp_path / "tok.json")]) == 0
     proc = subprocess.Popen(vintage("tokenizer", "encode", tmp_path / "tok.json", "--file", tmp_path / "text.txt"),
