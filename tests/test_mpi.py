@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from vintagelm.checkpoint import find_latest, load_checkpoint
+from vintagelm.dist import parameter_owners
 
 MODEL = ["--set", "n_layer=2", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=32",
          "--set", "dropout=0.1", "--set", "sample_tokens=0", "--set", "eval_interval=5", "--set", "eval_iters=2",
@@ -57,9 +58,11 @@ def losses(run_dir):
 
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 1e-5)])
 @pytest.mark.parametrize("zero", [0, 1])
-def test_two_ranks_train_the_model_one_process_trains(workdir, dtype, rtol, zero):
-    train(0, "one", "--max-iters", "20", "--dtype", dtype)
-    done = train(2, "two", "--max-iters", "20", "--dtype", dtype, "--set", f"zero={zero}")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_ranks_train_the_model_one_process_trains(workdir, dtype, rtol, zero, optimizer):
+    train(0, "one", "--max-iters", "20", "--dtype", dtype, "--set", f"optimizer={optimizer}")
+    done = train(2, "two", "--max-iters", "20", "--dtype", dtype, "--set", f"zero={zero}", "--set",
+                 f"optimizer={optimizer}")
     assert done.stdout.count("done: step 20") == 1  # rank 0 alone speaks
     one, two = losses(workdir / "one"), losses(workdir / "two")
     assert len(one[0]) == len(two[0]) == 20
@@ -68,17 +71,34 @@ def test_two_ranks_train_the_model_one_process_trains(workdir, dtype, rtol, zero
     a = load_checkpoint(workdir / "one", dtype=dtype)
     b = load_checkpoint(workdir / "two", dtype=dtype)
     np.testing.assert_allclose(b.model.flat_params, a.model.flat_params, rtol=0, atol=100 * rtol)
-    for k, v in a.optimizer_state.items():  # the gathered ZeRO moments are AdamW's
+    assert set(b.optimizer_state) == set(a.optimizer_state)
+    for k, v in a.optimizer_state.items():  # the gathered ZeRO state is the one-process optimizer's
         np.testing.assert_allclose(b.optimizer_state[k], v, rtol=0, atol=100 * rtol * max(1.0, np.abs(v).max()))
 
 
 @pytest.mark.parametrize("first,second", [(2, 0), (0, 2)])
-def test_resume_moves_between_one_and_two_ranks(workdir, first, second):
-    train(0, "straight", "--max-iters", "20", "--dtype", "float64")
-    train(first, "moved", "--max-iters", "10", "--dtype", "float64", "--set", "zero=1")
-    train(second, "moved", "--resume", "--max-iters", "20")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_moves_between_one_and_two_ranks(workdir, first, second, optimizer):
+    train(0, "straight", "--max-iters", "20", "--dtype", "float64", "--set", f"optimizer={optimizer}")
+    train(first, "moved", "--max-iters", "10", "--dtype", "float64", "--set", "zero=1", "--set",
+          f"optimizer={optimizer}")
+    train(second, "moved", "--resume", "--max-iters", "20", *(["--set", "zero=1"] if second else []))
     straight, moved = losses(workdir / "straight"), losses(workdir / "moved")
     np.testing.assert_allclose(moved[0], straight[0], rtol=1e-9)
+
+
+def test_zero_muon_splits_the_optimizer_state_about_evenly_by_whole_parameters():
+    """Each parameter has one owner, and no rank holds more than its fair share plus one parameter."""
+    shapes = {"wte.weight": (65, 128), "h.0.attn.c_attn.weight": (128, 256), "h.0.mlp.c_fc.weight": (128, 344),
+              "h.0.mlp.c_proj.weight": (344, 128), "h.0.ln_1.weight": (128,), "ln_f.weight": (128,),
+              "h.1.attn.c_attn.weight": (128, 256), "h.1.mlp.c_fc.weight": (128, 344)}
+    sizes = {k: int(np.prod(v)) for k, v in shapes.items()}
+    for n in (1, 2, 3, 5):
+        owners = parameter_owners(shapes, n)
+        assert set(owners) == set(shapes) and set(owners.values()) <= set(range(n))
+        load = [sum(sizes[k] for k in shapes if owners[k] == r) for r in range(n)]
+        assert max(load) <= sum(sizes.values()) / n + max(sizes.values())
+        assert owners == parameter_owners(dict(reversed(shapes.items())), n)  # the same on every rank
 
 
 def test_a_killed_rank_ends_the_job_with_the_last_checkpoint_intact(workdir):

@@ -17,6 +17,14 @@ scalar Allreduce) for clipping, the AdamW update of slice r, and an Allgather of
 slices into every rank's full parameter buffer. A checkpoint gathers the slices into the
 ordinary AdamW state, so a ZeRO run resumes with or without ZeRO, on any number of ranks.
 
+Muon cannot take an element slice: Newton-Schulz orthogonalises each WHOLE matrix. So under
+optimizer=muon, ZeRO-1 (ZeroMuon) shards by whole parameters instead: each parameter is owned
+by one rank (the largest first, each to the rank owning the fewest elements so far), which
+alone keeps its optimizer state (Muon's momentum, or AdamW's m and v) and computes its update
+from the all-reduced gradient; then one Allreduce of a buffer that holds each rank's own
+parameters and zeros elsewhere hands every rank all of them (x + 0 is exactly x). Every
+parameter's update is the one-process Muon's to the bit. Its checkpoints hold Muon's state.
+
 The training loop (train.py) never imports this module: `vintage train` makes the world here
 (world(), an MPIWorld with world.Local's members) and the optimizer (make_optimizer), and
 hands both to train.train.
@@ -37,7 +45,9 @@ import sys
 import numpy as np
 
 from vintagelm.flat_model import flat_slices
-from vintagelm.optim import adamw_update, bias_corrections, clip_factor, decays, make_optimizer as one_process_optimizer
+from vintagelm.muon import muon_params
+from vintagelm.optim import (adamw_update, bias_corrections, clip_factor, decays, grad_norm,
+                             make_optimizer as one_process_optimizer, optimizer_for)
 from vintagelm.world import LOCAL
 
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")  # set by mpirun / mpiexec
@@ -123,9 +133,11 @@ def install_abort_hook(w):
 
 
 def make_optimizer(cfg, model, world):
-    """The optimizer of a run of `cfg` on `world`: ZeroAdamW when cfg.zero asks for ZeRO-1 and
-    there are several ranks, else the one-process one (optim.make_optimizer)."""
+    """The optimizer of a run of `cfg` on `world`: with ZeRO-1 asked for (cfg.zero) and several
+    ranks, ZeroAdamW, or ZeroMuon for optimizer=muon; else the one-process one (optim.make_optimizer)."""
     if cfg.zero and world.size > 1:
+        if cfg.optimizer == "muon":
+            return ZeroMuon(cfg, model, world)
         return ZeroAdamW(model, world, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     return one_process_optimizer(cfg, model)
 
@@ -237,3 +249,77 @@ class ZeroAdamW:
                 full[where] = saved.reshape(-1)
             shard[...] = full[self.lo:self.lo + self.shard]
         self.t = int(d["t"])
+
+
+def parameter_owners(shapes, size):
+    """{name: the rank that owns it} for ZeroMuon: the largest parameters first, each to the rank
+    holding the fewest elements so far (the lowest rank on a tie), so the optimizer state splits
+    about evenly however unequal the parameters are. The same on every rank (shapes are)."""
+    load, owners = [0] * size, {}
+    for name in sorted(shapes, key=lambda k: (-math.prod(shapes[k]), k)):
+        rank = min(range(size), key=lambda r: (load[r], r))
+        owners[name] = rank
+        load[rank] += math.prod(shapes[name])
+    return owners
+
+
+class ZeroMuon:
+    """ZeRO-1 for optimizer=muon: each rank keeps the optimizer state of the whole parameters it
+    owns (parameter_owners) and updates them alone; see the module docstring. Its state_dict is
+    one-process Muon's (gathered), so checkpoints do not know whether ZeRO was on."""
+
+    sharded = True
+
+    def __init__(self, cfg, model, world):
+        self.model, self.world = model, world
+        self.owners = parameter_owners(model.shapes, world.size)
+        mine = {k: p for k, p in model.params.items() if self.owners[k] == world.rank}
+        self.inner = optimizer_for(cfg, mine)  # a Muon over this rank's parameters only
+        self.slices = flat_slices(model.shapes)
+        self._params = np.zeros_like(model.flat_params)  # (n,) own parameters, zeros elsewhere
+        # the full state's layout, {key: (owner, shape)}: what a one-process Muon's state_dict holds
+        whole = set(muon_params(model.shapes))
+        self.layout = {f"{s}.{k}": (self.owners[k], shape) for k, shape in model.shapes.items()
+                       for s in (("momentum_buffer",) if k in whole else ("m", "v"))}
+
+    @property
+    def t(self):
+        return self.inner.t
+
+    def step_sharded(self, flat_grads, lr, grad_clip):
+        """All-reduce the gradients, clip by the global norm, update this rank's parameters and
+        share them -> (global gradient norm, whether the step was taken)."""
+        self.world.average(flat_grads)
+        norm = grad_norm(self.model.grads)
+        if not math.isfinite(norm):
+            return norm, False
+        self.inner.step(self.model.grads, lr=lr, grad_scale=clip_factor(norm, grad_clip or math.inf))
+        self._params[...] = 0
+        for name in self.inner.params:
+            where = self.slices[name]
+            self._params[where] = self.model.flat_params[where]
+        self.world.comm.Allreduce(self.world.MPI.IN_PLACE, self._params, op=self.world.MPI.SUM)
+        self.model.flat_params[...] = self._params
+        return norm, True
+
+    def optimizer_bytes(self):
+        return sum(a.nbytes for a in self.inner.state_dict().values())
+
+    def state_dict(self):
+        """One-process Muon's format, every entry gathered from its owner (a collective: every
+        rank must call it)."""
+        own, dtype = self.inner.state_dict(), self.model.flat_params.dtype
+        out = {}
+        for key in sorted(self.layout):
+            owner, shape = self.layout[key]
+            buf = own[key].copy() if owner == self.world.rank else np.zeros(shape, dtype=dtype)
+            self.world.comm.Allreduce(self.world.MPI.IN_PLACE, buf, op=self.world.MPI.SUM)
+            out[key] = buf
+        out["t"] = np.array(self.t, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, d):
+        """Take this rank's entries of a one-process Muon state (shapes checked by the inner Muon)."""
+        if set(d) != set(self.layout) | {"t"}:
+            raise ValueError("optimizer state does not match the model and optimizer=muon")
+        self.inner.load_state_dict({k: v for k, v in d.items() if k == "t" or self.layout[k][0] == self.world.rank})

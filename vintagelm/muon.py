@@ -25,8 +25,8 @@ Differences from the published code, neither of which changes the mathematics:
 The learning-rate schedule: the training loop hands step() the scheduled AdamW lr; Muon's
 matrices follow the same schedule, at muon_lr times the same fraction of the peak (lr / self.lr).
 
-Not here: ZeRO-1. Newton-Schulz needs each whole matrix on one rank, and ZeRO-1 (dist.py) cuts
-the flat buffer into equal element ranges that split matrices; ZERO_UNSUPPORTED is the refusal.
+ZeRO-1: Newton-Schulz needs each whole matrix on one rank, so dist.ZeroMuon shards Muon's state
+by whole parameters rather than by element ranges as dist.ZeroAdamW does.
 """
 import numpy as np
 
@@ -40,9 +40,6 @@ NS_EPS = 1e-7  # keeps an all-zero update at zero instead of 0/0
 # embeddings, the output head, and the museum MLP's direct context -> vocabulary connection,
 # which is a second head
 ADAMW_MATRICES = ("wte", "wpe", "lm_head", "direct")
-
-ZERO_UNSUPPORTED = ("optimizer=muon does not support zero=1 yet: Newton-Schulz needs each whole matrix on "
-                    "one rank, and ZeRO-1 shards the flat buffer across matrices; use zero=0 or optimizer=adamw")
 
 
 def muon_params(shapes):
@@ -112,7 +109,7 @@ class Muon:
     matrices' "momentum_buffer.<name>", the AdamW part's "m.<name>" and "v.<name>", and one "t"
     (both parts always step together)."""
 
-    sharded = False  # each rank steps the whole model (train.training_step; ZeRO-1 is refused)
+    sharded = False  # each rank steps the whole model (train.training_step); ZeRO-1 is dist.ZeroMuon
 
     def __init__(self, params, lr, muon_lr=0.02, momentum=0.95, nesterov=True, ns_steps=NS_STEPS,
                  betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, muon_weight_decay=0.0, backend="auto"):

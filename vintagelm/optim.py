@@ -205,10 +205,16 @@ def make_optimizer(cfg, model):
     """The optimizer a TrainConfig names (cfg.optimizer) for `model`, in one process:
     AdamW, or Muon with AdamW for what Muon does not update (muon.py). dist.make_optimizer
     adds ZeRO-1 under MPI."""
+    return optimizer_for(cfg, model.params)
+
+
+def optimizer_for(cfg, params):
+    """make_optimizer's optimizer over the parameter dict `params` (a whole model's, or the
+    parameters one ZeRO-1 rank updates)."""
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "muon":
         from vintagelm.muon import Muon  # muon.py builds on this module
 
-        return Muon(model.params, cfg.learning_rate, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, betas=betas,
+        return Muon(params, cfg.learning_rate, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, betas=betas,
                     weight_decay=cfg.weight_decay, backend=cfg.backend)
-    return AdamW(model.params, cfg.learning_rate, betas, weight_decay=cfg.weight_decay, backend=cfg.backend)
+    return AdamW(params, cfg.learning_rate, betas, weight_decay=cfg.weight_decay, backend=cfg.backend)

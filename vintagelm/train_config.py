@@ -23,7 +23,6 @@ from vintagelm.backend import default_backend, resolve_backend
 from vintagelm.common import UserError, regular_file
 from vintagelm.architectures import model_class
 from vintagelm.model import GPTConfig
-from vintagelm.muon import ZERO_UNSUPPORTED
 
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adamw", "muon")
@@ -314,8 +313,6 @@ def validate(cfg):
         raise UserError(f"zero must be 0 (off) or 1 (ZeRO stage 1: shard the optimizer state), got {cfg.zero}")
     if cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    if cfg.optimizer == "muon" and cfg.zero:
-        raise UserError(ZERO_UNSUPPORTED)
     if cfg.batch_size % cfg.grad_accum:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
     for name, value in (("learning_rate", cfg.learning_rate), ("min_lr", cfg.min_lr), ("beta1", cfg.beta1),
