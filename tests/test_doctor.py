@@ -116,7 +116,7 @@ def test_the_command_reads_a_real_run_and_refuses_a_missing_one(tmp_path, monkey
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     recorded = [r for r in rows if "layer_grad_norms" in r]
     assert [r["step"] for r in recorded] == [10, 20, 30, 40]
-    assert set(recorded[0]["layer_grad_norms"]) == {"wte", "wpe", "h.0", "ln_f"}
+    assert set(recorded[0]["layer_grad_norms"]) == {"wte", "h.0", "ln_f"}  # RoPE: no position embedding
     assert main(["doctor", str(tmp_path / "nowhere")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 

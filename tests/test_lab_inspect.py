@@ -138,6 +138,7 @@ def test_attention_weights_are_the_models_own(run_dir):
         np.testing.assert_allclose(P.sum(axis=-1), 1.0, atol=1e-12)
         assert np.all(np.triu(P, k=1) == 0.0)  # nothing from the future
         own = block["attn"]
+        own = getattr(own, "attn", own)  # today's block: the attention op's cache inside HeadsCache
         assert own.chunks == [(0, 32)]  # T = 32 fits one query block of the model's attention
         np.testing.assert_allclose(P, own.att[0][0], atol=1e-6)
         np.testing.assert_allclose(merge_heads(P[None] @ own.v), block["attn_proj"].x, atol=1e-5)

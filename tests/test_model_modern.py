@@ -361,6 +361,11 @@ def test_new_fields_are_set_saved_and_optional():
                              } | dict(pos="learned", activation="gelu"))
     assert TrainConfig.from_dict(old).model == GPTConfig(**old["model"])
     assert GPTConfig.from_dict(old["model"]).kv_heads == m.n_head
+    assert TrainConfig.from_dict(old).model.norm_type == "layer"  # GPT-2's, not today's default tiny's
+    # and a run saved before Muon existed trained (and resumes) with AdamW, today's default being Muon
+    assert cfg.optimizer == "muon" and TrainConfig.from_dict(saved).optimizer == "muon"
+    assert TrainConfig.from_dict({k: v for k, v in old.items() if not k.startswith(("optimizer", "muon_"))}
+                                 ).optimizer == "adamw"
     for bad, field in (["n_kv_head=3"], "n_kv_head"), (["norm_eps=0"], "norm_eps"), (["qk_norm=maybe"], "qk_norm"):
         with pytest.raises(UserError, match=field):
             resolve_config(overrides=bad, backend="reference")

@@ -219,7 +219,7 @@ def test_muon_trains_and_resumes_bit_for_bit(tmp_path, dataset_dir):
         np.testing.assert_array_equal(split.optimizer_state[f"momentum_buffer.{name}"],
                                       straight.optimizer_state[f"momentum_buffer.{name}"])
     # and it is not AdamW's run under another name
-    assert vintage_train(tmp_path / "adamw", dataset_dir, "--max-iters", "12") == 0
+    assert vintage_train(tmp_path / "adamw", dataset_dir, "--max-iters", "12", "--set", "optimizer=adamw") == 0
     assert metrics(tmp_path / "adamw")[12]["loss"] != a[12]["loss"]
 
 

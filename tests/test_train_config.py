@@ -3,6 +3,7 @@ the backend field.
 
     pytest tests/test_config.py -q
 """
+import argparse
 import json
 from dataclasses import replace
 
@@ -12,6 +13,7 @@ from vintagelm import backend
 from vintagelm.backend import default_backend
 from vintagelm.cli import main
 from vintagelm.common import UserError
+from vintagelm.model import GPTConfig
 from vintagelm.train_config import PRESETS, RESUMABLE, TrainConfig, format_config, resolve_config, resume_conflicts
 
 
@@ -42,7 +44,8 @@ def test_base_preset_is_6_layers_6_heads_384_block_256():
 
 def test_resolution_order_preset_toml_set_flags(tmp_path):
     toml = write_toml(tmp_path, "[model]\nn_layer = 2\nn_embd = 64\n[train]\nmax_iters = 7\nbatch_size = 8\n")
-    cfg = resolve_config("small", toml, ["max_iters=9", "model.n_embd=96", "n_head=3", "dropout=0.25"], batch_size=4)
+    cfg = resolve_config("small", toml, ["max_iters=9", "model.n_embd=96", "n_head=3", "n_kv_head=1", "dropout=0.25"],
+                         batch_size=4)
     assert cfg.model.n_layer == 2  # TOML over the preset
     assert cfg.max_iters == 9  # --set over TOML
     assert (cfg.model.n_embd, cfg.model.n_head, cfg.model.dropout) == (96, 3, 0.25)  # bare model keys work
@@ -125,7 +128,7 @@ def test_invalid_combinations(items, match):
 
 
 def test_unknown_preset():
-    with pytest.raises(UserError, match="tiny, small, base"):
+    with pytest.raises(UserError, match="tiny, gpt2, small, base"):
         resolve_config("huge")
 
 
@@ -193,3 +196,19 @@ def test_resume_may_change_the_backend():
     saved = resolve_config(overrides=["backend=reference"])
     assert "backend" in RESUMABLE
     assert resume_conflicts(saved, replace(saved, backend="fast")) == []
+
+
+def test_the_default_is_todays_block_and_the_gpt2_preset_is_the_old_default():
+    """`vintage train` trains today's block with Muon; `--preset gpt2` is what it trained before
+    (GPTConfig's own GPT-2 defaults at the tiny sizes, AdamW, 1000 steps)."""
+    from vintagelm.commands import train as train_command
+
+    new, old = resolve_config(), resolve_config("gpt2")
+    m = new.model
+    assert (m.pos, m.norm_type, m.activation, m.kv_heads, m.qk_norm, m.bias, new.optimizer) == \
+        ("rope", "rms", "swiglu", 2, True, False, "muon")
+    assert old.model == GPTConfig(vocab_size=m.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+    assert (old.optimizer, old.max_iters, old.out) == ("adamw", 1000, "runs/gpt2")
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    assert next(a for a in parser._actions if a.dest == "preset").choices == list(PRESETS)

@@ -96,7 +96,8 @@ class GPTConfig(ConfigIO):
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if self.n_head % self.kv_heads:
-            raise ValueError(f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+            raise ValueError(f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}); set "
+                             f"n_kv_head to a divisor of n_head, or 0 for one per query head")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(

@@ -1,12 +1,14 @@
 """`vintage train`: train a GPT (the tiny preset on the builtin Shakespeare by default), then
 print a sample. Exit status 0 when training finished, 130 when Ctrl-C stopped it (after a
 checkpoint was saved; `--resume` continues from there)."""
-HELP = "train a model (default: tiny preset on builtin Shakespeare, a few minutes on a laptop CPU), then sample"
+HELP = "train a model (default: tiny preset on builtin Shakespeare, about a minute on a laptop CPU), then sample"
 
 
 def add_arguments(p):
-    p.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
-                   help="starting configuration (default tiny; on --resume, the run's saved config)")
+    p.add_argument("--preset", choices=["tiny", "gpt2", "small", "base"], default=None,
+                   help="starting configuration (default tiny: today's block, RoPE, RMSNorm, SwiGLU, grouped KV "
+                        "heads, QK-norm, with Muon; gpt2: tiny with GPT-2's block and AdamW; small, base: larger; "
+                        "on --resume, the run's saved config)")
     p.add_argument("--arch", choices=["gpt", "ngram", "mlp", "rnn", "lstm"], default=None,
                    help="architecture (default gpt): the museum's ngram (Kneser-Ney counts), mlp (Bengio 2003), "
                         "rnn (Elman), lstm; their own settings through --set (e.g. --set n_embd=256)")

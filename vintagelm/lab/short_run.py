@@ -120,9 +120,11 @@ def short_run(config, data, steps, lr, batch_size=16, seed=0, warmup=0, grad_cli
     unless lr_of(step, training seconds so far) gives it. Divergence (a non-finite loss, or a
     loss above 1.5x the first and above ln V + 1) ends the run early. `progress` (a tqdm bar)
     advances a step at a time, or by training seconds when `seconds` is the budget.
-    optimizer_fields: TrainConfig's optimizer fields ({"optimizer": "muon", "muon_lr": 0.02}) over its defaults."""
+    optimizer_fields: TrainConfig's optimizer fields ({"optimizer": "muon", "muon_lr": 0.02}) over its
+    defaults, AdamW's unless they say otherwise (the experiments compare GPT-2-era recipes)."""
     model = model_for(config)(config, seed=seed, dtype=dtype, backend=backend)
-    optimizer = make_optimizer(TrainConfig(learning_rate=lr, backend=backend, **(optimizer_fields or {})), model)
+    fields = {"optimizer": "adamw", **(optimizer_fields or {})}
+    optimizer = make_optimizer(TrainConfig(learning_rate=lr, backend=backend, **fields), model)
     lr_of = lr_of or cosine_schedule(lr, steps, warmup, min_lr_ratio)
     validation = validation or Validation()
     rng = np.random.default_rng([seed, 2])
