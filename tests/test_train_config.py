@@ -209,6 +209,10 @@ def test_the_default_is_todays_block_and_the_gpt2_preset_is_the_old_default():
         ("rope", "rms", "swiglu", 2, True, False, "muon")
     assert old.model == GPTConfig(vocab_size=m.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
     assert (old.optimizer, old.max_iters, old.out) == ("adamw", 1000, "runs/gpt2")
+    # the museum's models keep AdamW unless told (Muon was no better per step for an LSTM, and slower)
+    for arch in ("ngram", "mlp", "rnn", "lstm"):
+        assert resolve_config(arch=arch).optimizer == "adamw"
+        assert resolve_config(overrides=["optimizer=muon"], arch=arch).optimizer == "muon"
     parser = argparse.ArgumentParser()
     train_command.add_arguments(parser)
     assert next(a for a in parser._actions if a.dest == "preset").choices == list(PRESETS)
