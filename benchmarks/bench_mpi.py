@@ -3,7 +3,7 @@ each) against 1 process with 2 BLAS threads; seconds per step spent communicatin
 bytes per rank with and without ZeRO-1; and a projection, on paper, of the speed-up at 8 and
 64 ranks from the measured compute and communication and a stated network.
 
-    python benchmarks/bench_mpi.py [--model tiny|baby] [--steps 30] [--bandwidth-gbit 10]
+    python benchmarks/bench_mpi.py [--model tiny|baby] [--optimizer adamw|muon] [--steps 30] [--bandwidth-gbit 10]
 
 The driver starts each configuration as its own job (mpirun for the MPI ones); a worker times
 `training_step` (train.py's own) and the time spent inside the collectives, and rank 0 prints
@@ -26,22 +26,24 @@ HERE = os.path.abspath(__file__)
 
 def worker(args):
     from vintagelm.common import set_blas_threads
-    from vintagelm.dist import ZeroAdamW, world
+    from vintagelm.dist import make_optimizer, world
     from vintagelm.model import GPT
-    from vintagelm.optim import AdamW
     from vintagelm.train import training_step
+    from vintagelm.train_config import TrainConfig
 
     set_blas_threads(args.threads)
     w = world()
     bench = BENCH_MODELS[args.model]
     cfg, B = bench.config, bench.batch_size * 2  # a global batch both ranks can halve
     model = GPT(cfg, seed=0, backend="fast")
-    if args.zero and w.size > 1:
-        optimizer = ZeroAdamW(model, w, 1e-3, (0.9, 0.99), weight_decay=0.1)
+    # `vintage train`'s own choice: ZeroAdamW / ZeroMuon with zero=1 on several ranks, else AdamW / Muon
+    settings = TrainConfig(optimizer=args.optimizer, learning_rate=1e-3, beta2=0.99, weight_decay=0.1,
+                           zero=int(args.zero), backend="fast")
+    optimizer = make_optimizer(settings, model, w)
+    if optimizer.sharded:
         optimizer_bytes = optimizer.optimizer_bytes()
     else:
-        optimizer = AdamW(model.params, 1e-3, (0.9, 0.99), weight_decay=0.1, backend="fast")
-        optimizer_bytes = sum(a.nbytes for s in optimizer.state.values() for a in s.values())
+        optimizer_bytes = sum(a.nbytes for k, a in optimizer.state_dict().items() if k != "t")
     comm = [0.0]  # seconds inside collectives (the loss mean, the gradient average or ZeRO's step)
 
     def timed(fn):
@@ -78,8 +80,8 @@ def worker(args):
 
 
 def run_config(args, ranks, threads, zero):
-    command = [sys.executable, HERE, "--worker", "--model", args.model, "--steps", str(args.steps),
-               "--threads", str(threads)] + (["--zero"] if zero else [])
+    command = [sys.executable, HERE, "--worker", "--model", args.model, "--optimizer", args.optimizer,
+               "--steps", str(args.steps), "--threads", str(threads)] + (["--zero"] if zero else [])
     if ranks > 1:
         launcher = shutil.which("mpirun")
         if launcher is None:
@@ -90,7 +92,9 @@ def run_config(args, ranks, threads, zero):
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # rank 0's one JSON line; Open MPI may add lines of its own (colour resets "\x1b[0m")
+    line = next(x for x in reversed(done.stdout.splitlines()) if x.lstrip().startswith("{"))
+    return json.loads(line[line.index("{"):line.rindex("}") + 1])
 
 
 def projection(one, two, ranks, bandwidth, latency):
@@ -104,6 +108,8 @@ def projection(one, two, ranks, bandwidth, latency):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=list(BENCH_MODELS), default="tiny")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                   help="AdamW (default), or Muon with AdamW for the rest; ZeRO-1 then shards by whole parameters")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--zero", action="store_true", help=argparse.SUPPRESS)
@@ -115,7 +121,7 @@ def main():
         return worker(args)
     from vintagelm.lab.measure import machine
 
-    print(f"machine: {machine()}; model {args.model}, {args.steps} timed steps each")
+    print(f"machine: {machine()}; model {args.model}, {args.optimizer}, {args.steps} timed steps each")
     runs = {"1 rank x 2 threads": run_config(args, 1, 2, False),
             "1 rank x 1 thread": run_config(args, 1, 1, False),
             "2 ranks x 1 thread": run_config(args, 2, 1, False),
