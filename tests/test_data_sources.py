@@ -74,6 +74,8 @@ def test_jsonl_with_field(tmp_path):
         ('{"text": "hello"}', r"letters.jsonl:1: no field 'body' \(found: text\)"),
         ('{"body": 3}', "holds int, not text"),
         ("not json", "letters.jsonl:1: not valid JSON"),
+        ('{"body": ' + "9" * 5000 + "}", "letters.jsonl:1: not valid JSON"),  # past Python's int-string limit
+        ("[" * 100000 + "]" * 100000, "letters.jsonl:1: not valid JSON"),  # nested deeper than the parser goes
     ],
 )
 def test_jsonl_errors(tmp_path, line, message):

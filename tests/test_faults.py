@@ -74,6 +74,8 @@ def spoil(root):
         "huge_header": lambda r: (r / step / "model.safetensors").write_bytes(struct.pack("<Q", 10**15) + b"{"),
         "state_missing": lambda r: (r / step / "state.json").unlink(),
         "state_corrupt": lambda r: (r / step / "state.json").write_text("{not json"),
+        # valid JSON, but an integer longer than Python converts (its int-string limit: ValueError)
+        "state_long_int": lambda r: (r / step / "state.json").write_text('{"step": ' + "9" * 5000 + "}"),
         "state_version": lambda r: (r / step / "state.json").write_text('{"format": "vintagelm-checkpoint", "version": 99}'),
         "tokenizer_corrupt": lambda r: (r / step / "tokenizer.json").write_text("[" * 100000),
     }
@@ -173,6 +175,8 @@ CASES = {
     "state.json missing": (["sample", "{r}/run_state_missing"], "no complete checkpoint"),
     "state.json corrupt": (["sample", "{r}/run_state_corrupt/checkpoints/step_000002"], "is not valid JSON"),
     "state.json version": (["sample", "{r}/run_state_version"], "format version 99"),
+    "state.json with a 5000-digit integer": (["sample", "{r}/run_state_long_int/checkpoints/step_000002"],
+                                             "is not valid JSON"),
     "tokenizer.json corrupt": (["sample", "{r}/run_tokenizer_corrupt"], "nested too deeply"),
     "model_config field missing": (["sample", "{r}/run_config_gap"], "missing n_head"),
     "another tokenizer": (["sample", "{r}/run_other_tokenizer"], "is not the tokenizer this model was trained with"),

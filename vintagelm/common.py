@@ -190,7 +190,7 @@ def read_json(path, what="file"):
     path = regular_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, or an integer too long to convert
         raise UserError(f"{what} {path} is not valid JSON ({e}); re-create it") from None
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to be one of ours; re-create it") from None

@@ -116,7 +116,7 @@ def jsonl_documents(path, field, *, unwrap=False):
             where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer too long to convert, too deep
                 raise UserError(f"{where}: not valid JSON ({e})") from None
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
