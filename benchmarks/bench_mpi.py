@@ -40,7 +40,7 @@ def worker(args):
     settings = TrainConfig(optimizer=args.optimizer, learning_rate=1e-3, beta2=0.99, weight_decay=0.1,
                            zero=int(args.zero), backend="fast")
     optimizer = make_optimizer(settings, model, w)
-    if optimizer.sharded:
+    if hasattr(optimizer, "optimizer_bytes"):  # ZeroAdamW, ZeroMuon: this rank's share
         optimizer_bytes = optimizer.optimizer_bytes()
     else:
         optimizer_bytes = sum(a.nbytes for k, a in optimizer.state_dict().items() if k != "t")
@@ -57,8 +57,9 @@ def worker(args):
 
     if w.size > 1:
         w.average, w.mean = timed(w.average), timed(w.mean)
-        if args.zero:
-            optimizer.step_sharded = timed(optimizer.step_sharded)
+        if args.zero:  # ZeroAdamW reduces and steps in step_sharded; ZeroMuon shares parameters in step
+            name = "step_sharded" if optimizer.sharded else "step"
+            setattr(optimizer, name, timed(getattr(optimizer, name)))
     rng = np.random.default_rng(0)
     per = B // w.size
     batches = [rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)) for _ in range(args.steps + 3)]

@@ -23,7 +23,8 @@ by one rank (the largest first, each to the rank owning the fewest elements so f
 alone keeps its optimizer state (Muon's momentum, or AdamW's m and v) and computes its update
 from the all-reduced gradient; then one Allreduce of a buffer that holds each rank's own
 parameters and zeros elsewhere hands every rank all of them (x + 0 is exactly x). Every
-parameter's update is the one-process Muon's to the bit. Its checkpoints hold Muon's state.
+parameter's update is the one-process Muon's to the bit. (The gradients are all-reduced, as
+without ZeRO: the memory saved is the optimizer state.) Its checkpoints hold Muon's state.
 
 The training loop (train.py) never imports this module: `vintage train` makes the world here
 (world(), an MPIWorld with world.Local's members) and the optimizer (make_optimizer), and
@@ -46,7 +47,7 @@ import numpy as np
 
 from vintagelm.flat_model import flat_slices
 from vintagelm.muon import muon_params
-from vintagelm.optim import (adamw_update, bias_corrections, clip_factor, decays, grad_norm,
+from vintagelm.optim import (adamw_update, bias_corrections, clip_factor, decays,
                              make_optimizer as one_process_optimizer, optimizer_for)
 from vintagelm.world import LOCAL
 
@@ -266,9 +267,13 @@ def parameter_owners(shapes, size):
 class ZeroMuon:
     """ZeRO-1 for optimizer=muon: each rank keeps the optimizer state of the whole parameters it
     owns (parameter_owners) and updates them alone; see the module docstring. Its state_dict is
-    one-process Muon's (gathered), so checkpoints do not know whether ZeRO was on."""
+    one-process Muon's (gathered), so checkpoints do not know whether ZeRO was on.
 
-    sharded = True
+    The gradients arrive averaged and the norm is taken as for any optimizer (train.training_step:
+    every rank holds the whole gradient), so it is not `sharded` in that step's sense: only its
+    `step` differs, updating this rank's parameters and sharing them."""
+
+    sharded = False
 
     def __init__(self, cfg, model, world):
         self.model, self.world = model, world
@@ -286,21 +291,16 @@ class ZeroMuon:
     def t(self):
         return self.inner.t
 
-    def step_sharded(self, flat_grads, lr, grad_clip):
-        """All-reduce the gradients, clip by the global norm, update this rank's parameters and
-        share them -> (global gradient norm, whether the step was taken)."""
-        self.world.average(flat_grads)
-        norm = grad_norm(self.model.grads)
-        if not math.isfinite(norm):
-            return norm, False
-        self.inner.step(self.model.grads, lr=lr, grad_scale=clip_factor(norm, grad_clip or math.inf))
+    def step(self, grads, lr=None, grad_scale=1.0):
+        """One update of this rank's parameters from the (averaged) gradients times grad_scale,
+        then every rank's parameters shared."""
+        self.inner.step(grads, lr=lr, grad_scale=grad_scale)
         self._params[...] = 0
         for name in self.inner.params:
             where = self.slices[name]
             self._params[where] = self.model.flat_params[where]
         self.world.comm.Allreduce(self.world.MPI.IN_PLACE, self._params, op=self.world.MPI.SUM)
         self.model.flat_params[...] = self._params
-        return norm, True
 
     def optimizer_bytes(self):
         return sum(a.nbytes for a in self.inner.state_dict().values())

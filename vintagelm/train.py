@@ -97,11 +97,17 @@ def training_step(model, optimizer, micro_batches, lr, grad_clip, world=LOCAL):
     return StepResult(loss, norm, True)
 
 
+def carries_state(model):
+    """Whether `model` hands its state from one window to the next (a recurrent model with
+    carry_state): then it reads each row's text in order, and micro-batches cannot split a step."""
+    return isinstance(model, RecurrentModel) and model.config.carry_state
+
+
 def training_batch(model, data, batch_size, block_size, step, rng):
     """The (x, y) of training step `step`, (B, T) each, from a dataset's train split: random
     windows (data.batch), or for a model that carries its state across windows the B streams in
     order (data.stream; a fresh state when they start over). The lab's short runs draw here too."""
-    if isinstance(model, RecurrentModel) and model.config.carry_state:
+    if carries_state(model):
         x, y, restart = data.stream(batch_size, block_size, step)
         if restart:
             model.reset_state()
@@ -132,7 +138,7 @@ class Trainer:
         self.byte_lengths = token_byte_lengths(dataset.tokenizer)
         self.load(ckpt)
         self.resumed = ckpt is not None
-        if self.carries_state and cfg.grad_accum > 1:
+        if carries_state(self.model) and cfg.grad_accum > 1:
             raise UserError("carry_state needs grad_accum 1: micro-batches would hand one row's state to another")
 
     def load(self, ckpt):
@@ -145,8 +151,6 @@ class Trainer:
             self.model = model_for(cfg.model)(cfg.model, seed=cfg.seed, dtype=np.dtype(cfg.dtype), backend=cfg.backend)
             if cfg.init_from:
                 self.model.flat_params[...] = initial_weights(cfg, self.model)
-        # a recurrent model carrying its state reads each row's text in order (draw_batch)
-        self.carries_state = isinstance(self.model, RecurrentModel) and self.model.config.carry_state
         # with several ranks, each applies its rows of the one-process dropout masks
         self.model.dropout_rng = self.world.dropout_rng(self.model.dropout_rng)
         self.optimizer = self.make_optimizer(cfg, self.model)
@@ -384,7 +388,7 @@ def train(cfg, resume=False, progress=True, say=tqdm.write, dataset=None, world=
                 say(f"nothing to train: the run is at step {trainer.step} already; raise --max-iters to go on")
         elif writer:  # a run that died before its first checkpoint left these rows: not this run's
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        ranks = f", {world.size} ranks (MPI){', ZeRO-1' if trainer.optimizer.sharded else ''}" if world.size > 1 else ""
+        ranks = f", {world.size} ranks (MPI){', ZeRO-1' if cfg.zero else ''}" if world.size > 1 else ""
         say(f"model: {trainer.model.num_params():,} parameters, {cfg.dtype}; data: {dataset.describe()}, "
             f"vocab {cfg.model.vocab_size}{ranks}")
         t0 = time.perf_counter()

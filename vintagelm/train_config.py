@@ -26,7 +26,7 @@ from vintagelm.model import GPTConfig
 
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adamw", "muon")
-# the optimizer an architecture trains with unless told: Muon for the GPT (TrainConfig's default),
+# the optimizer an architecture trains with unless told: Muon for the GPT (so TrainConfig's default),
 # AdamW for the museum's models (an LSTM with Muon, 400 steps: 2.819 bits per byte in 39 s, with
 # AdamW 2.825 in 26 s: no better per step, and slower)
 DEFAULT_OPTIMIZER = {"gpt": "muon"}
@@ -73,7 +73,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99  # 0.99 rather than 0.999: small batches give noisy second moments
     grad_clip: float = 1.0  # global-norm clip (0: off)
-    optimizer: str = "muon"  # "muon": Muon for the hidden matrices, AdamW for the rest (muon.py); or "adamw"
+    optimizer: str = DEFAULT_OPTIMIZER["gpt"]  # "muon": Muon for the hidden matrices, AdamW for the rest (muon.py); or "adamw"
     muon_lr: float = 0.01  # Muon's peak rate for its matrices, on learning_rate's schedule (lab modern: 0.01
     #   beat 0.02 on tiny)
     muon_momentum: float = 0.95  # Muon's momentum
