@@ -210,6 +210,7 @@ def label(key):
 class StepTime(NamedTuple):
     seconds: float  # the median CPU seconds of one training step over the timing rounds
     spread: float  # half the range of the rounds over that median: how far a plan may be off
+    rounds: list  # the CPU seconds of one step in each timing round
 
 
 def time_steps(runs, data, size, seed, backend):
@@ -231,7 +232,8 @@ def time_steps(runs, data, size, seed, backend):
         for key, (config, optimizer, _) in runs.items():
             rounds[key].append((cpu_seconds(config, optimizer, n) - cpu_seconds(config, optimizer, 0)) / n)
     times = {key: np.array(t[1:]) for key, t in rounds.items()}
-    return {key: StepTime(float(np.median(t)), float(np.ptp(t) / 2 / np.median(t))) for key, t in times.items()}
+    return {key: StepTime(float(np.median(t)), float(np.ptp(t) / 2 / np.median(t)), t.tolist())
+            for key, t in times.items()}
 
 
 def equal_step_point(plans, evals):
@@ -279,7 +281,7 @@ def describe(key, run, record, planned, timing, size, equal):
         muon_lr=optimizer.get("muon_lr"), lr=size["lr"], seed_offset=offset, mlp_width=config.mlp_width,
         params=record.params, kv_bytes_per_token=cache.nbytes // cache.max_len,
         tokens_per_second=size["batch_size"] * config.block_size / timing.seconds, step_cpu_seconds=timing.seconds,
-        plan_spread=timing.spread, plan_error=None if record.diverged else plan_error(curve, timing.spread),
+        step_cpu_rounds=timing.rounds, plan_spread=timing.spread, plan_error=None if record.diverged else plan_error(curve, timing.spread),
         planned_steps=planned, steps=len(record.losses), train_seconds=record.seconds, diverged=record.diverged,
         val_bpb=None if record.diverged else curve[-1]["bpb"],
         val_bpb_equal_steps=None if record.diverged or at_equal is None else float(at_equal), curve=curve)
