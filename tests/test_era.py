@@ -1,6 +1,6 @@
 """The era evaluation (vintagelm/era/): its shipped texts, each metric on tiny trained models,
 a unigram that the minimal pairs reward and a shuffled-token model that the cloze does not,
-who speaks next on models whose probabilities the test chooses, `vintage eval RUN --era --json`
+which word on a count model that has read the text and one that has not, `vintage eval RUN --era --json`
 and the lab page.
 
     pytest tests/test_era.py -q
@@ -162,33 +162,29 @@ def test_cloze_items_never_take_a_candidate_from_the_contexts_window(work):
         [(it.doc, it.line, it.answer) for it in items], "not deterministic"
 
 
-def test_speaker_items_offer_four_speakers_of_the_play_after_the_scene_so_far(work):
+def test_word_items_offer_four_words_of_one_length_and_frequency_in_the_true_ones_capitals(work):
     from vintagelm.data.loader import load_dataset
 
     docs = metrics.val_documents(load_dataset(load(work.runs["gpt"]).state["data"]["dataset"]))
-    items = metrics.speaker_items(docs, 50, seed=0)
-    assert len(items) == 50
-    longer_than_four_lines = 0
+    counts = metrics.word_counts(docs)
+    items = metrics.word_items(docs, 150, seed=0)
+    assert len(items) == 150
     for it in items:
-        lines = docs[it.doc].split("\n")
-        assert it.candidates[it.answer] == lines[it.line] + "\n" and it.context.endswith("\n\n")
-        names = {lines[i] + "\n" for i in metrics.speaker_lines(lines)}
-        assert len(set(it.candidates)) == 4 and set(it.candidates) <= names
-        # the context: the whole lines just before the name, as many as fit in the limit
-        lo, hi = it.window
-        assert hi == it.line + 1 and it.context == "\n".join(lines[lo:it.line]) + "\n"
-        assert len(it.context) <= metrics.SPEAKER_CONTEXT_CHARS
-        assert lo == 0 or len(it.context) + len(lines[lo - 1]) + 1 > metrics.SPEAKER_CONTEXT_CHARS
-        longer_than_four_lines += it.line - lo > metrics.CONTEXT_LINES
-    assert longer_than_four_lines >= 0.9 * len(items)
-    assert metrics.speaker_items(["no play here, only prose.\n\nAnd more prose."], 10) == []
-
-
-def test_the_speaker_before_last_is_read_from_the_context():
-    item = metrics.ChoiceItem("PUCK\nI go.\n\nOBERON\nGo, then.\n\nPUCK\nI am gone.\n\n", [], 0, 0, 9, (0, 9), [])
-    assert metrics.speaker_before_last(item) == "OBERON\n"
-    item.context = "I go.\n\nOBERON\nGo, then.\n\n"
-    assert metrics.speaker_before_last(item) is None
+        text, true = docs[it.doc], it.candidates[it.answer]
+        at = text.index(it.context + true)  # the context and the true continuation are the text
+        assert true.endswith("\n") or at + len(it.context) + len(true) == len(text)
+        assert "\n" not in true[:-1] and len(it.context) == metrics.WORD_CONTEXT_CHARS
+        words = [metrics._CLOZE_WORD.search(c).group(0) for c in it.candidates]
+        rests = {c[c.index(w) + len(w):] for c, w in zip(it.candidates, words)}
+        assert len(rests) == 1 and len({len(w) for w in words}) == 1 and len({w.lower() for w in words}) == 4
+        assert len(words[0]) >= metrics.WORD_MIN_LETTERS and not words[it.answer].isupper()
+        assert len({(w[0].isupper(), w[1:].isupper()) for w in words}) == 1, words  # love, Love or LOVE
+        logs = [math.log(counts[w.lower()]) for w in words]
+        assert max(logs) - min(logs) <= 2 * metrics.WORD_FREQUENCY_BAND + 1e-12
+        assert text.count("\n", 0, at + len(it.context)) == it.line
+    assert [(it.doc, it.line, it.answer, it.candidates) for it in metrics.word_items(docs, 150, seed=0)] == \
+        [(it.doc, it.line, it.answer, it.candidates) for it in items], "not deterministic"
+    assert metrics.word_items(["Too short a text for any item."], 10) == []
 
 
 def test_token_logprobs_match_a_full_forward_and_slide_past_the_block(work):
@@ -236,105 +232,25 @@ def test_a_model_of_shuffled_tokens_scores_chance_on_the_cloze(work):
     assert r["ci_low"] <= 0.25 <= r["ci_high"]
 
 
-# ---------------------------------------------------------------- who speaks next, on models we can read
-SHORT_NAMES = ("CY", "ANN", "HUGO")  # the speakers addressed most, so most often the answer
-LONG_NAMES = ("MARGARET", "EVANGELINE", "FITZWILLIAM")  # distinct lengths and first letters
-
-
-def addressed_play(seed, speeches=80):
-    """A play in the builtin format where every speech ends by naming the next speaker
-    ("..., good CY."), mostly one of SHORT_NAMES. -> its text."""
-    rng = np.random.default_rng(seed)
-    names = SHORT_NAMES + LONG_NAMES
-    weights = np.array([8, 8, 8, 1, 1, 1], dtype=np.float64)
-    words = "the a of my and to thee sir lord will not go come now say".split()
-    speaker, parts = names[0], ["The Play", ""]
-    for _ in range(speeches):
-        others = [k for k, m in enumerate(names) if m != speaker]
-        nxt = names[rng.choice(others, p=weights[others] / weights[others].sum())]
-        lines = [" ".join(rng.choice(words, size=5)) for _ in range(rng.integers(0, 3))]
-        parts += [speaker, *lines, f"{' '.join(rng.choice(words, size=3))}, good {nxt}.", ""]
-        speaker = nxt
-    return "\n".join(parts) + "\n"
-
-
-class NameModel:
-    """A char model whose probabilities we choose: after a blank line it spells out a speaker's
-    name, drawn from names_after(text before the blank line) -> {name: probability}, with
-    certainty once a name is begun; anywhere else every character is equally likely."""
-
-    def __init__(self, tokenizer, names_after):
-        self.tokenizer, self.names_after = tokenizer, names_after
-        self.config = types.SimpleNamespace(block_size=4096)  # sees the whole of every context
-        self.training = False
-
-    def eval(self):
-        self.training = False
-
-    def train(self, mode=True):
-        self.training = mode
-
-    def forward(self, idx):
-        V, floor = self.tokenizer.vocab_size, 1e-12
-        logits = np.zeros(idx.shape + (V,))  # (B, L, V)
-        for b, row in enumerate(idx):
-            text = self.tokenizer.decode(row.tolist())  # one character per id
-            for t in range(len(row)):
-                before, blank, begun = text[:t + 1].rpartition("\n\n")
-                if not blank or "\n" in begun:
-                    continue
-                mass = np.full(V, floor)
-                for name, p in self.names_after(before).items():
-                    if name.startswith(begun):
-                        mass[self.tokenizer.encode_ordinary((name + "\n")[len(begun)])[0]] += p
-                logits[b, t] = np.log(mass)
-        return logits, None
-
-
-def reads_the_address(before):
-    """The name the last speech ends with gets nearly all the probability; no speech, no guess."""
-    last = before.rstrip("\n").rpartition("\n")[2]
-    addressed = last.rpartition("good ")[2].rstrip(".")
-    names = SHORT_NAMES + LONG_NAMES
-    if addressed not in names:
-        return {m: 1 / len(names) for m in names}
-    return {m: 0.97 if m == addressed else 0.03 / (len(names) - 1) for m in names}
-
-
-def spells_names_only(before):
-    return {m: 1 / 6 for m in SHORT_NAMES + LONG_NAMES}
-
-
-@pytest.fixture(scope="module")
-def addressed():
-    from vintagelm.tokenizers.char import CharTokenizer
-
-    plays = [addressed_play(seed) for seed in range(3)]
-    return types.SimpleNamespace(items=metrics.speaker_items(plays, 120, seed=0),
-                                 tokenizer=CharTokenizer.train("".join(plays)))
-
-
-def test_who_speaks_next_is_right_for_a_model_that_knows_and_chance_for_one_that_does_not(addressed):
-    items, tok = addressed.items, addressed.tokenizer
-    assert len(items) == 120
-    knows = metrics.speaker_accuracy(NameModel(tok, reads_the_address), tok, items)
-    assert knows["n"] == 120 and knows["accuracy"] == 1.0
-    # knowing the names but nothing of the scene, or nothing at all: every candidate ties
-    for blind in (NameModel(tok, spells_names_only), NameModel(tok, lambda before: {})):
-        assert metrics.speaker_accuracy(blind, tok, items)["accuracy"] == 0.25
-
-
-def test_the_old_mean_per_token_score_picks_the_longest_name(addressed):
-    """The score who speaks next had before: a model that spells names perfectly and knows
-    nothing of the scene gave every name the same probability, yet the mean log-likelihood
-    per token chose the longest, whose tail costs nothing; here that is rarely the speaker."""
-    items, tok = addressed.items, addressed.tokenizer
-    spells = NameModel(tok, spells_names_only)
-    longest = [metrics.choice_credit([len(c) for c in it.candidates], it.answer) for it in items]
-    old = metrics.choice_accuracy(spells, tok, items)  # the cloze's score, mean per token
-    assert old["accuracy"] == pytest.approx(np.mean(longest))
-    assert metrics.wilson(sum(longest), len(items))[1] < 0.25, "below chance, beyond doubt"
-    assert metrics.speaker_accuracy(spells, tok, items)["accuracy"] == 0.25
+# ---------------------------------------------------------------- which word: a model that knows, one that does not
+def test_which_word_is_right_for_a_model_that_knows_the_text_and_chance_for_one_that_does_not(work, tmp_path):
+    """An order-6 count model of the very plays the items come from has read every sentence: it
+    picks the true word nearly always. The bigram of the shuffled plays knows only how often
+    each character comes, which the four candidates of one length and frequency barely tell
+    apart: chance. Choosing the most common candidate is chance too (about equally common)."""
+    text = work.period.read_text(encoding="utf-8")
+    assert main(["train", "--data", str(work.period), "--out", str(tmp_path / "knows"), "--arch", "ngram",
+                 "--set", "order=6", "--set", "sample_tokens=0", "--no-progress"]) == 0
+    docs = [text]
+    items = metrics.word_items(docs, 200, seed=0)
+    counts = metrics.word_counts(docs)
+    knows = load(tmp_path / "knows")
+    r = metrics.word_accuracy(knows.model, knows.tokenizer, items, counts)
+    assert r["n"] == 200 and r["skipped"] == 0 and r["accuracy"] > 0.8, r
+    blind = load(work.runs["shuffled"])
+    r = metrics.word_accuracy(blind.model, blind.tokenizer, items, counts)
+    assert r["ci_low"] <= 0.25 <= r["ci_high"], r
+    assert 0.15 <= r["frequency_baseline"] <= 0.35, r
 
 
 # ---------------------------------------------------------------- the command and the page
@@ -356,7 +272,7 @@ def test_eval_era_json_gives_every_figure(work, capsys):
     assert finite(s["gap"]) and finite(s["text_gap"])
     smp = report["samples"]
     assert smp["n"] == 3 and 0 <= smp["share"] <= 1 and smp["paragraphs"] >= 3
-    for key, chance in (("pairs", 0.5), ("cloze", 0.25), ("speakers", 0.25)):
+    for key, chance in (("pairs", 0.5), ("cloze", 0.25), ("words", 0.25)):
         r = report[key]
         assert r["n"] > 0 and r["chance"] == chance, key
         assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1, key
@@ -364,11 +280,10 @@ def test_eval_era_json_gives_every_figure(work, capsys):
     f = report["filter"]
     assert f["before"] == 1850 and 0 <= f["precision"] <= 1 and 0 <= f["recall"] <= 1 and f["period"] > f["modern"]
     card = metrics.format_card(report)
-    assert "cut-off 1850" in card and "GAP modern - period" in card and "naming the speaker before last" in card
-    # an era.json of version 1 scored who speaks next by mean log-likelihood: its card says so
-    new_keys = ("scoring", "before_last_baseline")
-    v1 = {**report, "speakers": {k: v for k, v in report["speakers"].items() if k not in new_keys}}
-    assert "who speaks next (mean log-likelihood per token, an unsound score)" in metrics.format_card(v1)
+    assert "cut-off 1850" in card and "GAP modern - period" in card and "choosing the most common word" in card
+    # an era.json of version 2 had who speaks next in place of which word: the report card shows it as retired
+    old = {k: v for k, v in report.items() if k != "words"} | {"speakers": report["words"]}
+    assert "who speaks next (a score retired in version 3" in metrics.format_card(old)
 
     assert main(["eval", str(run), "--json", "--max-batches", "2"]) == 0  # without --era: as before
     assert set(json.loads(capsys.readouterr().out)) >= {"loss", "perplexity", "bits_per_byte"}

@@ -7,7 +7,7 @@ acc_norm of multiple-choice items, or word and byte perplexity and bits per byte
 
 `vintage eval RUN --era`: the era card instead (vintagelm/era/metrics.py): is the model
 vintage? Surprise at period vs modern text, anachronisms in samples, minimal pairs, cloze and
-who-speaks-next from the val split, and the period filter's precision and recall. It is also
+which word from the val split, and the period filter's precision and recall. It is also
 written to RUN/era.json, for the report card."""
 from vintagelm.commands import non_negative
 
@@ -43,7 +43,7 @@ def add_arguments(p):
                    help="with --era: the period filter's cut-off (default: the one the run's data was prepared "
                         "with, else 1900)")
     p.add_argument("--seed", type=non_negative, default=0, metavar="N",
-                   help="with --era: seed of the samples and of the cloze and speaker items (default 0)")
+                   help="with --era: seed of the samples and of the cloze and word items (default 0)")
 
 
 def run(args):

@@ -17,10 +17,13 @@ given its seed and comparable across runs, architectures and tokenizers:
                         true one and three from elsewhere in the split, matched in length, never
                         from the context's own window), scored by the mean per-token
                         log-likelihood of each candidate: accuracy and centred accuracy
-                        (acc - 1/4) / (1 - 1/4). And "who speaks next" in the plays: the next
-                        speaker's name among four speakers of the same play, after the scene
-                        so far (SPEAKER_CONTEXT_CHARS), scored by how much the scene raises
-                        each name's probability (see speaker_accuracy).
+                        (acc - 1/4) / (1 - 1/4). And "which word": a word of the val split
+                        among four of the same length and about the same frequency there, after
+                        the text before it and with the rest of its line, scored by total
+                        log-likelihood (see word_accuracy). It took the place of "who speaks
+                        next" (version 3): a model of this size sees the turns of a play only in
+                        what its block holds, and a 64-character block holds the speaker before
+                        last in 4% of items, so that score sat at chance for every model here.
 5. the filter itself    precision and recall of the period filter on labelled paragraphs
                         (texts.py), the modern ones being the positives (what it should drop).
 
@@ -45,24 +48,21 @@ from vintagelm.flat_model import evaluating
 from vintagelm.nn.loss import log_softmax
 
 FORMAT = "vintagelm-era"  # era.json
-VERSION = 2  # 2: who speaks next after the scene so far, scored by pointwise mutual information
+VERSION = 3  # 2: who speaks next scored by pointwise mutual information; 3: which word replaces it
 DEFAULT_BEFORE = 1900  # the cut-off when the run's dataset was prepared without one
 PROMPTS = ("", "The ", "I ", "And ", "It was ", "She ", "When ", "We ")  # neutral sample openings
 SAMPLE_TOKENS = 200
 MAX_SAMPLES = 1000  # 200,000 sampled tokens: more says no more about a share, and takes hours
 MAX_SURPRISE_BYTES = 1_000_000  # each text's bits per byte from its first 1 MB (unless max_batches)
 SAMPLE_TEMPERATURE = 0.8  # as `vintage sample`
-CONTEXT_LINES = 4  # lines of context before a cloze item; a speaker item has at least these above it
-# The text before a speaker item's name: whole lines, at most this many characters. In the
-# builtin val plays the speaker before last (the next speaker 60% of the time: speakers take
-# turns) is in it for 99% of items; in CONTEXT_LINES lines, for 0.5%. A model sees as much
-# of it as its block holds.
-SPEAKER_CONTEXT_CHARS = 1500
+CONTEXT_LINES = 4  # lines of context before a cloze item
+WORD_CONTEXT_CHARS = 200  # the text before a word item's word; a model sees what its block holds
+WORD_MIN_LETTERS = 3  # shorter words (a, of, to) are mostly grammar, and have few equals in length
+WORD_FREQUENCY_BAND = 0.5  # a distractor's log-frequency is within this of the true word's (x1.65)
 MIN_LINE_CHARS = 16  # a cloze line: at least this long, three words, some lower case
 EXAMPLES = 5  # examples kept per list in the report
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
-_SPEAKER = re.compile(r"[A-Z][A-Z'. -]*[A-Z.]")  # a name line in the builtin plays: HAMLET, FIRST LORD
-_HEADING = re.compile(r"(ACT|SCENE)\b")
+_CLOZE_WORD = re.compile(r"(?<![\w'])[A-Za-z]+(?![\w'])")  # a word of letters only: not o'er, nor 2nd
 
 
 # ---------------------------------------------------------------- scoring
@@ -265,7 +265,7 @@ def minimal_pair_accuracy(model, tokenizer, pairs, batch_size=32):
             "by_topic": {t: float(np.mean(c)) for t, c in sorted(by_topic.items())}, "most_modern": worst}
 
 
-# ---------------------------------------------------------------- 4. cloze and who speaks next
+# ---------------------------------------------------------------- 4. cloze: the next line and which word
 @dataclass
 class ChoiceItem:
     """One multiple-choice item: a context and candidate continuations, one of them true."""
@@ -275,7 +275,7 @@ class ChoiceItem:
     doc: int  # the document the context comes from
     line: int  # the line index of the true continuation in it
     window: tuple  # (lo, hi): lines lo..hi-1 of `doc` around the item, no candidate from there
-    sources: list  # (doc, line) of each candidate line (cloze); [] for speaker names
+    sources: list  # (doc, line) of each candidate line (cloze); [] for words
 
 
 def val_documents(dataset):
@@ -339,89 +339,76 @@ def cloze_items(documents, n, seed=0, context_lines=CONTEXT_LINES):
     return items
 
 
-def speaker_lines(lines):
-    """Indices of the speaker-name lines of a play in the builtin format: a name in capitals
-    alone on a line after a blank line, with the speech on the next line."""
-    return [i for i in range(1, len(lines) - 1)
-            if not lines[i - 1].strip() and lines[i + 1].strip() and _SPEAKER.fullmatch(lines[i])
-            and not _HEADING.match(lines[i]) and len(lines[i]) <= 40]
+def word_counts(documents):
+    """Counter of the lower-cased words of `documents` (the words word_items may ask for)."""
+    return Counter(w.lower() for d in documents for w in _CLOZE_WORD.findall(d))
 
 
-def speaker_items(documents, n, seed=0, context_chars=SPEAKER_CONTEXT_CHARS):
-    """Up to n items: the scene before a speaker's name (whole lines, at most context_chars
-    characters, ending in the blank line), the name and three other speakers of the same play,
-    drawn in proportion to how often they speak (so a guess by a name's frequency alone gains
-    little). Plays with fewer than four speakers and texts that are no plays give no items."""
-    rng = np.random.default_rng([seed, 13])
-    doc_lines = [d.split("\n") for d in documents]
-    found = []  # (doc, line index, name)
-    counts = []  # per document: Counter of speeches per name
-    for d, lines in enumerate(doc_lines):
-        at = speaker_lines(lines)
-        counts.append(Counter(lines[i] for i in at))
-        if len(counts[d]) >= 4:
-            found += [(d, i, lines[i]) for i in at if i >= CONTEXT_LINES]
+def _shaped_like(word, model):
+    """`word` (lower case) written in the capitals of `model`: Love, LOVE or love."""
+    if model.isupper() and len(model) > 1:
+        return word.upper()
+    return word.capitalize() if model[0].isupper() else word
+
+
+def word_items(documents, n, seed=0, context_chars=WORD_CONTEXT_CHARS):
+    """Up to n items: the text before a word of the documents (at most context_chars characters,
+    ending before the space in front of the word), and four continuations, each a candidate
+    word with the rest of its line: the true word and three words of the documents of the same
+    length and about the same frequency there (log-frequencies within WORD_FREQUENCY_BAND), in
+    the true word's capitals. Words of WORD_MIN_LETTERS letters or more, never all in capitals
+    (the speaker names and headings of plays), more than context_chars into their document."""
+    counts = word_counts(documents)
+    by_length = {}
+    for word in sorted(counts):
+        if len(word) >= WORD_MIN_LETTERS:
+            by_length.setdefault(len(word), []).append(word)
+    spots = [(d, m.start(), m.end()) for d, text in enumerate(documents) for m in _CLOZE_WORD.finditer(text)
+             if m.end() - m.start() >= WORD_MIN_LETTERS and m.start() > context_chars
+             and not m.group(0).isupper()]
+    rng = np.random.default_rng([seed, 17])
     items = []
-    for k in rng.permutation(len(found))[:n]:
-        d, i, name = found[k]
-        others = [m for m in counts[d] if m != name]
-        weights = np.array([counts[d][m] for m in others], dtype=np.float64)
-        chosen = rng.choice(len(others), size=3, replace=False, p=weights / weights.sum())
-        names = [others[j] for j in chosen]
+    for k in rng.permutation(len(spots)):
+        if len(items) == n:
+            break
+        d, a, b = spots[k]
+        text = documents[d]
+        word = text[a:b]
+        band = math.log(counts[word.lower()])
+        pool = [w for w in by_length[len(word)]
+                if w != word.lower() and abs(math.log(counts[w]) - band) <= WORD_FREQUENCY_BAND]
+        if len(pool) < 3:
+            continue
+        names = [_shaped_like(w, word) for w in rng.choice(pool, size=3, replace=False)]
         answer = int(rng.integers(4))
-        names.insert(answer, name)
-        lo = first_line_within(doc_lines[d], i, context_chars)
-        context = "\n".join(doc_lines[d][lo:i]) + "\n"  # ends in the blank line
-        items.append(ChoiceItem(context, [m + "\n" for m in names], answer, d, i, (lo, i + 1), []))
+        names.insert(answer, word)
+        # the space before the word goes with it: a BPE tokenizer writes " love" as one token
+        cut = a - 1 if text[a - 1] == " " else a
+        eol = text.find("\n", b)
+        rest = text[b:] if eol < 0 else text[b:eol + 1]
+        line = text.count("\n", 0, a)
+        items.append(ChoiceItem(text[cut - context_chars:cut], [text[cut:a] + w + rest for w in names],
+                                answer, d, line, (line, line + 1), []))
     return items
 
 
-def first_line_within(lines, i, max_chars):
-    """The first of the whole lines before line i that together (each with its newline) take at
-    most max_chars characters; line i - 1 always, however long."""
-    lo, size = i - 1, len(lines[i - 1]) + 1
-    while lo > 0 and size + len(lines[lo - 1]) + 1 <= max_chars:
-        lo -= 1
-        size += len(lines[lo]) + 1
-    return lo
-
-
-def speaker_before_last(item):
-    """The name (with its newline) of the speaker before the last one in a speaker item's
-    context, or None when the context shows fewer than two speeches."""
-    lines = item.context.split("\n")
-    at = speaker_lines(lines)
-    return lines[at[-2]] + "\n" if len(at) >= 2 else None
-
-
-def speaker_accuracy(model, tokenizer, items, batch_size=32):
-    """Who speaks next. Each candidate name is scored by how much the scene raises its
-    probability: log p(name | context) - log p(name | a bare blank line), the pointwise mutual
-    information of the name and the scene. What a name costs on its own (its length, its
-    letters, whether the training plays ever gave it a speech) is in both terms and cancels,
-    so a model that learnt nothing of the scene scores chance, and one that follows who
-    speaks to whom scores above it. (Scored by its mean log-likelihood per token alone, as
-    before version 2, a name scored mostly that cost: trained models chose the name the
-    training plays give most speeches, and a model that spells names well chooses the
-    longest, its tail costing almost nothing; on the held-out plays both are worth less
-    than chance.) -> accuracy against chance 1/4, its interval, centred accuracy, and what
-    naming the speaker before last would score (split credit when that name is not a
-    candidate). Items with characters the tokenizer cannot encode are skipped and counted."""
+def word_accuracy(model, tokenizer, items, counts, batch_size=32):
+    """Which word. Each candidate is scored by the total log-likelihood of it and the rest of its
+    line after the text before it: the candidates have the same length and the same rest, so a
+    model that reads the sentence around the gap picks the true word, and one that knows only
+    how common words are is near chance (the candidates are about equally common). -> accuracy
+    against chance 1/4, its interval, centred accuracy, and what choosing the word the
+    documents use most would score (`counts`: word_counts of them). Items with characters the
+    tokenizer cannot encode are skipped and counted."""
     usable = [it for it in items if not split_unknown(tokenizer, it.context + "".join(it.candidates))[1]]
-    names = sorted({name for it in usable for name in it.candidates})
-    blank = tokenizer.encode_ordinary("\n\n")
-    unconditioned = token_logprobs(model, [(blank, tokenizer.encode_ordinary(name)) for name in names], batch_size)
-    prior = {name: lp.sum() for name, lp in zip(names, unconditioned)}
     seqs = [(tokenizer.encode_ordinary(it.context), tokenizer.encode_ordinary(c))
             for it in usable for c in it.candidates]
     totals = [lp.sum() for lp in token_logprobs(model, seqs, batch_size)]
-    credits, turns = [], []
-    for k, it in enumerate(usable):
-        credits.append(choice_credit([totals[4 * k + j] - prior[c] for j, c in enumerate(it.candidates)], it.answer))
-        before_last = speaker_before_last(it)
-        turns.append(choice_credit([c == before_last for c in it.candidates], it.answer))
-    return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable), "scoring": "pmi",
-            "before_last_baseline": float(np.mean(turns)) if turns else None}
+    credits = [choice_credit(totals[4 * k:4 * k + 4], it.answer) for k, it in enumerate(usable)]
+    common = [choice_credit([counts[_CLOZE_WORD.search(c).group(0).lower()] for c in it.candidates], it.answer)
+              for it in usable]
+    return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable),
+            "frequency_baseline": float(np.mean(common)) if common else None}
 
 
 def choice_accuracy(model, tokenizer, items, batch_size=32):
@@ -487,7 +474,7 @@ def default_before(dataset):
 
 
 def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0, batch_size=16,
-               max_batches=None, n_cloze=200, n_speakers=200, n_builtin=100, progress=False, log=lambda msg: None):
+               max_batches=None, n_cloze=200, n_words=400, n_builtin=100, progress=False, log=lambda msg: None):
     """Every figure of the era card for checkpoint `ckpt` (checkpoint.Checkpoint) on its prepared
     `dataset` (its val split is the held-out period text) -> a JSON-able dict. progress: a bar
     while each text is scored (on a terminal)."""
@@ -515,16 +502,16 @@ def era_report(ckpt, dataset, *, text_file=None, samples=20, before=None, seed=0
     sampled = sample_anachronisms(model, tok, samples, period_filter, seed)
     log("era: minimal pairs")
     pairs = minimal_pair_accuracy(model, tok, texts.minimal_pairs())
-    log("era: cloze and who speaks next, from the val split")
+    log("era: the next line and which word, from the val split")
     documents = val_documents(dataset)
     cloze = choice_accuracy(model, tok, cloze_items(documents, n_cloze, seed))
-    speakers = speaker_accuracy(model, tok, speaker_items(documents, n_speakers, seed))
+    words = word_accuracy(model, tok, word_items(documents, n_words, seed), word_counts(documents))
     log("era: the period filter on labelled paragraphs")
     labelled = texts.labelled_paragraphs() + texts.builtin_period_paragraphs(n_builtin, seed)
     return {"format": FORMAT, "version": VERSION, "checkpoint": str(ckpt.path), "step": ckpt.step,
             "architecture": getattr(model, "architecture", "gpt"), "data": str(dataset.path), "before": before,
             "seed": seed, "surprise": surprise, "samples": sampled, "pairs": pairs, "cloze": cloze,
-            "speakers": speakers, "filter": filter_quality(period_filter, labelled)}
+            "words": words, "filter": filter_quality(period_filter, labelled)}
 
 
 def check_samples(n):
@@ -555,12 +542,13 @@ def _choice_line(name, r):
             + (f", {r['skipped']} skipped (unknown characters)" if r.get("skipped") else ""))
 
 
-def _speaker_line(r):
-    if r.get("scoring") != "pmi":  # an era.json from before version 2
-        return _choice_line("who speaks next (mean log-likelihood per token, an unsound score)", r)
-    line = _choice_line("who speaks next (how much the scene raises each name)", r)
-    return line + (f"; naming the speaker before last would score {_pct(r['before_last_baseline'])}"
-                   if r["n"] else "")
+def _word_line(report):
+    if "words" not in report:  # an era.json of version 1 or 2: who speaks next, since retired
+        return _choice_line("who speaks next (a score retired in version 3; rerun `vintage eval RUN --era`)",
+                            report["speakers"])
+    r = report["words"]
+    return _choice_line("which word (same length and frequency; total log-likelihood)", r) + (
+        f"; choosing the most common word would score {_pct(r['frequency_baseline'])}" if r["n"] else "")
 
 
 def format_card(report):
@@ -589,7 +577,7 @@ def format_card(report):
     lines += [f"    most modern-leaning: {e['modern']!r} over {e['period']!r} by {-e['margin_nats']:.2f} nats"
               for e in p["most_modern"][:3]]
     lines += ["held-out choices (one of four):", _choice_line("cloze, next line (mean log-likelihood per token)",
-                                                              report["cloze"]), _speaker_line(report["speakers"])]
+                                                              report["cloze"]), _word_line(report)]
     lines.append(f"the filter --before {f['before']} on {f['modern']} modern and {f['period']} period paragraphs: "
                  f"precision {_pct(f['precision'])}, recall {_pct(f['recall'])}, period kept {_pct(f['period_kept'])}")
     lines += [f"    missed ({m['year']}): {m['text'][:90]}" for m in f["misses"][:3]]

@@ -5,16 +5,17 @@ that. This page measures what a small model can show, on the run's own held-out 
     surprise       bits per byte on the held-out period text vs the team's modern control text
                    (and a period text of your own with --text): the gap is the headline
     minimal pairs  how often the period-true sentence of a pair is the likelier (chance 50%)
-    choices        the true next line of the val text among four, and who speaks next in a
-                   play among four speakers (chance 25% each), by mean log-likelihood per token
+    choices        the true next line of the val text among four (by mean log-likelihood per
+                   token), and the true word of a line among four of its length and frequency
+                   (by total log-likelihood); chance 25% each
     anachronisms   the share of samples the period filter would drop
     the filter     its precision and recall on labelled period and modern paragraphs
 Every interval is a Wilson 95% interval; every item and sample comes from the seed.
 """
 TITLE = "Is it vintage? Period against modern text, minimal pairs and held-out choices"
 HELP = "the era card of a run as a page: surprise at modern text, minimal pairs, cloze, the period filter"
-QUICK = dict(samples=4, n_cloze=40, n_speakers=40, n_builtin=20, max_batches=8)
-DEFAULT = dict(samples=20, n_cloze=200, n_speakers=200, n_builtin=100, max_batches=None)
+QUICK = dict(samples=4, n_cloze=40, n_words=40, n_builtin=20, max_batches=8)
+DEFAULT = dict(samples=20, n_cloze=200, n_words=400, n_builtin=100, max_batches=None)
 
 
 def add_arguments(p):
@@ -92,7 +93,7 @@ def draw_choices(page, report):
                 "ci_high": p["shorter_baseline"]} if p["shorter_baseline"] is not None else {"accuracy": None}
     _accuracy_bars(ax_p, [("period member\npreferred", p), ("shorter\nsentence", baseline)], 0.5,
                    f"minimal pairs (n={p['n']})")
-    _accuracy_bars(ax_c, [("next line", report["cloze"]), ("who speaks next", report["speakers"])], 0.25,
+    _accuracy_bars(ax_c, [("next line", report["cloze"]), ("which word", report["words"])], 0.25,
                    "held-out text")
 
 
@@ -121,7 +122,7 @@ def tables(page, report):
     page.table("surprise: bits per byte (characters the tokenizer cannot encode are dropped and counted)",
                ["text", "bits per byte", "bytes", "unknown chars", "unknown share"], rows)
     rows = []
-    for name, key in (("minimal pairs", "pairs"), ("cloze, next line", "cloze"), ("who speaks next", "speakers")):
+    for name, key in (("minimal pairs", "pairs"), ("cloze, next line", "cloze"), ("which word", "words")):
         r = report[key]
         rows.append([name, r["n"], _pct(r["accuracy"]), f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}",
                      _pct(r["chance"]), _pct(r["centred"])])
@@ -133,7 +134,7 @@ def tables(page, report):
 
 
 def interpret(page, report):
-    s, p, c, sp, f, smp = (report[k] for k in ("surprise", "pairs", "cloze", "speakers", "filter", "samples"))
+    s, p, c, w, f, smp = (report[k] for k in ("surprise", "pairs", "cloze", "words", "filter", "samples"))
     more = "more" if s["gap"] > 0 else "less"
     m = s["modern"]
     page.say(f"The model found the modern control text {more} surprising than its held-out period text: "
@@ -150,7 +151,7 @@ def interpret(page, report):
                  f"{_pct(p['ci_low'])} to {_pct(p['ci_high'])}): {verdict}; preferring the shorter sentence would "
                  f"score {_pct(p['shorter_baseline'])}, {length}.")
     parts = [f"{name} {_pct(r['accuracy'])} of {r['n']} (centred {_pct(r['centred'])})"
-             for name, r in (("the next line", c), ("the next speaker", sp)) if r["accuracy"] is not None]
+             for name, r in (("the next line", c), ("the true word", w)) if r["accuracy"] is not None]
     if parts:
         page.say(f"Choosing among four on held-out text (chance 25%), it picked {' and '.join(parts)}.")
     page.say(f"The period filter at {f['before']} caught {f['true_positives']} of {f['modern']} modern paragraphs "
