@@ -239,7 +239,6 @@ SCORE_PRIOR = 2000  # pseudo-words that smooth each side's word rates toward the
 SCORE_PLAYS_ONLY_MIN = 3  # a word only the plays use is kept when they use it this often
 SCORE_SHAKESPEARE = 0.5  # the builtin plays' share of the period side's word rates; the rest is period prose
 SCORE_CLIP = 4.0  # no word moves a paragraph's sum by more than this many nats
-SCORE_ATTESTED_CLIP = 2.0  # ... nor raises it by more than this when the period texts have it at all
 SCORE_MIN_WORDS = 20  # the sum is divided by sqrt(max(words, this)): a short text is not amplified
 SCORE_KEEP = 0.995  # the threshold keeps this share of the held-out period paragraphs
 SCORE_FOLDS = 5
@@ -370,10 +369,7 @@ def fit_weights(shakespeare, period, modern):
         prior = SCORE_PRIOR * pooled[word] / pooled_total
         rates = [(c[word] + prior) / total for c, total in zip(sides, totals)]
         period_rate = SCORE_SHAKESPEARE * rates[0] + (1 - SCORE_SHAKESPEARE) * rates[1]
-        # a word the period texts use at all is not, alone, strong evidence of a modern text: its
-        # rate in a few thousand words of period prose is too rough an estimate
-        cap = SCORE_ATTESTED_CLIP if shakespeare[word] + period[word] else SCORE_CLIP
-        weights[word] = round(max(-SCORE_CLIP, min(cap, math.log(rates[2] / period_rate))), 3)
+        weights[word] = round(max(-SCORE_CLIP, min(SCORE_CLIP, math.log(rates[2] / period_rate))), 3)
     return weights
 
 
