@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -52,12 +53,17 @@ def run_dir(tmp_path_factory):
 class Terminal:
     """A program on a pseudo-terminal, as a person at a keyboard sees it."""
 
-    def __init__(self, args):
+    def __init__(self, args, sigint=signal.SIG_DFL):
         self.master, slave = pty.openpty()
-        # a session of its own whose controlling terminal is the pty: then the terminal turns a
-        # typed Ctrl-C into SIGINT for the program, as a real one does
+
+        def start():
+            # a session of its own whose controlling terminal is the pty: then the terminal turns a
+            # typed Ctrl-C into SIGINT for the program, as a real one does
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            signal.signal(signal.SIGINT, sigint)  # what the program inherits, as exec keeps SIG_IGN
+
         self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                     preexec_fn=start)
         os.close(slave)
         self.seen = ""
 
@@ -97,8 +103,8 @@ class Terminal:
 def terminal():
     opened = []
 
-    def open_terminal(*args):
-        opened.append(Terminal([sys.executable, "-m", "vintagelm", "chat", *map(str, args)]))
+    def open_terminal(*args, sigint=signal.SIG_DFL):
+        opened.append(Terminal([sys.executable, "-m", "vintagelm", "chat", *map(str, args)], sigint))
         return opened[-1]
 
     yield open_terminal
@@ -106,8 +112,10 @@ def terminal():
         t.close()
 
 
-def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(run_dir, terminal):
-    t = terminal(run_dir, "--max-tokens", "100000")  # a reply that would go on for minutes
+# started from a shell, or in the background by one without job control (it ignores SIGINT)
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["foreground", "sigint-ignored"])
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(run_dir, terminal, sigint):
+    t = terminal(run_dir, "--max-tokens", "100000", sigint=sigint)  # a reply that would go on for minutes
     t.read_until("you> ")
     for attempt in range(10):  # a tiny model may end a reply at once with <|end|>: ask again
         t.type("Good morrow\n")

@@ -20,6 +20,7 @@ def add_arguments(p):
 
 
 def run(args):
+    import signal
     import sys
     from dataclasses import replace
 
@@ -37,6 +38,10 @@ def run(args):
         raise UserError(str(e)) from None
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 are kept as escapes, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
+    if sys.stdin.isatty():
+        # Ctrl-C is how a person at this terminal stops a reply, so take it even when started with
+        # SIGINT ignored (what a shell without job control does to a command it runs with &)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     chat = ChatModel.load(args.run, backend=args.backend)
     chat.chat_rules()  # a tokenizer without role tokens fails here, before the first question
     system, history, turn = args.system, [], 0
