@@ -21,10 +21,11 @@ Muon cannot take an element slice: Newton-Schulz orthogonalises each WHOLE matri
 optimizer=muon, ZeRO-1 (ZeroMuon) shards by whole parameters instead: each parameter is owned
 by one rank (the largest first, each to the rank owning the fewest elements so far), which
 alone keeps its optimizer state (Muon's momentum, or AdamW's m and v) and computes its update
-from the all-reduced gradient; then one Allreduce of a buffer that holds each rank's own
-parameters and zeros elsewhere hands every rank all of them (x + 0 is exactly x). Every
-parameter's update is the one-process Muon's to the bit. (The gradients are all-reduced, as
-without ZeRO: the memory saved is the optimizer state.) Its checkpoints hold Muon's state.
+from the all-reduced gradient; then one Allgatherv, each rank sending its own parameters
+packed one after another in an order every rank knows, hands every rank all of them (a copy:
+half the bytes of an Allreduce, and exact). Every parameter's update is the one-process
+Muon's to the bit. (The gradients are all-reduced, as without ZeRO: the memory saved is the
+optimizer state.) Its checkpoints hold Muon's state.
 
 The training loop (train.py) never imports this module: `vintage train` makes the world here
 (world(), an MPIWorld with world.Local's members) and the optimizer (make_optimizer), and
@@ -281,7 +282,11 @@ class ZeroMuon:
         mine = {k: p for k, p in model.params.items() if self.owners[k] == world.rank}
         self.inner = optimizer_for(cfg, mine)  # a Muon over this rank's parameters only
         self.slices = flat_slices(model.shapes)
-        self._params = np.zeros_like(model.flat_params)  # (n,) own parameters, zeros elsewhere
+        # each rank's parameters in the model's order, packed: rank 0's first, then rank 1's, ...
+        self.owned = [[k for k in model.shapes if self.owners[k] == r] for r in range(world.size)]
+        self.counts = [sum(model.params[k].size for k in keys) for keys in self.owned]
+        self._sent = np.empty(self.counts[world.rank], dtype=model.flat_params.dtype)  # this rank's, packed
+        self._gathered = np.empty(sum(self.counts), dtype=model.flat_params.dtype)  # (n,) every rank's, packed
         # the full state's layout, {key: (owner, shape)}: what a one-process Muon's state_dict holds
         whole = set(muon_params(model.shapes))
         self.layout = {f"{s}.{k}": (self.owners[k], shape) for k, shape in model.shapes.items()
@@ -295,12 +300,15 @@ class ZeroMuon:
         """One update of this rank's parameters from the (averaged) gradients times grad_scale,
         then every rank's parameters shared."""
         self.inner.step(grads, lr=lr, grad_scale=grad_scale)
-        self._params[...] = 0
-        for name in self.inner.params:
+        flat, at = self.model.flat_params, 0
+        mine = [flat[self.slices[k]] for k in self.owned[self.world.rank]]
+        if mine:  # more ranks than parameters leaves a rank none
+            np.concatenate(mine, out=self._sent)
+        self.world.comm.Allgatherv(self._sent, [self._gathered, self.counts])
+        for name in (k for keys in self.owned for k in keys):  # unpacked into their places
             where = self.slices[name]
-            self._params[where] = self.model.flat_params[where]
-        self.world.comm.Allreduce(self.world.MPI.IN_PLACE, self._params, op=self.world.MPI.SUM)
-        self.model.flat_params[...] = self._params
+            flat[where] = self._gathered[at:at + where.stop - where.start]
+            at += where.stop - where.start
 
     def optimizer_bytes(self):
         return sum(a.nbytes for a in self.inner.state_dict().values())
