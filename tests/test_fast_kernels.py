@@ -257,6 +257,28 @@ def test_fast_swiglu_op_equals_the_reference(dtype, tol, bias):
         close(got - 1, ref - 1, tol)
 
 
+@DTYPES
+def test_fast_qk_norm_op_equals_the_reference(dtype, tol):
+    """FastOps' QK-norm (the RMSNorm kernel over each head's D) on the heads' strided views,
+    against nn/sdpa.py's; the gains' gradients are ADDED into their slots."""
+    rng = np.random.default_rng(16)
+    q, k, _ = grouped_views(rng, dtype)
+    w_q, w_k = randn(rng, dtype, q.shape[-1]) + 1, randn(rng, dtype, k.shape[-1]) + 1
+    dq, dk = randn(rng, dtype, *q.shape), randn(rng, dtype, *k.shape)
+    ops = FastOps(dtype)
+    (qn, kn), cache = ops.qk_norm_forward(q, k, w_q, w_k, eps=1e-6)
+    (qn_ref, kn_ref), cache_ref = sdpa.qk_norm_forward(q, k, w_q, w_k, eps=1e-6)
+    close(qn, qn_ref, tol)
+    close(kn, kn_ref, tol)
+    slots, slots_ref = ([np.ones_like(w_q), np.ones_like(w_k)] for _ in range(2))
+    dq_in, dk_in = ops.qk_norm_backward(dq, dk, cache, *slots)
+    dq_ref, dk_ref = sdpa.qk_norm_backward(dq, dk, cache_ref, *slots_ref)
+    close(dq_in, dq_ref, tol)
+    close(dk_in, dk_ref, tol)
+    for got, ref in zip(slots, slots_ref):
+        close(got - 1, ref - 1, tol)
+
+
 def interleave(slots, bias):
     """[dw_gate, dw_up, dw_down, (db_gate, db_up, db_down)] -> FastOps' order: each weight's
     slot beside its bias's (None without biases)."""
