@@ -9,7 +9,9 @@
    how many of those the modernity score dropped, not a year or a term); period kept = the share
    of period paragraphs dated before the cut-off that it keeps. The score is fitted on the tune
    part, so its tune recall is in-sample; its held-out estimate (5-fold, on the tune part and the
-   team's texts) is printed from modernity.json.
+   team's texts) is printed from modernity.json. And the fresh set (benchmarks/data/
+   period_fresh.jsonl), written after the filter was built, without sight of its lexicon, its
+   score's texts or the labelled set, and never tuned on: the part to quote.
 2. Whole period books (SPEC@YEAR, the year the book was written): the share of their paragraphs
    kept at each cut-off after that year. The builtin plays always, plus any --book.
 3. The time of `vintage prepare --tokenizer char --before 1900` on the builtin corpus, as CPU
@@ -32,12 +34,24 @@ import tempfile
 from pathlib import Path
 
 from vintagelm.data.clean import split_paragraphs
-from vintagelm.data.period import eval_items
+from vintagelm.data.period import EVAL_FORMAT, EvalItem, eval_items
 from vintagelm.data.sources import iter_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFFS = (1800, 1850, 1900)
 BUILTIN_BOOK = ("builtin:shakespeare", 1613)
+FRESH_FILE = ROOT / "benchmarks" / "data" / "period_fresh.jsonl"
+PARTS = ("tune", "test", "fresh")
+
+
+def fresh_items():
+    """The fresh held-out set as EvalItems of the part "fresh"."""
+    lines = FRESH_FILE.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    if (header.get("format"), header.get("version")) != EVAL_FORMAT:
+        sys.exit(f"{FRESH_FILE}: not a {EVAL_FORMAT[0]} v{EVAL_FORMAT[1]} file")
+    return [EvalItem(row["id"], row["label"], row["topic"], row["text"], row.get("year"), "fresh")
+            for row in map(json.loads, lines[1:])]
 
 
 def period_module(checkout):
@@ -55,7 +69,7 @@ def labelled_rows(module, items):
     rows = []
     for cutoff in CUTOFFS:
         flt = module.PeriodFilter(cutoff, terms)
-        for part in ("tune", "test"):
+        for part in (p for p in PARTS if any(it.part == p for it in items)):
             modern = [it for it in items if it.part == part and it.label == "modern"]
             period = [it for it in items if it.part == part and it.label == "period" and it.year < cutoff]
             hits = [flt.find(it.text) for it in modern]
@@ -133,7 +147,7 @@ def main():
     ap.add_argument("--show-misses", action="store_true", help="list the tune part's modern paragraphs kept at 1900")
     args = ap.parse_args()
 
-    items = eval_items()
+    items = eval_items() + fresh_items()
     books = [(spec, year, book_paragraphs(spec)) for spec, year in [BUILTIN_BOOK, *args.book]]
     with tempfile.TemporaryDirectory() as tmp:
         checkouts = {"this checkout": ROOT}
