@@ -400,11 +400,7 @@ def word_accuracy(model, tokenizer, items, counts, batch_size=32):
     against chance 1/4, its interval, centred accuracy, and what choosing the word the
     documents use most would score (`counts`: word_counts of them). Items with characters the
     tokenizer cannot encode are skipped and counted."""
-    usable = [it for it in items if not split_unknown(tokenizer, it.context + "".join(it.candidates))[1]]
-    seqs = [(tokenizer.encode_ordinary(it.context), tokenizer.encode_ordinary(c))
-            for it in usable for c in it.candidates]
-    totals = [lp.sum() for lp in token_logprobs(model, seqs, batch_size)]
-    credits = [choice_credit(totals[4 * k:4 * k + 4], it.answer) for k, it in enumerate(usable)]
+    usable, credits = scored_choices(model, tokenizer, items, np.sum, batch_size)
     common = [choice_credit([counts[_CLOZE_WORD.search(c).group(0).lower()] for c in it.candidates], it.answer)
               for it in usable]
     return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable),
@@ -415,12 +411,18 @@ def choice_accuracy(model, tokenizer, items, batch_size=32):
     """Score each candidate by its mean per-token log-likelihood after the context -> accuracy
     against chance 1/4, its interval and centred accuracy. Items with characters the tokenizer
     cannot encode are skipped and counted."""
+    usable, credits = scored_choices(model, tokenizer, items, np.mean, batch_size)
+    return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable)}
+
+
+def scored_choices(model, tokenizer, items, reduce, batch_size=32):
+    """Four-way items -> (those whose text the tokenizer can encode, the credit of each): every
+    candidate scored by `reduce` (np.mean, np.sum) of its tokens' log-likelihoods after the context."""
     usable = [it for it in items if not split_unknown(tokenizer, it.context + "".join(it.candidates))[1]]
     seqs = [(tokenizer.encode_ordinary(it.context), tokenizer.encode_ordinary(c))
             for it in usable for c in it.candidates]
-    means = [lp.mean() for lp in token_logprobs(model, seqs, batch_size)]
-    credits = [choice_credit(means[4 * k:4 * k + 4], it.answer) for k, it in enumerate(usable)]
-    return {**accuracy_summary(credits, 0.25), "skipped": len(items) - len(usable)}
+    scores = [reduce(lp) for lp in token_logprobs(model, seqs, batch_size)]
+    return usable, [choice_credit(scores[4 * k:4 * k + 4], it.answer) for k, it in enumerate(usable)]
 
 
 # ---------------------------------------------------------------- 5. the filter itself

@@ -6,10 +6,10 @@ What is replaced, and why:
   * layer norm, GELU, the attention softmax (float32): compiled kernels (kernels.py), one or
     two passes per row instead of a NumPy pass per sub-expression, split over the lanes; the
     MLP's first bias is added by the GELU kernel, in the same pass;
-  * today's block (modern.py; float32 and float64): RMSNorm (QK-norm too: each head's query
-    or key is a row), RoPE and the sum of the grouped kv heads' gradients as one-pass kernels; SwiGLU's gate and up projections as one product
-    (their weights side by side) and its gating as one kernel pass each way, its weight
-    gradients through the gradient slots below;
+  * today's block (modern.py; float32 and float64): RMSNorm (QK-norm too, through the table's
+    RMSNorm), RoPE and the sum of the grouped kv heads' gradients as one-pass kernels; SwiGLU's
+    gate and up projections as one product (their weights side by side) and its gating as one
+    kernel pass each way, its weight gradients through the gradient slots below;
   * attention: its batch split over the BLAS threads (attention.py, lanes.py);
   * gradient slots: the reference zeroes every slot and then adds into it. Here the zeroing
     is lazy: a slot not yet written in this backward IS zero, so the first gradient that
@@ -33,7 +33,6 @@ from vintagelm.nn.activation import ACTIVATIONS
 from vintagelm.nn.mlp import MLPCache
 from vintagelm.nn.ops import ATTENTION_BLOCK, ReferenceOps
 from vintagelm.nn.rmsnorm import RMS_EPS
-from vintagelm.nn.sdpa import QKNormCache
 
 
 class FastOps(ReferenceOps):
@@ -181,14 +180,6 @@ class FastOps(ReferenceOps):
         dx, dw_rows = modern.rmsnorm_backward(dy, cache)
         self._add_into(dw, dw_rows)
         return dx
-
-    def qk_norm_forward(self, q, k, w_q=None, w_k=None, eps=RMS_EPS):
-        """sdpa.qk_norm_forward through the RMSNorm kernel: a head's query or key is one row of D."""
-        (q, q_cache), (k, k_cache) = self.rmsnorm_forward(q, w_q, eps=eps), self.rmsnorm_forward(k, w_k, eps=eps)
-        return (q, k), QKNormCache(q_cache, k_cache)
-
-    def qk_norm_backward(self, dq, dk, cache, dw_q=None, dw_k=None):
-        return self.rmsnorm_backward(dq, cache.q, dw_q), self.rmsnorm_backward(dk, cache.k, dw_k)
 
     def rope_forward(self, x, cos, sin):
         if cos.ndim != 2:  # a start per batch row (decoding rows of different lengths): the reference

@@ -281,7 +281,8 @@ def describe(key, run, record, planned, timing, size, equal):
         muon_lr=optimizer.get("muon_lr"), lr=size["lr"], seed_offset=offset, mlp_width=config.mlp_width,
         params=record.params, kv_bytes_per_token=cache.nbytes // cache.max_len,
         tokens_per_second=size["batch_size"] * config.block_size / timing.seconds, step_cpu_seconds=timing.seconds,
-        step_cpu_rounds=timing.rounds, plan_spread=timing.spread, plan_error=None if record.diverged else plan_error(curve, timing.spread),
+        step_cpu_rounds=timing.rounds, plan_spread=timing.spread,
+        plan_error=None if record.diverged else plan_error(curve, timing.spread),
         planned_steps=planned, steps=len(record.losses), train_seconds=record.seconds, diverged=record.diverged,
         val_bpb=None if record.diverged else curve[-1]["bpb"],
         val_bpb_equal_steps=None if record.diverged or at_equal is None else float(at_equal), curve=curve)

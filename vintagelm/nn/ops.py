@@ -45,7 +45,6 @@ class ReferenceOps:
     rope_backward = staticmethod(rope.rope_backward)
     repeat_kv_forward = staticmethod(sdpa.repeat_kv_forward)
     repeat_kv_backward = staticmethod(sdpa.repeat_kv_backward)
-    qk_norm_forward = staticmethod(sdpa.qk_norm_forward)
 
     def __init__(self):
         # GPTConfig.attention -> (forward(qkv, n_head, dropout_p, rng), backward(dy, cache))
@@ -64,10 +63,15 @@ class ReferenceOps:
         self._zero_if_unwritten(dw)
         return rmsnorm.rmsnorm_backward(dy, cache, dw)
 
+    def qk_norm_forward(self, q, k, w_q=None, w_k=None, eps=rmsnorm.RMS_EPS):
+        """sdpa.qk_norm_forward through this table's RMSNorm (a head's query or key is one row of
+        D), so a backend's faster RMSNorm serves QK-norm too."""
+        (q, q_cache), (k, k_cache) = self.rmsnorm_forward(q, w_q, eps=eps), self.rmsnorm_forward(k, w_k, eps=eps)
+        return (q, k), sdpa.QKNormCache(q_cache, k_cache)
+
     def qk_norm_backward(self, dq, dk, cache, dw_q=None, dw_k=None):
-        self._zero_if_unwritten(dw_q)
-        self._zero_if_unwritten(dw_k)
-        return sdpa.qk_norm_backward(dq, dk, cache, dw_q, dw_k)
+        """sdpa.qk_norm_backward through this table's RMSNorm; ADDS into the gain slots."""
+        return self.rmsnorm_backward(dq, cache.q, dw_q), self.rmsnorm_backward(dk, cache.k, dw_k)
 
     @staticmethod
     def swiglu_forward(x, w_gate, b_gate, w_up, b_up, w_down, b_down):
