@@ -24,11 +24,13 @@ import pytest
 
 from browser import browser_page
 from verse import WORDS
+from vintagelm.chat.reply import ChatModel
 from vintagelm.cli import main
 
 SCREENSHOT_COPY = "/tmp/vintagelm_browser.png"
-# A base model (no fine-tuning), trained long enough that <|end|> and <|endoftext|>, which never
-# occur in its text, have become unlikely: its replies run to max_tokens instead of ending early.
+# A base model (no fine-tuning). It never saw <|end|> or <|endoftext|> in its text, yet after the
+# chat prompt's <|end|><|assistant|>, also never seen, one of them is its first token about one time
+# in twenty (an empty reply): so the tests ban both (never_ending) and every reply runs to max_tokens.
 TRAIN = ["--max-iters", "150", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2",
          "--set", "block_size=64", "--set", "sample_tokens=0", "--no-progress"]
 # max tokens of the reply that is stopped: far more than it can stream before Stop (a quiet
@@ -100,6 +102,21 @@ def tail(log):
     return log.read()[-4000:]
 
 
+def never_ending(page, run):
+    """Every chat request the page sends goes out with a logit_bias of -100 on the run's stop tokens
+    (<|end|>, <|endoftext|>): the tiny model's replies cannot end before max_tokens, so a test never
+    depends on a sampled token. The page's own request is what `chat_requests` records."""
+    stops = [str(i) for name, i in ChatModel.load(run).tokenizer.special_tokens.items()
+             if name in ("<|end|>", "<|endoftext|>")]
+    assert len(stops) == 2, stops
+
+    def add_bias(route):
+        body = route.request.post_data_json
+        body["logit_bias"] = {i: -100 for i in stops}
+        route.continue_(post_data=json.dumps(body))
+    page.route("**/v1/chat/completions", add_bias)
+
+
 def chat_requests(page):
     """A list that fills with (body, Authorization header) of every chat request the page sends."""
     sent = []
@@ -128,24 +145,51 @@ def wait_for_model_name(page, name):
 
 
 # Runs in the page: read the first reply every 10 ms while it streams and, once it has taken
-# `want` growing values, press Stop. It is done in the page, not from Python, because a round trip
-# through Playwright can take longer than the tiny model needs for its whole reply.
+# `want` growing values, press Stop; the values seen land in window.watched. It is done in the
+# page, not from Python, because a round trip through Playwright can take longer than the tiny
+# model needs for its whole reply.
 WATCH_AND_STOP = """(want) => {
-  window.watched = new Promise((resolve) => {
-    const seen = [];
-    const started = performance.now();
-    const timer = setInterval(() => {
-      const reply = document.querySelector('[data-testid=reply]');
-      const text = reply ? reply.querySelector('[data-testid=reply-text]').textContent : '';
-      if (text && text !== seen[seen.length - 1]) seen.push(text);
-      const ended = reply && reply.dataset.state !== undefined;
-      if (seen.length >= want || ended || performance.now() - started > 20000) {
-        clearInterval(timer);
-        document.querySelector('[data-testid=stop]').click();
-        resolve(seen);
-      }
-    }, 10);
+  const seen = [];
+  const started = performance.now();
+  const timer = setInterval(() => {
+    const reply = document.querySelector('[data-testid=reply]');
+    const text = reply ? reply.querySelector('[data-testid=reply-text]').textContent : '';
+    if (text && text !== seen[seen.length - 1]) seen.push(text);
+    const ended = reply && reply.dataset.state !== undefined;
+    if (seen.length >= want || ended || performance.now() - started > 20000) {
+      clearInterval(timer);
+      document.querySelector('[data-testid=stop]').click();
+      window.watched = seen;
+    }
+  }, 10);
+}"""
+
+
+def watched(page):
+    """The values WATCH_AND_STOP saw. Waited for from Python with a time limit (not awaited in the
+    page), so that a page that stops running its timers fails the test instead of hanging it."""
+    page.wait_for_function("() => window.watched !== undefined", timeout=60_000)
+    return page.evaluate("window.watched")
+
+
+# Runs in the page: its own readEvents on a stream that already holds all of its 100 events, each
+# taking 2 ms to handle (as laying out a long reply can), with a timer set just before.
+# -> [events handled when the timer ran, or null if it never ran before the end; events in all]
+FULL_STREAM = """async () => {
+  const encoder = new TextEncoder();
+  const stream = new ReadableStream({ start(queue) {
+    for (let i = 0; i < 100; i++) queue.enqueue(encoder.encode(`data: {"i": ${i}}\\n\\n`));
+    queue.close();
+  } });
+  let handled = 0;
+  let timerRanAt = null;
+  setTimeout(() => { timerRanAt = handled; }, 0);
+  await readEvents(stream, () => {
+    const start = performance.now();
+    while (performance.now() - start < 2) {}
+    handled++;
   });
+  return [timerRanAt, handled];
 }"""
 
 
@@ -164,6 +208,7 @@ def test_chat_page_streams_stops_and_continues(run_dir, tmp_path):
     with browser_page() as (page, problems), serve(run_dir, tmp_path / "serve.log", "--max-tokens-cap",
                                                    str(LONG_REPLY)) as url:
         sent = chat_requests(page)
+        never_ending(page, run_dir)
         page.goto(url + "/")
 
         # the model's name from /health (the run folder's), the defaults, no key field
@@ -180,10 +225,11 @@ def test_chat_page_streams_stops_and_continues(run_dir, tmp_path):
         page.get_by_test_id("message-box").fill("the king doth speak")
         page.evaluate(WATCH_AND_STOP, 4)
         page.get_by_test_id("send").click()
-        seen = page.evaluate("window.watched")
+        seen = watched(page)
         state = wait_for_reply_end(page, 0)
         stopped = reply_text(page, 0)
-        assert len(seen) >= 3, f"the reply did not grow while streaming: {seen!r}"
+        assert len(seen) >= 3, (f"the reply did not grow while streaming: {seen!r}, ended {state!r} with "
+                                f"{stopped!r}, error {page.get_by_test_id('error').inner_text()!r}")
         assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(seen, seen[1:])), seen
         assert state == "stopped", (f"the reply ended ({state}) before Stop was pressed, after "
                                     f"{len(stopped)} characters: the stream was too fast to stop")
@@ -199,7 +245,7 @@ def test_chat_page_streams_stops_and_continues(run_dir, tmp_path):
         page.get_by_test_id("max-tokens").fill("40")
         page.get_by_test_id("message-box").fill("where shall we meet")
         page.get_by_test_id("message-box").press("Enter")
-        assert wait_for_reply_end(page, 1) in ("length", "done")  # max_tokens, or the model ended it
+        assert wait_for_reply_end(page, 1) == "length"
         assert reply_text(page, 1), "the second reply is empty"
         assert page.get_by_test_id("error").inner_text() == ""
         body, auth = sent[-1]
@@ -226,6 +272,7 @@ def test_chat_page_asks_for_the_api_key_and_shows_errors(run_dir, tmp_path):
     key_server = serve(run_dir, tmp_path / "serve.log", "--api-key", API_KEY)
     with browser_page() as (page, problems), key_server as url:
         sent = chat_requests(page)
+        never_ending(page, run_dir)
         page.goto(url + "/")
         wait_for_model_name(page, "verse")
         assert page.get_by_test_id("api-key").is_visible()
@@ -242,7 +289,7 @@ def test_chat_page_asks_for_the_api_key_and_shows_errors(run_dir, tmp_path):
         # with the key: a reply, and the failed turn is not part of the conversation
         page.get_by_test_id("api-key").fill(API_KEY)
         page.get_by_test_id("message-box").press("Enter")
-        assert wait_for_reply_end(page, 1) in ("length", "done")  # max_tokens, or the model ended it
+        assert wait_for_reply_end(page, 1) == "length"
         assert reply_text(page, 1) and page.get_by_test_id("error").inner_text() == ""
         body, auth = sent[-1]
         assert auth == f"Bearer {API_KEY}"
@@ -255,3 +302,18 @@ def test_chat_page_asks_for_the_api_key_and_shows_errors(run_dir, tmp_path):
     # the browser itself logs the refused request; anything else is the page's fault
     unexpected = [p for p in problems if "status of 401" not in p]
     assert len(unexpected) == 0 and len(problems) == 1, "\n".join(problems)
+
+
+def test_chat_page_handles_clicks_while_a_fast_stream_is_read(run_dir, tmp_path):
+    """A read of a stream that already holds data resolves at once, without a turn of the event
+    loop: a server that streams faster than the page shows would keep Stop from being clicked (and
+    froze the page, in a long reply). The reader must give the event loop a turn while it reads.
+    Not timed: each event takes at least 2 ms, so 100 of them take 200 ms on any machine."""
+    with browser_page() as (page, problems), serve(run_dir, tmp_path / "serve.log") as url:
+        page.goto(url + "/")
+        wait_for_model_name(page, "verse")
+        timer_ran_at, handled = page.evaluate(FULL_STREAM)
+        assert handled == 100
+        assert timer_ran_at is not None and timer_ran_at < handled, \
+            "a timer set before the stream was read ran only after all of it: the page froze while reading"
+    assert not problems, "\n".join(problems)
