@@ -498,6 +498,7 @@ def test_a_loaded_pattern_that_backtracks_without_end_is_an_error_not_a_hang(tmp
     doc["pattern"] = r"(?:a|a)+$|[\s\S]"  # what a hostile or broken tokenizer.json may hold
     (tmp_path / "tok.json").write_text(json.dumps(doc))
     monkeypatch.setattr(pretokenize, "SECONDS_BASE", 0.2)  # the budget, shrunk for the test
-    started = time.perf_counter()
+    # Unguarded, this match takes about 2**40 backtracking steps (days): the budget's own message
+    # is the proof that the guard, not the match, ended it. No wall-clock bound: it would measure
+    # the machine, not the guard.
     fails_cleanly(capsys, ["tokenizer", "encode", tmp_path / "tok.json", "--text", "a" * 40 + "!"], "takes too long")
-    assert time.perf_counter() - started < 5
