@@ -106,8 +106,8 @@ def never_ending(page, run):
     """Every chat request the page sends goes out with a logit_bias of -100 on the run's stop tokens
     (<|end|>, <|endoftext|>): the tiny model's replies cannot end before max_tokens, so a test never
     depends on a sampled token. The page's own request is what `chat_requests` records."""
-    stops = [str(i) for name, i in ChatModel.load(run).tokenizer.special_tokens.items()
-             if name in ("<|end|>", "<|endoftext|>")]
+    _, stop_ids = ChatModel.load(run).chat_rules()  # the tokens a chat reply ends on
+    stops = [str(i) for i in stop_ids]
     assert len(stops) == 2, stops
 
     def add_bias(route):
